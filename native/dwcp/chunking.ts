@@ -1,0 +1,181 @@
+/**
+ * Content-defined chunking (FastCDC with normalized chunking) and the per-chunk content checks that decide how a
+ * chunk is sent. Boundaries depend only on the last 32 bytes before a cut, so an insertion or deletion moves the
+ * boundaries near the edit and leaves the rest of the chunk stream (and its hashes) unchanged: that is what lets a
+ * v2 image reuse the receiver's v1 chunks.
+ */
+import { createHash } from 'node:crypto';
+import { compress } from 'zstd-napi';
+
+export interface ChunkingParams {
+  minBytes: number;
+  avgBytes: number;
+  maxBytes: number;
+  /** FastCDC normalization level: how much harder a cut is before avgBytes and easier after it. */
+  normalization: number;
+}
+
+export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/** Builds validated chunking parameters; min and max default to avg/4 and avg*4 as in FastCDC. */
+export function chunkingParams(input: {
+  avgBytes: number;
+  minBytes?: number;
+  maxBytes?: number;
+  normalization?: number;
+}): ChunkingParams {
+  const avgBytes = input.avgBytes;
+  const minBytes = input.minBytes ?? Math.max(64, Math.floor(avgBytes / 4));
+  const maxBytes = input.maxBytes ?? avgBytes * 4;
+  const normalization = input.normalization ?? 2;
+  if (!Number.isInteger(avgBytes) || avgBytes < 256 || (avgBytes & (avgBytes - 1)) !== 0) {
+    throw new RangeError(`avgBytes must be a power of two >= 256, got ${avgBytes}`);
+  }
+  if (!(minBytes >= 64 && minBytes < avgBytes && avgBytes < maxBytes && maxBytes <= MAX_CHUNK_BYTES)) {
+    throw new RangeError(`chunk sizes must satisfy 64 <= min < avg < max <= ${MAX_CHUNK_BYTES}`);
+  }
+  if (!Number.isInteger(normalization) || normalization < 0 || normalization > 4) {
+    throw new RangeError('normalization must be an integer in 0..4');
+  }
+  return { minBytes, avgBytes, maxBytes, normalization };
+}
+
+/** A stable key for "same chunking": two sides only share chunk hashes when they cut alike. */
+export function chunkingKey(params: ChunkingParams): string {
+  return `${params.minBytes}/${params.avgBytes}/${params.maxBytes}/${params.normalization}`;
+}
+
+/**
+ * The gear table must be identical on every host forever (it defines where chunks are cut), so it is derived from a
+ * fixed string rather than from a random generator whose sequence could change between Node versions.
+ */
+const GEAR = (() => {
+  const table = new Int32Array(256);
+  for (let i = 0; i < 256; i += 8) {
+    const digest = createHash('sha256').update(`novacron-dwcp-gear-${i / 8}`).digest();
+    for (let j = 0; j < 8; j++) table[i + j] = digest.readInt32BE(j * 4);
+  }
+  return table;
+})();
+
+/**
+ * Masks take the top bits: with a left-shifting gear hash the high bits mix the most recent 32 bytes, the low
+ * bits only the last few.
+ */
+function topBitsMask(bits: number): number {
+  return bits <= 0 ? 0 : (~0 << (32 - Math.min(bits, 31))) | 0;
+}
+
+interface Masks {
+  small: number;
+  large: number;
+}
+
+function masksFor(params: ChunkingParams): Masks {
+  const bits = Math.round(Math.log2(params.avgBytes));
+  return { small: topBitsMask(bits + params.normalization), large: topBitsMask(bits - params.normalization) };
+}
+
+/**
+ * Length of the next chunk in data[start, end). When the data runs out before a cut point and `final` is false the
+ * answer is 0: more input is needed before this chunk can be cut.
+ */
+export function nextChunkLength(input: {
+  data: Uint8Array;
+  start: number;
+  end: number;
+  params: ChunkingParams;
+  final: boolean;
+}): number {
+  const { data, start, params } = input;
+  const available = input.end - start;
+  if (available <= 0) return 0;
+  if (available <= params.minBytes) return input.final ? available : 0;
+  const masks = masksFor(params);
+  const limit = Math.min(available, params.maxBytes);
+  const normal = Math.min(limit, params.avgBytes);
+  let hash = 0;
+  let i = params.minBytes;
+  for (; i < normal; i++) {
+    hash = ((hash << 1) + (GEAR[data[start + i]!] ?? 0)) | 0;
+    if ((hash & masks.small) === 0) return i + 1;
+  }
+  for (; i < limit; i++) {
+    hash = ((hash << 1) + (GEAR[data[start + i]!] ?? 0)) | 0;
+    if ((hash & masks.large) === 0) return i + 1;
+  }
+  if (limit === params.maxBytes) return limit;
+  return input.final ? available : 0;
+}
+
+/** Chunk lengths for a whole buffer. */
+export function chunkLengths(input: { data: Uint8Array; params: ChunkingParams }): number[] {
+  const lengths: number[] = [];
+  let start = 0;
+  while (start < input.data.length) {
+    const length = nextChunkLength({ data: input.data, start, end: input.data.length, params: input.params, final: true });
+    lengths.push(length);
+    start += length;
+  }
+  return lengths;
+}
+
+/**
+ * Streaming chunker: push blocks as they are read, get back the chunks that are complete. The tail that has no cut
+ * point yet is kept until more data or `finish()` arrives.
+ */
+export class ContentChunker {
+  private carry: Buffer = Buffer.alloc(0);
+  private readonly params: ChunkingParams;
+
+  constructor(input: { params: ChunkingParams }) {
+    this.params = input.params;
+  }
+
+  push(block: Buffer): Buffer[] {
+    return this.cut(this.carry.length === 0 ? block : Buffer.concat([this.carry, block]), false);
+  }
+
+  finish(): Buffer[] {
+    return this.cut(this.carry, true);
+  }
+
+  private cut(data: Buffer, final: boolean): Buffer[] {
+    const chunks: Buffer[] = [];
+    let start = 0;
+    for (;;) {
+      const length = nextChunkLength({ data, start, end: data.length, params: this.params, final });
+      if (length === 0) break;
+      chunks.push(data.subarray(start, start + length));
+      start += length;
+    }
+    // Copy the tail so the big block it came from can be garbage collected.
+    this.carry = Buffer.from(data.subarray(start));
+    return chunks;
+  }
+}
+
+let zeroBlock = Buffer.alloc(64 * 1024);
+
+/** True when every byte is zero; uses memcmp against a shared zero block rather than a JS loop. */
+export function isZeroChunk(data: Uint8Array): boolean {
+  if (data.length > zeroBlock.length) zeroBlock = Buffer.alloc(data.length);
+  return Buffer.compare(data, zeroBlock.subarray(0, data.length)) === 0;
+}
+
+/** Above this compressed/raw ratio zstd is not worth its CPU or its frame overhead: the chunk goes raw. */
+export const INCOMPRESSIBLE_RATIO = 0.95;
+const SAMPLE_BYTES = 4096;
+
+/**
+ * Compresses a small sample from the middle of the chunk at level 1; already-compressed data (packages, media,
+ * encrypted disks) is recognised for the price of 4 KiB of zstd instead of the whole chunk.
+ */
+export function looksIncompressible(input: { data: Uint8Array; sampleBytes?: number }): boolean {
+  const sampleBytes = input.sampleBytes ?? SAMPLE_BYTES;
+  const { data } = input;
+  if (data.length === 0) return false;
+  const from = data.length <= sampleBytes ? 0 : Math.floor((data.length - sampleBytes) / 2);
+  const sample = data.subarray(from, Math.min(data.length, from + sampleBytes));
+  return compress(sample, { compressionLevel: 1 }).length / sample.length > INCOMPRESSIBLE_RATIO;
+}
