@@ -30,7 +30,12 @@ export class DwcpError extends Error {
 
   /** Rebuilds the error a peer reported in an ERROR frame, as the matching class. */
   static fromRemote(input: { code: string; message: string }): DwcpError {
-    const message = `peer reported: ${input.message}`;
+    return DwcpError.fromCode({ code: input.code, message: `peer reported: ${input.message}` });
+  }
+
+  /** Rebuilds an error from its code, e.g. after it crossed a thread or a connection. */
+  static fromCode(input: { code: string; message: string }): DwcpError {
+    const { message } = input;
     switch (input.code) {
       case DwcpErrorCode.DISK_FULL:
         return new DwcpDiskFullError(message);
@@ -44,6 +49,10 @@ export class DwcpError extends Error {
         return new DwcpUnknownTransferError(message);
       case DwcpErrorCode.IO:
         return new DwcpIoError(message);
+      case DwcpErrorCode.CONNECTION:
+        return new DwcpConnectionError(message);
+      case DwcpErrorCode.TIMEOUT:
+        return new DwcpTimeoutError(message);
       default:
         return new DwcpProtocolError(message);
     }

@@ -1,0 +1,21 @@
+/**
+ * Entry point of a DwcpWorkerPool thread: runs one task per message and posts the result back, moving large
+ * buffers instead of copying them.
+ */
+import { parentPort } from 'node:worker_threads';
+import { postWorkerMessage, reviveBuffers, runWorkerTask, type WorkerRequest, type WorkerResponse } from './encoding';
+
+const port = parentPort;
+if (port === null) throw new Error('encoding-worker must run as a worker thread');
+
+port.on('message', (request: WorkerRequest) => {
+  let response: WorkerResponse;
+  try {
+    response = { id: request.id, ok: true, result: runWorkerTask(reviveBuffers(request.task)) };
+  } catch (err) {
+    const error = err instanceof Error ? err : new Error(String(err));
+    const code = 'code' in error && typeof error.code === 'string' ? error.code : undefined;
+    response = { id: request.id, ok: false, error: { name: error.name, message: error.message, ...(code ? { code } : {}) } };
+  }
+  postWorkerMessage({ post: (m, t) => port.postMessage(m, t), message: response });
+});

@@ -1,0 +1,78 @@
+/**
+ * The DWCP session protocol on top of framing: bodies of the control frames and the chunk states exchanged after the
+ * manifest. One transfer runs as numbered attempts; each attempt opens N connections, stream 0 first:
+ *
+ * 1. sender → HELLO {kind, attempt, streamIndex, streams, file?}; receiver → HELLO {ok, nextIndex?, completed?}
+ * 2. file kind, stream 0 only: sender → MANIFEST parts; receiver → NEED (zstd of one ChunkState byte per chunk)
+ * 3. CHUNK / CHUNK_REF / ZERO frames on any stream; receiver → ACK or NACK {reason} for each
+ * 4. sender → END {sha256, size, chunkCount} on stream 0; receiver verifies the whole content → END {sha256}
+ *
+ * A later attempt's stream-0 HELLO supersedes every connection of earlier attempts, and the receiver's answer to it
+ * (journal, stream position) is what makes resuming send only the missing chunks.
+ */
+import { z } from 'zod';
+
+export const TransferKind = {
+  FILE: 'file',
+  STREAM: 'stream',
+  PROBE: 'probe',
+} as const;
+export type TransferKind = (typeof TransferKind)[keyof typeof TransferKind];
+
+export const ChunkState = {
+  /** The receiver needs the chunk's data. */
+  SEND: 0,
+  /** The receiver has it on disk already (journal, zero chunk). */
+  DONE: 1,
+  /** The receiver can copy it from its chunk index; the sender sends only a CHUNK_REF. */
+  REF: 2,
+} as const;
+export type ChunkState = (typeof ChunkState)[keyof typeof ChunkState];
+
+export const ChunkingSchema = z.object({
+  minBytes: z.number().int().positive(),
+  avgBytes: z.number().int().positive(),
+  maxBytes: z.number().int().positive(),
+  normalization: z.number().int().nonnegative(),
+});
+
+export const HelloSchema = z.object({
+  kind: z.enum([TransferKind.FILE, TransferKind.STREAM, TransferKind.PROBE]),
+  attempt: z.number().int().nonnegative(),
+  streamIndex: z.number().int().nonnegative(),
+  streams: z.number().int().positive().max(64),
+  file: z
+    .object({
+      size: z.number().int().nonnegative(),
+      chunkCount: z.number().int().nonnegative(),
+      sha256: z.string().regex(/^[0-9a-f]{64}$/),
+      manifestDigest: z.string().regex(/^[0-9a-f]{64}$/),
+      chunking: ChunkingSchema,
+    })
+    .optional(),
+});
+export type Hello = z.infer<typeof HelloSchema>;
+
+export const HelloReplySchema = z.object({
+  ok: z.literal(true),
+  /** Stream kind: the first chunk index the receiver has not yet delivered. */
+  nextIndex: z.number().int().nonnegative().optional(),
+  /** The transfer already finished (the sender missed the END reply); its verified sha256. */
+  completed: z.string().optional(),
+});
+export type HelloReply = z.infer<typeof HelloReplySchema>;
+
+export const NackSchema = z.object({ reason: z.enum(['checksum', 'ref-miss']) });
+export type NackReason = z.infer<typeof NackSchema>['reason'];
+
+export const EndSchema = z.object({
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  size: z.number().int().nonnegative(),
+  chunkCount: z.number().int().nonnegative(),
+});
+export type End = z.infer<typeof EndSchema>;
+
+export const EndReplySchema = z.object({ sha256: z.string() });
+
+/** Manifest parts stay well under the frame payload limit. */
+export const MANIFEST_PART_ENTRIES = 16 * 1024;

@@ -1,0 +1,216 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Duplex, Readable, Writable } from 'node:stream';
+import { after, before, test } from 'node:test';
+import { chunkingParams } from './chunking';
+import { dialTls, type Dialer } from './connection';
+import { DwcpWorkerPool } from './encoding';
+import { DwcpCancelledError } from './errors';
+import { createTestPki, makeTestContent, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
+import { DwcpReceiver, sendFile, sendStream, type TransferProgress } from './transport';
+
+let dir: string;
+let pki: TestPki;
+let pool: DwcpWorkerPool;
+let receiver: DwcpReceiver;
+const chunking = chunkingParams({ avgBytes: 16 * 1024 });
+
+before(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'dwcp-transport-'));
+  pki = await createTestPki({ dir: path.join(dir, 'pki') });
+  pool = new DwcpWorkerPool({ size: 2 });
+  receiver = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+});
+
+after(async () => {
+  await receiver.close();
+  await pool.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function sender(extra: { transferId: string }) {
+  return { host: '127.0.0.1', port: receiver.port, tls: pki.sender, pool, ...extra };
+}
+
+test('a file crosses three streams intact, with zero regions left as holes', async () => {
+  const source = path.join(dir, 'mixed.img');
+  const target = path.join(dir, 'out', 'mixed.img');
+  const expected = await writeTestFile({ path: source, content: makeTestContent({ bytes: 6 * 1024 * 1024 }) });
+  const transferId = randomUUID();
+  const progress: TransferProgress[] = [];
+  const received = receiver.expectFile({ transferId, targetPath: target });
+  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, streams: 3, chunking, onProgress: (p) => progress.push(p) });
+  const result = await received;
+
+  assert.equal(await sha256File({ path: target }), expected);
+  assert.equal(sent.sha256, expected);
+  assert.equal(result.sha256, expected);
+  assert.equal(sent.logicalBytes, 6 * 1024 * 1024);
+  assert.ok(sent.chunks.zero > 0, 'zero chunks were recognised');
+  assert.equal(sent.chunks.data + sent.chunks.zero, sent.chunks.total);
+  // A third of the content is compressible text and a third zeros: well under the logical size crosses the wire.
+  assert.ok(sent.wireBytes < sent.logicalBytes * 0.5, `wire ${sent.wireBytes} of ${sent.logicalBytes}`);
+  const info = await stat(target);
+  assert.ok(info.blocks * 512 < info.size * 0.8, `target is sparse: ${info.blocks * 512} bytes allocated`);
+  assert.ok(progress.length > 0 && progress.at(-1)!.chunksDone === sent.chunks.total);
+});
+
+test('a new version reuses the chunks of a base image, so only the changes cross the wire', async () => {
+  const v1 = noiseContent({ bytes: 4 * 1024 * 1024, seed: 11 });
+  const v2 = Buffer.concat([v1.subarray(0, 1_000_000), noiseContent({ bytes: 3000, seed: 12 }), v1.subarray(1_000_000)]);
+  v2.write('patched', 3_000_000);
+  const base = path.join(dir, 'base-v1.img');
+  const source = path.join(dir, 'v2.img');
+  await writeTestFile({ path: base, content: v1 });
+  const expected = await writeTestFile({ path: source, content: v2 });
+  const transferId = randomUUID();
+  const received = receiver.expectFile({ transferId, targetPath: path.join(dir, 'out', 'v2.img'), baseImages: [base] });
+  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, chunking, compressionLevel: 3 });
+  await received;
+
+  assert.equal(await sha256File({ path: path.join(dir, 'out', 'v2.img') }), expected);
+  assert.ok(sent.chunks.refs > sent.chunks.total * 0.9, `${sent.chunks.refs} of ${sent.chunks.total} reused`);
+  assert.ok(sent.wireBytes < v2.length * 0.05, `wire ${sent.wireBytes} for ${v2.length} bytes`);
+});
+
+test('sending over an existing older target transfers only the delta', async () => {
+  const target = path.join(dir, 'out', 'in-place.img');
+  const v1 = noiseContent({ bytes: 2 * 1024 * 1024, seed: 21 });
+  await writeTestFile({ path: target, content: v1 });
+  const v2 = Buffer.concat([v1.subarray(0, 500_000), v1.subarray(520_000)]);
+  const source = path.join(dir, 'in-place-v2.img');
+  const expected = await writeTestFile({ path: source, content: v2 });
+  const transferId = randomUUID();
+  const received = receiver.expectFile({ transferId, targetPath: target });
+  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, chunking });
+  await received;
+  assert.equal(await sha256File({ path: target }), expected);
+  assert.ok(sent.chunks.data <= 3, `${sent.chunks.data} chunks sent as data`);
+});
+
+test('an ordered stream is reassembled in order across streams with a small reorder window', async () => {
+  const content = makeTestContent({ bytes: 3 * 1024 * 1024 + 12345, seed: 5 });
+  const pieces: Buffer[] = [];
+  const sink = new Writable({
+    highWaterMark: 64 * 1024,
+    write(chunk: Buffer, _enc, done) {
+      pieces.push(chunk);
+      // A slow consumer, so the sink's backpressure reaches the sender.
+      setTimeout(done, 1);
+    },
+  });
+  const transferId = randomUUID();
+  const received = receiver.expectStream({ transferId, sink, maxReorderChunks: 8 });
+  const source = Readable.from(
+    (function* () {
+      for (let i = 0; i < content.length; i += 10_000) yield content.subarray(i, i + 10_000);
+    })(),
+  );
+  const sent = await sendStream({
+    ...sender({ transferId }),
+    source,
+    streams: 3,
+    chunkBytes: 64 * 1024,
+    maxInFlightChunks: 8,
+  });
+  const result = await received;
+  assert.deepEqual(Buffer.concat(pieces), content);
+  assert.equal(result.sha256, sent.sha256);
+  assert.ok(sent.chunks.zero > 0);
+  assert.equal(sent.logicalBytes, content.length);
+});
+
+/** Wraps a connection so the Nth large write (a chunk payload) has one byte flipped before encryption. */
+function corruptingDialer(input: { nth: number; streamIndex: number }): { dial: Dialer; flipped: () => number } {
+  let flipped = 0;
+  const dial: Dialer = async (opts) => {
+    const inner = await dialTls(opts);
+    if (opts.streamIndex !== input.streamIndex) return inner;
+    let large = 0;
+    const outer = new Duplex({
+      read() {
+        inner.resume();
+      },
+      write(chunk: Buffer, _enc, done) {
+        let data = chunk;
+        if (chunk.length >= 4096 && ++large === input.nth) {
+          data = Buffer.from(chunk);
+          data[Math.floor(data.length / 2)]! ^= 0x01;
+          flipped++;
+        }
+        inner.write(data, done);
+      },
+      final(done) {
+        inner.end(done);
+      },
+      destroy(err, done) {
+        inner.destroy(err ?? undefined);
+        done(err);
+      },
+    });
+    inner.on('data', (d: Buffer) => {
+      if (!outer.push(d)) inner.pause();
+    });
+    inner.on('end', () => outer.push(null));
+    inner.on('error', (err) => outer.destroy(err));
+    inner.on('close', () => outer.destroy());
+    return outer;
+  };
+  return { dial, flipped: () => flipped };
+}
+
+test('a chunk corrupted on the wire is NACKed and resent', async () => {
+  const source = path.join(dir, 'corrupt-src.img');
+  const expected = await writeTestFile({ path: source, content: noiseContent({ bytes: 2 * 1024 * 1024, seed: 31 }) });
+  const transferId = randomUUID();
+  const target = path.join(dir, 'out', 'corrupt.img');
+  const received = receiver.expectFile({ transferId, targetPath: target });
+  const corruption = corruptingDialer({ nth: 5, streamIndex: 1 });
+  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, chunking, streams: 2, dial: corruption.dial });
+  const result = await received;
+  assert.equal(corruption.flipped(), 1);
+  assert.equal(sent.chunks.resent, 1);
+  assert.equal(result.chunks.resent, 1);
+  assert.equal(sent.attempts, 1, 'a payload error costs one chunk, not the connection');
+  assert.equal(await sha256File({ path: target }), expected);
+});
+
+test('a stream chunk corrupted on the wire is NACKed and resent in order', async () => {
+  const content = noiseContent({ bytes: 1024 * 1024, seed: 41 });
+  const pieces: Buffer[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      pieces.push(chunk);
+      done();
+    },
+  });
+  const transferId = randomUUID();
+  const received = receiver.expectStream({ transferId, sink });
+  const corruption = corruptingDialer({ nth: 3, streamIndex: 0 });
+  const sent = await sendStream({ ...sender({ transferId }), source: Readable.from([content]), chunkBytes: 32 * 1024, dial: corruption.dial });
+  await received;
+  assert.equal(sent.chunks.resent, 1);
+  assert.deepEqual(Buffer.concat(pieces), content);
+});
+
+test('cancelling a transfer stops the sender with DwcpCancelledError', async () => {
+  const source = path.join(dir, 'cancel.img');
+  await writeTestFile({ path: source, content: noiseContent({ bytes: 4 * 1024 * 1024, seed: 51 }) });
+  const transferId = randomUUID();
+  void receiver.expectFile({ transferId, targetPath: path.join(dir, 'out', 'cancel.img') }).catch(() => undefined);
+  const controller = new AbortController();
+  const sending = sendFile({
+    ...sender({ transferId }),
+    sourcePath: source,
+    chunking,
+    maxBytesPerSecond: 1024 * 1024,
+    signal: controller.signal,
+    onProgress: (p) => {
+      if (p.logicalBytes > 256 * 1024) controller.abort();
+    },
+  });
+  await assert.rejects(sending, DwcpCancelledError);
+});
