@@ -96,8 +96,8 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
         const fsStats = await statfs(config.system.dataDir);
         const found = {
           cpus: os.availableParallelism(),
-          memoryMiB: Math.floor(os.totalmem() / MiB),
-          diskFreeMiB: Math.floor((fsStats.bavail * fsStats.bsize) / MiB),
+          memoryMib: Math.floor(os.totalmem() / MiB),
+          diskFreeMib: Math.floor((fsStats.bavail * fsStats.bsize) / MiB),
         };
         const wanted = config.system.minResources;
         const short = (Object.keys(wanted) as Array<keyof typeof wanted>).filter((k) => found[k] < wanted[k]);

@@ -39,8 +39,8 @@ export const configSchema = z.strictObject({
       minResources: z
         .strictObject({
           cpus: z.number().int().min(1).default(1),
-          memoryMiB: z.number().int().min(64).default(1024),
-          diskFreeMiB: z.number().int().min(16).default(1024),
+          memoryMib: z.number().int().min(64).default(1024),
+          diskFreeMib: z.number().int().min(16).default(1024),
         })
         .prefault({}),
     })
@@ -89,7 +89,7 @@ export const configSchema = z.strictObject({
       transport: z
         .strictObject({
           streams: z.number().int().min(1).max(64).default(4),
-          chunkSizeKiB: z.number().int().min(4).max(16384).default(1024),
+          chunkSizeKib: z.number().int().min(4).max(16384).default(1024),
           mutualTls: z.boolean().default(true),
         })
         .prefault({}),

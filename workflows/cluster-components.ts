@@ -8,7 +8,14 @@ export type ComponentCheckName = Exclude<keyof ClusterInitActivities, 'recordClu
  * here (libvirt hosts, DWCP, ML predictors); the graph is validated when the worker starts.
  */
 export const CLUSTER_COMPONENTS: ReadonlyArray<ClusterComponent<ComponentCheckName>> = [
-  { name: 'config', phase: 'pre-init', dependsOn: [], critical: true, check: 'checkConfig', retry: { maximumAttempts: 1 } },
+  {
+    name: 'config',
+    phase: 'pre-init',
+    dependsOn: [],
+    critical: true,
+    check: 'checkConfig',
+    retry: { maximumAttempts: 1 },
+  },
   { name: 'data-dir', phase: 'pre-init', dependsOn: [], critical: true, check: 'checkDataDir' },
   { name: 'resources', phase: 'pre-init', dependsOn: ['data-dir'], critical: false, check: 'checkResources' },
   { name: 'postgres', phase: 'core', dependsOn: ['config'], critical: true, check: 'checkPostgres' },

@@ -9,7 +9,13 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { ClusterInitActivities, ComponentCheckResult } from '../activities/cluster-init-activities';
-import { BOOT_PHASES, ComponentGraphError, planBoot, type BootPhase, type ComponentRetryPolicy } from './component-graph';
+import {
+  BOOT_PHASES,
+  ComponentGraphError,
+  planBoot,
+  type BootPhase,
+  type ComponentRetryPolicy,
+} from './component-graph';
 import { CLUSTER_COMPONENTS, type ComponentCheckName } from './cluster-components';
 
 export interface InitializeClusterInput {
@@ -18,6 +24,8 @@ export interface InitializeClusterInput {
   retry: ComponentRetryPolicy;
   componentTimeoutMs: number;
   disabledComponents?: string[];
+  /** `sequential` checks one component at a time: for debugging a boot and for the boot benchmark's baseline. */
+  execution?: 'level-parallel' | 'sequential';
 }
 
 export const COMPONENT_STATUSES = ['pending', 'running', 'ok', 'failed', 'skipped', 'cancelled'] as const;
@@ -151,13 +159,16 @@ export async function initializeCluster(input: InitializeClusterInput): Promise<
       try {
         await CancellationScope.cancellable(async () => {
           const scope = CancellationScope.current();
-          await Promise.all(
-            level.map(async (c) => {
-              await runComponent(c.name, c.check, { ...input.retry, ...c.retry });
-              // Fail fast: siblings still running in this level are cancelled as soon as a critical one fails.
-              if (criticalFailure) scope.cancel();
-            }),
-          );
+          const run = async (c: (typeof level)[number]) => {
+            await runComponent(c.name, c.check, { ...input.retry, ...c.retry });
+            // Fail fast: siblings still running in this level are cancelled as soon as a critical one fails.
+            if (criticalFailure) scope.cancel();
+          };
+          if (input.execution === 'sequential') {
+            for (const c of level) if (!criticalFailure) await run(c);
+          } else {
+            await Promise.all(level.map(run));
+          }
         });
       } catch (err) {
         // Only our own fail-fast cancellation is expected here; anything else (a cancel of the workflow) propagates.

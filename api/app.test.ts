@@ -1,0 +1,199 @@
+/**
+ * Integration: the API plugin (through inject) with a real control worker, the real Temporal server and a real
+ * PostgreSQL database. Covers init idempotency, workflow follow/list/cancel, readiness, metrics, the OpenAPI
+ * document, and that bad input is refused with the field named and nothing written.
+ */
+import type { Client, Connection } from '@temporalio/client';
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import pino from 'pino';
+import type { NovacronConfig } from '../config/schema';
+import { createMetrics } from '../observability/metrics';
+import { createTestDatabase, temporalClient, testConfig, type TestDatabase } from '../test/support/services';
+import { startControlWorker, type ControlWorkerHandle } from '../workers/control-worker';
+import type { BootReport } from '../workflows/initialize-cluster';
+import { buildApp, type BuiltApp } from './app';
+
+let db: TestDatabase;
+let config: NovacronConfig;
+let worker: ControlWorkerHandle;
+let built: BuiltApp;
+let client: Client;
+let connection: Connection;
+
+before(async () => {
+  db = await createTestDatabase();
+  config = testConfig({ databaseUrl: db.url });
+  ({ client, connection } = await temporalClient());
+  worker = await startControlWorker({ config, logger: pino({ level: 'silent' }) });
+  built = await buildApp({ config, temporal: client, pool: db.pool, metrics: createMetrics({ service: 'api-test' }), logger: pino({ level: 'silent' }) });
+});
+
+after(async () => {
+  await built.close();
+  await worker.shutdown();
+  await connection.close();
+  await db.drop();
+});
+
+async function rowCounts(): Promise<Record<string, number>> {
+  const tables = ['audit_log', 'cluster_boots', 'hosts', 'vms', 'leases'];
+  const counts: Record<string, number> = {};
+  for (const table of tables) counts[table] = Number((await db.pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
+  return counts;
+}
+
+/** Workflows on this test's own task queue: other test files share the Temporal server. */
+async function workflowCount(): Promise<number> {
+  let count = 0;
+  for await (const _ of client.workflow.list({ query: `TaskQueue = '${config.temporal.taskQueue}'` })) count++;
+  return count;
+}
+
+async function waitClosed(workflowId: string): Promise<{ status: string; result?: BootReport }> {
+  for (let i = 0; i < 300; i++) {
+    const response = await built.app.inject({ method: 'GET', url: `/v1/workflows/${workflowId}` });
+    assert.equal(response.statusCode, 200, response.body);
+    const body = response.json<{ status: string; result?: BootReport }>();
+    if (body.status !== 'RUNNING') return body;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${workflowId} did not close`);
+}
+
+describe('API', () => {
+  test('/health is live at once; /ready waits for a completed cluster init', async () => {
+    assert.equal((await built.app.inject({ method: 'GET', url: '/health' })).statusCode, 200);
+    const notReady = await built.app.inject({ method: 'GET', url: '/ready' });
+    assert.equal(notReady.statusCode, 503);
+    assert.match(notReady.json<{ checks: { clusterInit: string } }>().checks.clusterInit, /pending/);
+  });
+
+  test('POST /v1/cluster/init boots the cluster and is idempotent by request id', async () => {
+    const first = await built.app.inject({ method: 'POST', url: '/v1/cluster/init', payload: { requestId: 'boot-1' } });
+    assert.equal(first.statusCode, 202, first.body);
+    const started = first.json<{ workflowId: string; runId: string; existing: boolean }>();
+    assert.equal(started.workflowId, 'cluster-init-boot-1');
+    assert.equal(started.existing, false);
+
+    const again = await built.app.inject({ method: 'POST', url: '/v1/cluster/init', payload: { requestId: 'boot-1' } });
+    assert.equal(again.statusCode, 200);
+    assert.deepEqual(again.json(), { ...started, existing: true });
+
+    const closed = await waitClosed(started.workflowId);
+    assert.equal(closed.status, 'COMPLETED');
+    const report = closed.result!;
+    assert.equal(report.status, 'ready', JSON.stringify(report.components.filter((c) => c.status !== 'ok')));
+    const postgres = report.components.find((c) => c.name === 'postgres')!;
+    assert.equal(postgres.detail?.schemaVersion, 1);
+    assert.match(String(postgres.detail?.serverVersion), /^\d+/);
+    assert.ok(report.components.every((c) => c.durationMs >= 0 && c.attempts >= 1));
+
+    // Once finished, the same request id still answers with the same workflow and starts nothing new.
+    const afterDone = await built.app.inject({ method: 'POST', url: '/v1/cluster/init', headers: { 'idempotency-key': 'boot-1' } });
+    assert.equal(afterDone.statusCode, 200);
+    assert.equal(afterDone.json<{ runId: string }>().runId, started.runId);
+
+    const ready = await built.app.inject({ method: 'GET', url: '/ready' });
+    assert.equal(ready.statusCode, 200, ready.body);
+    const boots = await db.pool.query('SELECT workflow_id, status FROM cluster_boots');
+    assert.deepEqual(boots.rows, [{ workflow_id: 'cluster-init-boot-1', status: 'ready' }]);
+    const audit = await db.pool.query("SELECT action, workflow_id, outcome FROM audit_log WHERE workflow_id = 'cluster-init-boot-1' ORDER BY id");
+    assert.deepEqual(
+      audit.rows.map((r: { action: string }) => r.action),
+      ['cluster.init', 'POST /v1/cluster/init', 'POST /v1/cluster/init', 'POST /v1/cluster/init'],
+    );
+  });
+
+  test('GET /v1/workflows lists from visibility, filtered by type and status', async () => {
+    // Visibility is eventually consistent; give it a moment.
+    let listed: Array<{ workflowId: string; status: string; type: string }> = [];
+    for (let i = 0; i < 50 && listed.length === 0; i++) {
+      const response = await built.app.inject({ method: 'GET', url: '/v1/workflows?type=initializeCluster&status=COMPLETED' });
+      assert.equal(response.statusCode, 200);
+      listed = response.json<{ workflows: typeof listed }>().workflows.filter((w) => w.workflowId === 'cluster-init-boot-1');
+      if (listed.length === 0) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(listed.length, 1);
+    assert.equal(listed[0]!.type, 'initializeCluster');
+    const running = await built.app.inject({ method: 'GET', url: '/v1/workflows?type=initializeCluster&status=RUNNING' });
+    assert.ok(!running.json<{ workflows: typeof listed }>().workflows.some((w) => w.workflowId === 'cluster-init-boot-1'));
+  });
+
+  test('cancel: 409 for a closed workflow, 404 for an unknown one, 202 for a running one', async () => {
+    const closed = await built.app.inject({ method: 'POST', url: '/v1/workflows/cluster-init-boot-1/cancel' });
+    assert.equal(closed.statusCode, 409);
+    assert.match(closed.json<{ message: string }>().message, /COMPLETED, not RUNNING/);
+    const unknown = await built.app.inject({ method: 'POST', url: '/v1/workflows/no-such-workflow/cancel' });
+    assert.equal(unknown.statusCode, 404);
+    assert.equal((await built.app.inject({ method: 'GET', url: '/v1/workflows/no-such-workflow' })).statusCode, 404);
+
+    // A workflow on a queue nobody polls stays RUNNING, so the cancel path is deterministic.
+    const handle = await client.workflow.start('initializeCluster', {
+      workflowId: `cancel-me-${Date.now()}`,
+      taskQueue: 'nobody-polls-this',
+      args: [{ nodeId: 'n', retry: config.clusterInit.retry, componentTimeoutMs: 1000 }],
+    });
+    const cancelled = await built.app.inject({ method: 'POST', url: `/v1/workflows/${handle.workflowId}/cancel` });
+    assert.equal(cancelled.statusCode, 202, cancelled.body);
+    const detail = await built.app.inject({ method: 'GET', url: `/v1/workflows/${handle.workflowId}` });
+    assert.equal(detail.json<{ status: string }>().status, 'RUNNING');
+    await handle.terminate('test cleanup');
+    const audit = await db.pool.query('SELECT outcome FROM audit_log WHERE workflow_id = $1', [handle.workflowId]);
+    assert.deepEqual(audit.rows, [{ outcome: 'accepted' }]);
+  });
+
+  test('bad input gets a 400 naming the field, and nothing is written or started', async () => {
+    const before = await rowCounts();
+    const workflowsBefore = await workflowCount();
+    const cases: Array<{ payload: unknown; headers?: Record<string, string>; field: RegExp; status?: number }> = [
+      { payload: { requestId: 'has spaces' }, field: /^body\.requestId: / },
+      { payload: { requestId: 42 }, field: /^body\.requestId: / },
+      { payload: { requestId: 'ok', color: 'red' }, field: /^body\.color: unknown field/ },
+      { payload: { disabledComponents: ['warp-drive'] }, field: /^body\.disabledComponents\.0: / },
+      { payload: { disabledComponents: ['postgres'] }, field: /^body\.disabledComponents: component "audit-log" depends on unknown "postgres"/ },
+      { payload: {}, headers: { 'idempotency-key': '../../etc/passwd' }, field: /^headers\.idempotency-key: / },
+      { payload: '{"requestId": ', headers: { 'content-type': 'application/json' }, field: /JSON/ },
+      { payload: { requestId: 'x'.repeat(2 * 1024 * 1024) }, field: /too large/i, status: 413 },
+    ];
+    for (const c of cases) {
+      const response = await built.app.inject({ method: 'POST', url: '/v1/cluster/init', payload: c.payload as string, headers: c.headers ?? {} });
+      assert.equal(response.statusCode, c.status ?? 400, `${JSON.stringify(c.payload).slice(0, 80)} -> ${response.body.slice(0, 200)}`);
+      const body = response.json<{ message: string; requestId: string }>();
+      assert.match(body.message, c.field);
+      assert.ok(body.requestId);
+    }
+    for (const url of ['/v1/workflows?status=EXPLODED', '/v1/workflows?limit=0', '/v1/workflows?type=drop%20table', '/v1/workflows/bad%20id']) {
+      const response = await built.app.inject({ method: 'GET', url });
+      assert.equal(response.statusCode, 400, `${url} -> ${response.body}`);
+    }
+    assert.deepEqual(await rowCounts(), before);
+    assert.equal(await workflowCount(), workflowsBefore);
+  });
+
+  test('/metrics exposes workflow, activity and HTTP counters; the worker serves its own', async () => {
+    const text = (await built.app.inject({ method: 'GET', url: '/metrics' })).body;
+    assert.match(text, /novacron_workflow_starts_total\{[^}]*workflow_type="initializeCluster"[^}]*\} 1/);
+    assert.match(text, /novacron_http_requests_total\{[^}]*route="\/v1\/cluster\/init"/);
+    const workerText = await (await fetch(worker.metricsUrl)).text();
+    assert.match(workerText, /novacron_activity_executions_total\{[^}]*activity_type="checkPostgres"[^}]*outcome="completed"/);
+    assert.match(workerText, /novacron_workflow_completions_total\{[^}]*workflow_type="initializeCluster"[^}]*outcome="completed"/);
+    assert.match(workerText, /novacron_workflow_duration_seconds_count/);
+  });
+
+  test('/openapi.json documents every route with its schemas', async () => {
+    const doc = (await built.app.inject({ method: 'GET', url: '/openapi.json' })).json<{ openapi: string; paths: Record<string, Record<string, unknown>> }>();
+    assert.equal(doc.openapi, '3.1.0');
+    for (const [path, method] of [
+      ['/v1/cluster/init', 'post'],
+      ['/v1/workflows/{id}', 'get'],
+      ['/v1/workflows', 'get'],
+      ['/v1/workflows/{id}/cancel', 'post'],
+      ['/health', 'get'],
+      ['/ready', 'get'],
+    ] as const) {
+      assert.ok(doc.paths[path]?.[method], `${method} ${path} is documented`);
+    }
+    assert.ok(JSON.stringify(doc.paths['/v1/cluster/init']).includes('requestId'));
+  });
+});

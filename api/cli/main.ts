@@ -1,0 +1,191 @@
+/**
+ * `novacron`: the operator CLI. Every command but `up` and `config check` talks to the API. Errors end with exit
+ * status != 0 and one readable line on stderr.
+ */
+import { parseArgs } from 'node:util';
+import { checkConfigFile, ConfigError } from '../../config/load-config';
+import { runStackFromCli } from '../../workers/stack';
+import { ApiClient, CliError } from './api-client';
+
+const USAGE = `usage: novacron <command> [options]
+
+commands:
+  up [--config FILE]                          run the whole stack (same as npm start)
+  init [--request-id ID] [--disable C,...] [--wait]
+                                              start cluster initialization (idempotent by request id)
+  workflow show ID [--json]                   status, result or failure, progress, pending activities
+  workflow list [--type T] [--status S] [--limit N]
+  workflow cancel ID                          request cancellation of a running workflow
+  config check FILE                           validate a config file (with the profile it names)
+
+options:
+  --api URL     the API base URL (default $NOVACRON_API_URL or http://127.0.0.1:8080)
+  -h, --help    this text`;
+
+type Output = (line: string) => void;
+
+interface WorkflowDetail {
+  workflowId: string;
+  type: string;
+  status: string;
+  startTime: string;
+  closeTime?: string;
+  result?: unknown;
+  failure?: { message: string; type?: string };
+  progress?: unknown;
+  pendingActivities: Array<{ activityType: string; attempt: number; lastFailure?: string }>;
+}
+
+interface BootReportLike {
+  status: string;
+  totalMs?: number;
+  components: Array<{
+    name: string;
+    phase: string;
+    level: number;
+    status: string;
+    attempts: number;
+    durationMs: number;
+    error?: string;
+  }>;
+}
+
+function isBootReport(value: unknown): value is BootReportLike {
+  return typeof value === 'object' && value !== null && Array.isArray((value as BootReportLike).components);
+}
+
+function printBootReport(report: BootReportLike, out: Output): void {
+  out(`boot ${report.status}${report.totalMs !== undefined ? ` in ${report.totalMs} ms` : ''}`);
+  for (const c of report.components) {
+    const error = c.error ? `  ${c.error}` : '';
+    out(
+      `  ${c.phase.padEnd(9)} L${c.level} ${c.name.padEnd(20)} ${c.status.padEnd(9)} ${String(c.durationMs).padStart(6)} ms  x${c.attempts}${error}`,
+    );
+  }
+}
+
+function printWorkflow(detail: WorkflowDetail, out: Output): void {
+  out(`${detail.workflowId}  ${detail.type}  ${detail.status}`);
+  out(`  started ${detail.startTime}${detail.closeTime ? `, closed ${detail.closeTime}` : ''}`);
+  if (detail.failure)
+    out(`  failure: ${detail.failure.message}${detail.failure.type ? ` (${detail.failure.type})` : ''}`);
+  for (const a of detail.pendingActivities) {
+    out(`  pending ${a.activityType} attempt ${a.attempt}${a.lastFailure ? `: ${a.lastFailure}` : ''}`);
+  }
+  const report =
+    detail.result ?? detail.progress ?? (detail.failure as { details?: unknown[] } | undefined)?.details?.[0];
+  if (isBootReport(report)) printBootReport(report, out);
+  else if (detail.result !== undefined) out(`  result: ${JSON.stringify(detail.result)}`);
+}
+
+async function waitForClose(api: ApiClient, workflowId: string, out: Output): Promise<WorkflowDetail> {
+  let last = '';
+  for (;;) {
+    const detail = await api.get<WorkflowDetail>(`/v1/workflows/${encodeURIComponent(workflowId)}`);
+    if (detail.status !== 'RUNNING') return detail;
+    if (isBootReport(detail.progress)) {
+      const done = detail.progress.components.filter((c) => c.status !== 'pending' && c.status !== 'running').length;
+      const line = `  ${done}/${detail.progress.components.length} components checked`;
+      if (line !== last) out(line);
+      last = line;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+export async function runCli(argv: string[], out: Output = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        api: { type: 'string' },
+        config: { type: 'string' },
+        'request-id': { type: 'string' },
+        disable: { type: 'string' },
+        wait: { type: 'boolean' },
+        json: { type: 'boolean' },
+        type: { type: 'string' },
+        status: { type: 'string' },
+        limit: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new CliError(`${(err as Error).message}; run novacron --help`);
+  }
+  const { values, positionals } = parsed;
+  const [command, sub, arg] = positionals;
+  if (values.help || !command) {
+    out(USAGE);
+    return values.help ? 0 : 2;
+  }
+  const api = new ApiClient(values.api ?? process.env.NOVACRON_API_URL ?? 'http://127.0.0.1:8080');
+
+  switch (command) {
+    case 'up': {
+      await runStackFromCli(values.config);
+      return 0;
+    }
+    case 'config': {
+      if (sub !== 'check' || !arg) throw new CliError('usage: novacron config check FILE');
+      const config = checkConfigFile(arg);
+      out(`${arg}: ok (profile ${config.system.profile}, dwcp mode ${config.dwcp.mode}, node ${config.system.nodeId})`);
+      return 0;
+    }
+    case 'init': {
+      const body: Record<string, unknown> = {};
+      if (values['request-id']) body.requestId = values['request-id'];
+      if (values.disable) body.disabledComponents = values.disable.split(',').map((s) => s.trim());
+      const started = await api.post<{ workflowId: string; existing: boolean }>('/v1/cluster/init', body);
+      out(`${started.existing ? 'already started' : 'started'} ${started.workflowId}`);
+      if (!values.wait) return 0;
+      const detail = await waitForClose(api, started.workflowId, out);
+      printWorkflow(detail, out);
+      return detail.status === 'COMPLETED' ? 0 : 1;
+    }
+    case 'workflow': {
+      if (sub === 'show' && arg) {
+        const detail = await api.get<WorkflowDetail>(`/v1/workflows/${encodeURIComponent(arg)}`);
+        if (values.json) out(JSON.stringify(detail, null, 2));
+        else printWorkflow(detail, out);
+        return 0;
+      }
+      if (sub === 'list') {
+        const query = new URLSearchParams();
+        if (values.type) query.set('type', values.type);
+        if (values.status) query.set('status', values.status.toUpperCase());
+        if (values.limit) query.set('limit', values.limit);
+        const { workflows } = await api.get<{
+          workflows: Array<{ workflowId: string; type: string; status: string; startTime: string }>;
+        }>(`/v1/workflows${query.size > 0 ? `?${query.toString()}` : ''}`);
+        for (const w of workflows) out(`${w.startTime}  ${w.status.padEnd(10)} ${w.type.padEnd(20)} ${w.workflowId}`);
+        if (workflows.length === 0) out('no workflows match');
+        return 0;
+      }
+      if (sub === 'cancel' && arg) {
+        const result = await api.post<{ workflowId: string }>(`/v1/workflows/${encodeURIComponent(arg)}/cancel`, {});
+        out(`cancel requested for ${result.workflowId}`);
+        return 0;
+      }
+      throw new CliError('usage: novacron workflow show ID | list [--type T] [--status S] | cancel ID');
+    }
+    default:
+      throw new CliError(`unknown command "${command}"; run novacron --help`);
+  }
+}
+
+if (require.main === module) {
+  runCli(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      const message = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`novacron: ${message.split('\n')[0]}\n`);
+      process.exitCode = err instanceof CliError ? err.exitCode : err instanceof ConfigError ? 2 : 1;
+    },
+  );
+}

@@ -1,0 +1,140 @@
+/**
+ * End to end: the stack as `npm start` runs it (embedded PostgreSQL, embedded Temporal with Web UI, control worker
+ * and API as child processes) on scratch ports, driven through the API and the CLI; then stopped and started again
+ * to prove workflow history and PostgreSQL rows survive.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { Pool } from 'pg';
+import { freePort } from '../support/ports';
+import { isolatedEnv, ROOT, startEntry, type ChildHandle } from '../support/processes';
+import { scratchDir } from '../support/services';
+
+const READY_TIMEOUT_MS = 240_000;
+
+function cli(args: string[], apiUrl: string): { code: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(path.join(ROOT, 'bin', 'novacron'), [...args, '--api', apiUrl], { cwd: ROOT, encoding: 'utf8', env: isolatedEnv({}) });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+async function stopStack(stack: ChildHandle): Promise<void> {
+  stack.child.kill('SIGTERM');
+  const { code } = await stack.exited;
+  assert.equal(code, 0, `the stack exits cleanly on SIGTERM; output:\n${stack.output().slice(-3000)}`);
+}
+
+test('npm start brings the stack to ready; a restart keeps workflow history and PostgreSQL rows', async () => {
+  const dataDir = scratchDir('stack');
+  const ports = { api: await freePort(), temporal: await freePort(), ui: await freePort(), pg: await freePort(), metrics: await freePort() };
+  const env = isolatedEnv({
+    NOVACRON_DATA_DIR: dataDir,
+    NOVACRON_API_PORT: String(ports.api),
+    NOVACRON_TEMPORAL_EMBEDDED_PORT: String(ports.temporal),
+    NOVACRON_TEMPORAL_EMBEDDED_UI_PORT: String(ports.ui),
+    NOVACRON_STORAGE_EMBEDDED_PORT: String(ports.pg),
+    NOVACRON_MONITORING_WORKER_METRICS_PORT: String(ports.metrics),
+    NOVACRON_LOG_LEVEL: 'warn',
+  });
+  const apiUrl = `http://127.0.0.1:${ports.api}`;
+
+  // First start.
+  let stack = startEntry('workers/stack.ts', env);
+  let firstInitId: string;
+  try {
+    await stack.waitForOutput(/NovaCron is ready \((\d+) ms/, READY_TIMEOUT_MS);
+    firstInitId = (await stack.waitForOutput(/Boot report\s+\S+\/v1\/workflows\/(\S+)/, 1000))[1]!;
+    const uiUrl = (await stack.waitForOutput(/Temporal UI\s+(http:\/\/\S+)/, 1000))[1]!;
+
+    const ready = await fetch(`${apiUrl}/ready`);
+    assert.equal(ready.status, 200);
+    const detail = (await (await fetch(`${apiUrl}/v1/workflows/${firstInitId}`)).json()) as {
+      status: string;
+      result: { status: string; components: Array<{ name: string; status: string; durationMs: number }> };
+    };
+    assert.equal(detail.status, 'COMPLETED');
+    assert.ok(['ready', 'degraded'].includes(detail.result.status));
+    assert.ok(detail.result.components.some((c) => c.name === 'temporal-namespace' && c.status === 'ok'));
+
+    const ui = await fetch(uiUrl);
+    assert.equal(ui.status, 200, `the Web UI answers at ${uiUrl}`);
+    assert.match(await ui.text(), /<html/i);
+
+    const workerMetrics = await (await fetch(`http://127.0.0.1:${ports.metrics}/metrics`)).text();
+    assert.match(workerMetrics, /novacron_workflow_completions_total/);
+
+    // The CLI against the running API.
+    const show = cli(['workflow', 'show', firstInitId], apiUrl);
+    assert.equal(show.code, 0, show.stderr);
+    assert.match(show.stdout, /initializeCluster\s+COMPLETED/);
+    assert.match(show.stdout, /postgres\s+ok/);
+    const list = cli(['workflow', 'list', '--type', 'initializeCluster'], apiUrl);
+    assert.equal(list.code, 0, list.stderr);
+    assert.ok(list.stdout.includes(firstInitId));
+    const init = cli(['init', '--request-id', 'e2e-1', '--wait'], apiUrl);
+    assert.equal(init.code, 0, init.stderr + init.stdout);
+    assert.match(init.stdout, /started cluster-init-e2e-1/);
+    assert.match(init.stdout, /boot (ready|degraded) in \d+ ms/);
+    const missing = cli(['workflow', 'show', 'no-such-workflow'], apiUrl);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stderr.trim().split('\n').length, 1);
+    assert.match(missing.stderr, /^novacron: 404: /);
+  } finally {
+    await stopStack(stack);
+  }
+
+  // Second start on the same data dir.
+  stack = startEntry('workers/stack.ts', env);
+  try {
+    await stack.waitForOutput(/NovaCron is ready/, READY_TIMEOUT_MS);
+    const earlier = await fetch(`${apiUrl}/v1/workflows/${firstInitId}`);
+    assert.equal(earlier.status, 200, 'the first boot workflow is still in Temporal after the restart');
+    assert.equal(((await earlier.json()) as { status: string }).status, 'COMPLETED');
+    const e2e = (await (await fetch(`${apiUrl}/v1/workflows/cluster-init-e2e-1`)).json()) as { status: string };
+    assert.equal(e2e.status, 'COMPLETED');
+
+    const pool = new Pool({ connectionString: `postgres://novacron:novacron-local@127.0.0.1:${ports.pg}/novacron`, max: 1 });
+    try {
+      const boots = await pool.query<{ workflow_id: string }>('SELECT workflow_id FROM cluster_boots ORDER BY completed_at');
+      const ids = boots.rows.map((r) => r.workflow_id);
+      assert.equal(ids.length, 3, `two boots and one CLI init are recorded: ${ids.join(', ')}`);
+      assert.equal(ids[0], firstInitId);
+      assert.ok(ids.includes('cluster-init-e2e-1'));
+      const migrations = await pool.query('SELECT count(*)::int AS n FROM schema_migrations');
+      assert.equal(migrations.rows[0].n, 1, 'migrations are applied once, not again at the second start');
+    } finally {
+      await pool.end();
+    }
+  } finally {
+    await stopStack(stack);
+  }
+});
+
+test('a bad config stops start-up with one readable line and exit 2', () => {
+  const dir = scratchDir('badconfig');
+  const file = path.join(dir, 'bad.yaml');
+  writeFileSync(file, 'api:\n  port: 99999\n');
+  const result = spawnSync(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/stack.ts'), '--config', file], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: isolatedEnv({ NOVACRON_DATA_DIR: path.join(dir, 'data') }),
+  });
+  assert.equal(result.status, 2);
+  const lines = result.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, result.stderr);
+  assert.match(lines[0]!, /^novacron: invalid config \(.*bad\.yaml\): api\.port: /);
+
+  const check = spawnSync(path.join(ROOT, 'bin', 'novacron'), ['config', 'check', file], { cwd: ROOT, encoding: 'utf8', env: isolatedEnv({}) });
+  assert.equal(check.status, 2);
+  assert.equal(check.stderr.trim().split('\n').length, 1);
+  assert.match(check.stderr, /api\.port/);
+  const good = spawnSync(path.join(ROOT, 'bin', 'novacron'), ['config', 'check', path.join(ROOT, 'config', 'novacron.yaml')], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: isolatedEnv({}),
+  });
+  assert.equal(good.status, 0, good.stderr);
+  assert.match(good.stdout, /ok \(profile datacenter/);
+});

@@ -1,0 +1,169 @@
+/**
+ * `npm start` / `novacron up`: the whole stack on one machine. PostgreSQL and Temporal are embedded unless
+ * DATABASE_URL / TEMPORAL_ADDRESS point elsewhere; the control worker and the API run as supervised children;
+ * a cluster init runs at every start, and the URLs are printed once /ready answers 200.
+ */
+import { Client, Connection } from '@temporalio/client';
+import path from 'node:path';
+import { ConfigError, loadConfig } from '../config/load-config';
+import type { NovacronConfig } from '../config/schema';
+import { clusterInitInput } from '../api/routes/cluster';
+import { startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
+import { createLogger } from '../observability/logger';
+import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/embedded-postgres';
+import { migrate } from '../store/migrate';
+import { createPool, redactDatabaseUrl } from '../store/pool';
+import { superviseService, type SupervisedService } from './supervisor';
+import { temporalTarget } from './temporal-clients';
+
+export interface StackHandle {
+  apiUrl: string;
+  temporalAddress: string;
+  webUiUrl?: string;
+  databaseUrl: string;
+  initWorkflowId: string;
+  readyMs: number;
+  stop(): Promise<void>;
+}
+
+async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = '';
+  while (Date.now() < deadline) {
+    try {
+      if (await probe()) return;
+    } catch (err) {
+      lastError = err instanceof Error ? err.message : String(err);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (${lastError})` : ''}`);
+}
+
+export async function startStack(input: { config: NovacronConfig; env?: NodeJS.ProcessEnv; print?: (line: string) => void }): Promise<StackHandle> {
+  const { config } = input;
+  const print = input.print ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const logger = createLogger({ service: 'stack', config });
+  const cleanups: Array<() => Promise<void>> = [];
+  const stop = async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch((err: unknown) => logger.error({ err }, 'stop failed'));
+    cleanups.length = 0;
+  };
+
+  try {
+    let databaseUrl = config.storage.databaseUrl;
+    if (!databaseUrl) {
+      print(`starting embedded PostgreSQL on 127.0.0.1:${config.storage.embedded.port} (data in ${config.system.dataDir}/postgres)`);
+      const pg: EmbeddedPostgresHandle = await startEmbeddedPostgres({
+        dataDir: config.system.dataDir,
+        port: config.storage.embedded.port,
+        onLog: (line) => logger.debug({ component: 'postgres' }, line),
+      });
+      cleanups.push(() => pg.stop());
+      databaseUrl = pg.databaseUrl;
+    }
+    const pool = createPool({ databaseUrl, applicationName: 'novacron-stack', max: 2 });
+    cleanups.push(() => pool.end());
+    const migrated = await migrate(pool);
+    if (migrated.applied.length > 0) print(`applied migrations ${migrated.applied.join(', ')} (schema version ${migrated.version})`);
+
+    let webUiUrl: string | undefined;
+    let temporalAddress: string;
+    if (config.temporal.address) {
+      temporalAddress = config.temporal.address;
+    } else {
+      print(`starting the embedded Temporal server on 127.0.0.1:${config.temporal.embedded.port}`);
+      const server: TemporalDevServer = await startTemporalDevServer({
+        port: config.temporal.embedded.port,
+        uiPort: config.temporal.embedded.uiPort,
+        dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
+        namespaces: [config.temporal.namespace],
+        onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
+      });
+      cleanups.push(() => server.stop());
+      temporalAddress = server.address;
+      webUiUrl = server.uiUrl;
+    }
+    const readyClock = Date.now();
+
+    const childEnv: NodeJS.ProcessEnv = { ...(input.env ?? process.env), DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress };
+    const services: SupervisedService[] = [
+      superviseService({ name: 'control-worker', entry: 'workers/control-worker.ts', env: childEnv }, logger),
+      superviseService({ name: 'api', entry: 'api/server.ts', env: childEnv }, logger),
+    ];
+    cleanups.push(async () => {
+      await Promise.all(services.map((s) => s.stop()));
+    });
+
+    const effective: NovacronConfig = { ...config, temporal: { ...config.temporal, address: temporalAddress } };
+    const target = temporalTarget(effective);
+    const connection = await Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) });
+    cleanups.push(() => connection.close());
+    const client = new Client({ connection, namespace: target.namespace });
+    const initWorkflowId = `cluster-init-boot-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    await client.workflow.start('initializeCluster', {
+      workflowId: initWorkflowId,
+      taskQueue: config.temporal.taskQueue,
+      args: [clusterInitInput(config)],
+    });
+
+    const scheme = config.api.tls ? 'https' : 'http';
+    const apiUrl = `${scheme}://${config.api.host}:${config.api.port}`;
+    await waitFor('the API to report ready', 180_000, async () => {
+      const response = await fetch(`${apiUrl}/ready`);
+      return response.status === 200;
+    });
+    const readyMs = Date.now() - readyClock;
+
+    print('');
+    print(`NovaCron is ready (${readyMs} ms after Temporal was up)`);
+    print(`  API          ${apiUrl}   (OpenAPI: ${apiUrl}/openapi.json, metrics: ${apiUrl}/metrics)`);
+    if (webUiUrl) print(`  Temporal UI  ${webUiUrl}/namespaces/${config.temporal.namespace}/workflows`);
+    print(`  Temporal     ${temporalAddress} (namespace ${config.temporal.namespace})`);
+    print(`  PostgreSQL   ${redactDatabaseUrl(databaseUrl)}`);
+    print(`  Boot report  ${apiUrl}/v1/workflows/${initWorkflowId}`);
+    print('');
+
+    return { apiUrl, temporalAddress, ...(webUiUrl ? { webUiUrl } : {}), databaseUrl, initWorkflowId, readyMs, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** Runs the stack in the foreground until SIGINT/SIGTERM; shared by `npm start` and `novacron up`. */
+export async function runStackFromCli(configFile?: string): Promise<void> {
+  let config: NovacronConfig;
+  try {
+    config = loadConfig(configFile ? { file: configFile } : {});
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`novacron: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const stack = await startStack({ config });
+  let stopping = false;
+  await new Promise<void>((resolve) => {
+    const shutdown = () => {
+      if (stopping) return;
+      stopping = true;
+      process.stdout.write('stopping NovaCron...\n');
+      stack.stop().then(resolve, resolve);
+    };
+    process.on('SIGINT', shutdown);
+    process.on('SIGTERM', shutdown);
+  });
+}
+
+if (require.main === module) {
+  const configArg = process.argv.indexOf('--config');
+  runStackFromCli(configArg > 0 ? process.argv[configArg + 1] : undefined).then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stderr.write(`novacron: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
