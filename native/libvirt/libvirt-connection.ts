@@ -1,0 +1,588 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { createProcessRunner } from './command-runner';
+import type { CommandRunner, SpawnedCommand } from './command-runner';
+import { DOMAIN_NAME_PATTERN } from './domain-xml';
+import { LibvirtConnectionLostError, LibvirtError, LibvirtErrorCode, isInvalidState } from './errors';
+import { childElement, parseXml, textContent } from './xml';
+
+/** virDomainState, by the names libvirt gives its states. */
+export const DomainState = {
+  noState: 'nostate',
+  running: 'running',
+  blocked: 'blocked',
+  paused: 'paused',
+  shuttingDown: 'shutdown',
+  shutOff: 'shutoff',
+  crashed: 'crashed',
+  pmSuspended: 'pmsuspended',
+} as const;
+export type DomainState = (typeof DomainState)[keyof typeof DomainState];
+
+// Indexed by the numeric virDomainState that `domstats --raw` prints.
+const STATE_BY_NUMBER: readonly DomainState[] = [
+  DomainState.noState,
+  DomainState.running,
+  DomainState.blocked,
+  DomainState.paused,
+  DomainState.shuttingDown,
+  DomainState.shutOff,
+  DomainState.crashed,
+  DomainState.pmSuspended,
+];
+
+// The words virsh prints for each state (virshDomainStateToString).
+const STATE_BY_VIRSH_WORD: Readonly<Record<string, DomainState>> = {
+  'no state': DomainState.noState,
+  running: DomainState.running,
+  idle: DomainState.blocked,
+  paused: DomainState.paused,
+  'in shutdown': DomainState.shuttingDown,
+  'shut off': DomainState.shutOff,
+  crashed: DomainState.crashed,
+  pmsuspended: DomainState.pmSuspended,
+};
+
+/** VIR_DOMAIN_UNDEFINE_* flags, as virsh spells them. */
+export const DomainUndefineFlag = {
+  managedSave: 'managed-save',
+  snapshotsMetadata: 'snapshots-metadata',
+  checkpointsMetadata: 'checkpoints-metadata',
+  nvram: 'nvram',
+  keepNvram: 'keep-nvram',
+  tpm: 'tpm',
+  keepTpm: 'keep-tpm',
+} as const;
+export type DomainUndefineFlag = (typeof DomainUndefineFlag)[keyof typeof DomainUndefineFlag];
+
+/** virDomainJobType. */
+export const DomainJobType = {
+  none: 'none',
+  bounded: 'bounded',
+  unbounded: 'unbounded',
+  completed: 'completed',
+  failed: 'failed',
+  cancelled: 'cancelled',
+} as const;
+export type DomainJobType = (typeof DomainJobType)[keyof typeof DomainJobType];
+const JOB_TYPE_BY_NUMBER: readonly DomainJobType[] = Object.values(DomainJobType);
+
+/** virDomainEventType, for lifecycle events. */
+export const DomainLifecycleEvent = {
+  defined: 'defined',
+  undefined: 'undefined',
+  started: 'started',
+  suspended: 'suspended',
+  resumed: 'resumed',
+  stopped: 'stopped',
+  shutdown: 'shutdown',
+  pmSuspended: 'pmsuspended',
+  crashed: 'crashed',
+} as const;
+export type DomainLifecycleEvent = (typeof DomainLifecycleEvent)[keyof typeof DomainLifecycleEvent];
+
+export const ShutdownOutcome = {
+  shutdown: 'shutdown',
+  destroyed: 'destroyed',
+  alreadyOff: 'already-off',
+} as const;
+export type ShutdownOutcome = (typeof ShutdownOutcome)[keyof typeof ShutdownOutcome];
+
+export interface DomainRef {
+  name: string;
+}
+
+export interface DomainSummary {
+  name: string;
+  uuid: string;
+  state: DomainState;
+}
+
+export interface DomainDescription extends DomainSummary {
+  /** Only running domains have an id. */
+  id: number | undefined;
+  persistent: boolean;
+  autostart: boolean;
+}
+
+/** virDomainInfo. `cpuTimeNs` is a double: exact up to 104 days of CPU time, then rounded. */
+export interface DomainInfo {
+  state: DomainState;
+  vcpus: number;
+  maxMemoryKiB: number;
+  memoryKiB: number;
+  cpuTimeNs: number;
+}
+
+/** virDomainGetJobStats: the type plus libvirt's typed parameters, e.g. `data_remaining`, `memory_bps`. */
+export interface DomainJobStats {
+  type: DomainJobType;
+  stats: Readonly<Record<string, number | string>>;
+}
+
+export interface NodeInfo {
+  model: string;
+  cpus: number;
+  mhz: number;
+  numaNodes: number;
+  sockets: number;
+  cores: number;
+  threads: number;
+  memoryKiB: number;
+}
+
+/** virNodeGetMemoryStats for all cells. */
+export interface NodeMemoryStats {
+  totalKiB: number;
+  freeKiB: number;
+  buffersKiB: number;
+  cachedKiB: number;
+}
+
+export interface ConnectVersion {
+  library: string;
+  hypervisor: string;
+}
+
+export interface DomainEvent {
+  /** The virsh event name: lifecycle, reboot, device-removed, … */
+  type: string;
+  domain: string;
+  timestamp: Date;
+  /** Everything after the domain name, e.g. `Started Booted`. */
+  detail: string;
+  /** Present for `lifecycle` events. */
+  lifecycle?: { event: DomainLifecycleEvent; detail: string };
+}
+
+export interface LibvirtConnectionOptions {
+  /** e.g. `qemu:///system` or `qemu:///system?socket=/srv/hv1/sock/libvirt-sock` */
+  uri: string;
+  runner?: CommandRunner;
+  virshPath?: string;
+  /** Per virsh invocation; a hung daemon otherwise hangs the activity. */
+  commandTimeoutMs?: number;
+}
+
+const DEFAULT_COMMAND_TIMEOUT_MS = 120_000;
+const DEFAULT_SHUTDOWN_POLL_MS = 250;
+
+/**
+ * A libvirt connection whose methods mirror libvirt's API names. Each call runs one `virsh -c <uri>` process:
+ * docs/libvirt-driver.md measures the alternatives and explains the choice. The runner is injected so that
+ * unit tests can replace virsh.
+ */
+export class LibvirtConnection {
+  readonly uri: string;
+  private readonly runner: CommandRunner;
+  private readonly virshPath: string;
+  private readonly commandTimeoutMs: number;
+
+  constructor(options: LibvirtConnectionOptions) {
+    this.uri = options.uri;
+    this.runner = options.runner ?? createProcessRunner();
+    this.virshPath = options.virshPath ?? 'virsh';
+    this.commandTimeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  }
+
+  async connectGetVersion(): Promise<ConnectVersion> {
+    const fields = parseColonFields(await this.virsh('version', ['version']));
+    return { library: fields['Using library'] ?? '', hypervisor: fields['Running hypervisor'] ?? '' };
+  }
+
+  /**
+   * Defines (or, for the same name and UUID, redefines) a persistent domain. A different UUID under an existing
+   * name fails with LibvirtAlreadyExistsError.
+   */
+  async domainDefineXML(input: { xml: string; validate?: boolean }): Promise<DomainDescription> {
+    const name = domainNameFromXml(input.xml);
+    const args = ['define', '--file', '/dev/stdin', ...(input.validate ? ['--validate'] : [])];
+    await this.virsh(`define ${name}`, args, input.xml);
+    return this.domainLookupByName({ name });
+  }
+
+  async domainLookupByName(input: DomainRef): Promise<DomainDescription> {
+    const fields = parseColonFields(await this.virsh(`lookup ${input.name}`, ['dominfo', ...domainArg(input.name)]));
+    const id = fields['Id'];
+    return {
+      id: id === undefined || id === '-' ? undefined : Number(id),
+      name: fields['Name'] ?? input.name,
+      uuid: fields['UUID'] ?? '',
+      state: stateFromVirshWord(fields['State'] ?? ''),
+      persistent: fields['Persistent'] === 'yes',
+      autostart: fields['Autostart'] === 'enable',
+    };
+  }
+
+  async domainGetXMLDesc(input: DomainRef & { inactive?: boolean }): Promise<string> {
+    const args = ['dumpxml', ...domainArg(input.name), ...(input.inactive ? ['--inactive'] : [])];
+    return this.virsh(`dumpxml ${input.name}`, args);
+  }
+
+  /** virDomainCreate: starts a defined domain. */
+  async domainCreate(input: DomainRef): Promise<void> {
+    await this.virsh(`start ${input.name}`, ['start', ...domainArg(input.name)]);
+  }
+
+  /** Asks the guest to power off (ACPI); returns before it has. See `domainShutdownOrDestroy`. */
+  async domainShutdown(input: DomainRef): Promise<void> {
+    await this.virsh(`shutdown ${input.name}`, ['shutdown', ...domainArg(input.name)]);
+  }
+
+  /** Hard power-off. `graceful` sends SIGTERM only, without escalating to SIGKILL. */
+  async domainDestroy(input: DomainRef & { graceful?: boolean }): Promise<void> {
+    const args = ['destroy', ...domainArg(input.name), ...(input.graceful ? ['--graceful'] : [])];
+    await this.virsh(`destroy ${input.name}`, args);
+  }
+
+  /**
+   * Graceful shutdown, then destroy if the guest is still up after `timeoutMs`. Idempotent: a domain that is
+   * already off gives `already-off`.
+   */
+  async domainShutdownOrDestroy(
+    input: DomainRef & { timeoutMs: number; pollIntervalMs?: number },
+  ): Promise<{ outcome: ShutdownOutcome }> {
+    try {
+      await this.domainShutdown(input);
+    } catch (err) {
+      if (isInvalidState(err)) return { outcome: ShutdownOutcome.alreadyOff };
+      throw err;
+    }
+    const deadline = Date.now() + input.timeoutMs;
+    const poll = input.pollIntervalMs ?? DEFAULT_SHUTDOWN_POLL_MS;
+    while (Date.now() < deadline) {
+      if ((await this.domainGetState(input)) === DomainState.shutOff) return { outcome: ShutdownOutcome.shutdown };
+      await sleep(Math.min(poll, Math.max(0, deadline - Date.now())));
+    }
+    try {
+      await this.domainDestroy(input);
+      return { outcome: ShutdownOutcome.destroyed };
+    } catch (err) {
+      // The guest finished shutting down between the last poll and the destroy.
+      if (isInvalidState(err)) return { outcome: ShutdownOutcome.shutdown };
+      throw err;
+    }
+  }
+
+  async domainGetState(input: DomainRef): Promise<DomainState> {
+    const out = await this.virsh(`domstate ${input.name}`, ['domstate', ...domainArg(input.name)]);
+    return stateFromVirshWord(out.trim());
+  }
+
+  async domainUndefine(input: DomainRef & { flags?: readonly DomainUndefineFlag[] }): Promise<void> {
+    const flags = (input.flags ?? []).map((flag) => {
+      if (!Object.values(DomainUndefineFlag).includes(flag)) throw invalidArgument(`unknown undefine flag ${flag}`);
+      return `--${flag}`;
+    });
+    await this.virsh(`undefine ${input.name}`, ['undefine', ...domainArg(input.name), ...flags]);
+  }
+
+  /** Asks the guest to reboot (ACPI); a guest without an OS ignores it. `domainReset` is the hard variant. */
+  async domainReboot(input: DomainRef): Promise<void> {
+    await this.virsh(`reboot ${input.name}`, ['reboot', ...domainArg(input.name)]);
+  }
+
+  async domainReset(input: DomainRef): Promise<void> {
+    await this.virsh(`reset ${input.name}`, ['reset', ...domainArg(input.name)]);
+  }
+
+  async domainSuspend(input: DomainRef): Promise<void> {
+    await this.virsh(`suspend ${input.name}`, ['suspend', ...domainArg(input.name)]);
+  }
+
+  async domainResume(input: DomainRef): Promise<void> {
+    await this.virsh(`resume ${input.name}`, ['resume', ...domainArg(input.name)]);
+  }
+
+  /** All domains, active and inactive, optionally filtered by state. One virsh process, one connection. */
+  async listAllDomains(input: { states?: readonly DomainState[] } = {}): Promise<DomainSummary[]> {
+    const out = await this.virsh('list domains', ['list --all --uuid --name ; domstats --raw --state']);
+    const uuids = new Map<string, string>();
+    const states = new Map<string, DomainState>();
+    let current: string | undefined;
+    for (const line of out.split('\n')) {
+      const listed = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) (.+)$/.exec(line);
+      const header = /^Domain: '(.*)'$/.exec(line);
+      const state = /^\s+state\.state=(\d+)$/.exec(line);
+      if (listed) uuids.set(listed[2] as string, listed[1] as string);
+      else if (header) current = header[1];
+      else if (state && current !== undefined) states.set(current, stateFromNumber(Number(state[1])));
+    }
+    const domains: DomainSummary[] = [];
+    // A domain undefined between the two commands appears in only one list; it no longer exists, so skip it.
+    for (const [name, uuid] of uuids) {
+      const state = states.get(name);
+      if (state !== undefined && (input.states === undefined || input.states.includes(state))) {
+        domains.push({ name, uuid, state });
+      }
+    }
+    return domains.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async domainGetInfo(input: DomainRef): Promise<DomainInfo> {
+    const args = [
+      'domstats',
+      '--raw',
+      '--state',
+      '--cpu-total',
+      '--balloon',
+      '--vcpu',
+      ...domainArg(input.name, false),
+    ];
+    const fields = parseEqualsFields(await this.virsh(`info ${input.name}`, args));
+    return {
+      state: stateFromNumber(Number(fields['state.state'])),
+      vcpus: Number(fields['vcpu.current'] ?? 0),
+      maxMemoryKiB: Number(fields['balloon.maximum'] ?? 0),
+      memoryKiB: Number(fields['balloon.current'] ?? fields['balloon.maximum'] ?? 0),
+      cpuTimeNs: Number(fields['cpu.time'] ?? 0),
+    };
+  }
+
+  /** The current job (a migration, save, dump…) or, with `completed`, the last finished one. */
+  async domainGetJobStats(input: DomainRef & { completed?: boolean }): Promise<DomainJobStats> {
+    const args = ['domjobinfo', ...domainArg(input.name), '--rawstats', ...(input.completed ? ['--completed'] : [])];
+    const fields = parseColonFields(await this.virsh(`jobinfo ${input.name}`, args));
+    const stats: Record<string, number | string> = {};
+    for (const [key, value] of Object.entries(fields)) {
+      if (key !== 'Job type') stats[key] = /^-?\d+(\.\d+)?$/.test(value) ? Number(value) : value;
+    }
+    return { type: JOB_TYPE_BY_NUMBER[Number(fields['Job type'])] ?? DomainJobType.none, stats };
+  }
+
+  async nodeGetInfo(): Promise<NodeInfo> {
+    const fields = parseColonFields(await this.virsh('nodeinfo', ['nodeinfo']));
+    return {
+      model: fields['CPU model'] ?? '',
+      cpus: Number(fields['CPU(s)']),
+      mhz: parseInt(fields['CPU frequency'] ?? '0', 10),
+      numaNodes: Number(fields['NUMA cell(s)']),
+      sockets: Number(fields['CPU socket(s)']),
+      cores: Number(fields['Core(s) per socket']),
+      threads: Number(fields['Thread(s) per core']),
+      memoryKiB: parseInt(fields['Memory size'] ?? '0', 10),
+    };
+  }
+
+  /** virNodeGetFreeMemory: free bytes summed over NUMA cells. */
+  async nodeGetFreeMemory(): Promise<number> {
+    const fields = parseColonFields(await this.virsh('freecell', ['freecell']));
+    return parseInt(fields['Total'] ?? '0', 10) * 1024;
+  }
+
+  async nodeGetMemoryStats(): Promise<NodeMemoryStats> {
+    const fields = parseColonFields(await this.virsh('nodememstats', ['nodememstats']));
+    const kib = (key: string): number => parseInt(fields[key] ?? '0', 10);
+    return { totalKiB: kib('total'), freeKiB: kib('free'), buffersKiB: kib('buffers'), cachedKiB: kib('cached') };
+  }
+
+  /**
+   * Domain events of every type for every domain, from one long-running `virsh event --loop`. Await `ready`
+   * before acting if the events of that action matter; `close()` ends the iteration.
+   */
+  domainEvents(): DomainEventStream {
+    const command = this.runner.spawn({
+      file: this.virshPath,
+      // `echo` prints once virsh has connected, which is the earliest moment the stream can report readiness.
+      // No `-q`: in quiet mode virsh drops the newline after each command's output.
+      args: ['-c', this.uri, 'echo novacron-events-ready ; event --loop --all --timestamp'],
+    });
+    return new DomainEventStream(command, this.uri);
+  }
+
+  private async virsh(operation: string, args: readonly string[], stdin?: string): Promise<string> {
+    const result = await this.runner.run({
+      file: this.virshPath,
+      args: ['-c', this.uri, ...args],
+      ...(stdin === undefined ? {} : { stdin }),
+      timeoutMs: this.commandTimeoutMs,
+    });
+    if (result.timedOut) {
+      throw new LibvirtError({
+        message: `${operation}: virsh did not answer within ${this.commandTimeoutMs} ms`,
+        code: LibvirtErrorCode.commandTimeout,
+        operation,
+      });
+    }
+    if (result.exitCode !== 0) throw LibvirtError.fromVirsh({ stderr: result.stderr, operation });
+    return result.stdout;
+  }
+}
+
+/** An async iterator of domain events. Ends after `close()`; throws LibvirtConnectionLostError if virsh dies. */
+export class DomainEventStream implements AsyncIterable<DomainEvent> {
+  readonly ready: Promise<void>;
+  private readonly queue: DomainEvent[] = [];
+  private waiter: (() => void) | undefined;
+  private failure: LibvirtError | undefined;
+  private ended = false;
+  private closing = false;
+  private markReady!: () => void;
+  private readonly pump: Promise<void>;
+
+  constructor(
+    private readonly command: SpawnedCommand,
+    uri: string,
+  ) {
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+    this.pump = this.consume(uri);
+    // Readiness must not hang a caller when virsh fails before printing anything.
+    void this.pump.finally(() => this.markReady());
+  }
+
+  private async consume(uri: string): Promise<void> {
+    for await (const line of this.command.lines) {
+      if (line === 'novacron-events-ready') {
+        this.markReady();
+        continue;
+      }
+      const event = parseEventLine(line);
+      if (event) this.push(event);
+    }
+    const result = await this.command.exited;
+    if (!this.closing) {
+      const operation = `events ${uri}`;
+      this.failure =
+        result.stderr.trim() === ''
+          ? new LibvirtConnectionLostError({
+              message: `${operation}: virsh event ended unexpectedly`,
+              code: LibvirtErrorCode.noConnect,
+              operation,
+            })
+          : LibvirtError.fromVirsh({ stderr: result.stderr, operation });
+    }
+    this.ended = true;
+    this.wake();
+  }
+
+  private push(event: DomainEvent): void {
+    this.queue.push(event);
+    this.wake();
+  }
+
+  private wake(): void {
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.();
+  }
+
+  async next(): Promise<IteratorResult<DomainEvent>> {
+    for (;;) {
+      const event = this.queue.shift();
+      if (event) return { value: event, done: false };
+      if (this.failure) throw this.failure;
+      if (this.ended) return { value: undefined, done: true };
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.command.kill();
+    await this.pump;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<DomainEvent> {
+    return {
+      next: () => this.next(),
+      return: async () => {
+        await this.close();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
+
+const LIFECYCLE_BY_VIRSH_WORD: Readonly<Record<string, DomainLifecycleEvent>> = {
+  Defined: DomainLifecycleEvent.defined,
+  Undefined: DomainLifecycleEvent.undefined,
+  Started: DomainLifecycleEvent.started,
+  Suspended: DomainLifecycleEvent.suspended,
+  Resumed: DomainLifecycleEvent.resumed,
+  Stopped: DomainLifecycleEvent.stopped,
+  Shutdown: DomainLifecycleEvent.shutdown,
+  PMSuspended: DomainLifecycleEvent.pmSuspended,
+  Crashed: DomainLifecycleEvent.crashed,
+};
+
+/** Parses one line of `virsh event --timestamp`; undefined for lines that are not events. */
+export function parseEventLine(line: string): DomainEvent | undefined {
+  const match =
+    /^(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d+)([+-]\d\d)(\d\d): event '([^']+)' for domain '(.*?)'(?:: (.*))?$/.exec(
+      line,
+    );
+  if (!match) return undefined;
+  const [, date, time, tzHours, tzMinutes, type, domain, rest] = match as unknown as string[];
+  const detail = rest ?? '';
+  const event: DomainEvent = {
+    type: type as string,
+    domain: domain as string,
+    timestamp: new Date(`${date}T${time}${tzHours}:${tzMinutes}`),
+    detail,
+  };
+  if (type === 'lifecycle') {
+    const space = detail.indexOf(' ');
+    const word = space < 0 ? detail : detail.slice(0, space);
+    const lifecycle = LIFECYCLE_BY_VIRSH_WORD[word];
+    if (lifecycle) event.lifecycle = { event: lifecycle, detail: space < 0 ? '' : detail.slice(space + 1) };
+  }
+  return event;
+}
+
+// `--domain` keeps a name from being read as an option; validation keeps it from being anything surprising.
+function domainArg(name: string, named = true): string[] {
+  if (typeof name !== 'string' || !DOMAIN_NAME_PATTERN.test(name)) {
+    throw invalidArgument(`domain name ${JSON.stringify(name)} must match ${DOMAIN_NAME_PATTERN.source}`);
+  }
+  return named ? ['--domain', name] : [name];
+}
+
+function invalidArgument(message: string): LibvirtError {
+  return new LibvirtError({ message, code: LibvirtErrorCode.invalidArg, operation: 'validate input' });
+}
+
+function domainNameFromXml(xml: string): string {
+  let name: string | undefined;
+  try {
+    const nameElement = childElement(parseXml(xml), 'name');
+    name = nameElement ? textContent(nameElement) : undefined;
+  } catch (err) {
+    throw new LibvirtError({
+      message: `domain XML does not parse: ${(err as Error).message}`,
+      code: LibvirtErrorCode.xmlError,
+      operation: 'define',
+      cause: err,
+    });
+  }
+  if (name === undefined) throw invalidArgument('domain XML has no <name>');
+  domainArg(name);
+  return name;
+}
+
+function stateFromNumber(value: number): DomainState {
+  return STATE_BY_NUMBER[value] ?? DomainState.noState;
+}
+
+function stateFromVirshWord(word: string): DomainState {
+  return STATE_BY_VIRSH_WORD[word] ?? DomainState.noState;
+}
+
+/** `Key:   value` lines, as dominfo, nodeinfo and domjobinfo print them. */
+function parseColonFields(out: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const match = /^([^:]+?)\s*:\s*(.*?)\s*$/.exec(line);
+    if (match) fields[match[1] as string] = match[2] as string;
+  }
+  return fields;
+}
+
+/** `  key=value` lines, as `domstats --raw` prints them. */
+function parseEqualsFields(out: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const match = /^\s+([^=\s]+)=(.*)$/.exec(line);
+    if (match) fields[match[1] as string] = match[2] as string;
+  }
+  return fields;
+}
