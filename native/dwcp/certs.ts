@@ -31,7 +31,8 @@ export interface TlsMaterial {
 }
 
 const NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$/;
-const DNS_RE = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const DNS_RE =
+  /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 async function openssl(args: string[]): Promise<void> {
   try {

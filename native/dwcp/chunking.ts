@@ -52,7 +52,9 @@ export function chunkingKey(params: ChunkingParams): string {
 const GEAR = (() => {
   const table = new Int32Array(256);
   for (let i = 0; i < 256; i += 8) {
-    const digest = createHash('sha256').update(`novacron-dwcp-gear-${i / 8}`).digest();
+    const digest = createHash('sha256')
+      .update(`novacron-dwcp-gear-${i / 8}`)
+      .digest();
     for (let j = 0; j < 8; j++) table[i + j] = digest.readInt32BE(j * 4);
   }
   return table;
@@ -113,7 +115,13 @@ export function chunkLengths(input: { data: Uint8Array; params: ChunkingParams }
   const lengths: number[] = [];
   let start = 0;
   while (start < input.data.length) {
-    const length = nextChunkLength({ data: input.data, start, end: input.data.length, params: input.params, final: true });
+    const length = nextChunkLength({
+      data: input.data,
+      start,
+      end: input.data.length,
+      params: input.params,
+      final: true,
+    });
     lengths.push(length);
     start += length;
   }

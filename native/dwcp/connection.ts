@@ -38,9 +38,16 @@ export const dialTls: Dialer = (input) =>
       key: input.tls.key,
       minVersion: 'TLSv1.3',
       // Node refuses an IP address as SNI; for IPs the certificate's IP SAN is checked against `host` instead.
-      ...(input.servername !== undefined ? { servername: input.servername } : isIP(input.host) ? {} : { servername: input.host }),
+      ...(input.servername !== undefined
+        ? { servername: input.servername }
+        : isIP(input.host)
+          ? {}
+          : { servername: input.host }),
     });
-    const timer = setTimeout(() => fail(new DwcpTimeoutError(`TLS connect to ${input.host}:${input.port} timed out`)), input.timeoutMs);
+    const timer = setTimeout(
+      () => fail(new DwcpTimeoutError(`TLS connect to ${input.host}:${input.port} timed out`)),
+      input.timeoutMs,
+    );
     const onAbort = (): void => fail(new DwcpCancelledError('connect cancelled'));
     input.signal?.addEventListener('abort', onAbort, { once: true });
     const cleanup = (): void => {
@@ -104,7 +111,7 @@ const LOW_WATER_FRAMES = 32;
 export class FrameSocket {
   private readonly decoder: FrameDecoder;
   private readonly queue: Frame[] = [];
-  private waiter: { resolve: (f: Frame) => void; reject: (e: unknown) => void } | undefined;
+  private waiter: { resolve: (f: Frame) => void; reject: (e: DwcpError) => void } | undefined;
   private failure: DwcpError | undefined;
   private paused = false;
   bytesIn = 0;
@@ -113,7 +120,9 @@ export class FrameSocket {
 
   constructor(input: { stream: Duplex; maxPayloadBytes?: number }) {
     this.stream = input.stream;
-    this.decoder = new FrameDecoder(input.maxPayloadBytes === undefined ? {} : { maxPayloadBytes: input.maxPayloadBytes });
+    this.decoder = new FrameDecoder(
+      input.maxPayloadBytes === undefined ? {} : { maxPayloadBytes: input.maxPayloadBytes },
+    );
     this.stream.on('data', (data: Buffer) => this.onData(data));
     this.stream.on('error', (err) => this.fail(DwcpError.fromNative(err, 'connection')));
     this.stream.on('close', () => this.fail(new DwcpConnectionError('connection closed')));

@@ -15,7 +15,11 @@ port.on('message', (request: WorkerRequest) => {
   } catch (err) {
     const error = err instanceof Error ? err : new Error(String(err));
     const code = 'code' in error && typeof error.code === 'string' ? error.code : undefined;
-    response = { id: request.id, ok: false, error: { name: error.name, message: error.message, ...(code ? { code } : {}) } };
+    response = {
+      id: request.id,
+      ok: false,
+      error: { name: error.name, message: error.message, ...(code ? { code } : {}) },
+    };
   }
   postWorkerMessage({ post: (m, t) => port.postMessage(m, t), message: response });
 });

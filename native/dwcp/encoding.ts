@@ -257,7 +257,10 @@ export function reviveBuffers<T>(value: T): T {
   return value;
 }
 
-export function postWorkerMessage(input: { post: (message: unknown, transfer: ArrayBuffer[]) => void; message: unknown }): void {
+export function postWorkerMessage(input: {
+  post: (message: unknown, transfer: ArrayBuffer[]) => void;
+  message: unknown;
+}): void {
   input.post(input.message, transferables(input.message));
 }
 

@@ -176,7 +176,8 @@ export class FrameDecoder {
 
   private parseHeader(bytes: Buffer): void {
     if (bytes.readUInt32BE(0) !== FRAME_MAGIC) throw new DwcpProtocolError('bad frame magic');
-    if (crc32(bytes.subarray(0, 48)) !== bytes.readUInt32BE(48)) throw new DwcpProtocolError('frame header CRC mismatch');
+    if (crc32(bytes.subarray(0, 48)) !== bytes.readUInt32BE(48))
+      throw new DwcpProtocolError('frame header CRC mismatch');
     const version = bytes.readUInt8(4);
     if (version !== FRAME_VERSION) throw new DwcpProtocolError(`unsupported frame version ${version}`);
     const type = bytes.readUInt8(5);

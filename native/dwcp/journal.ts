@@ -111,6 +111,9 @@ function safeJson(line: string): unknown {
 
 function sameHeader(a: JournalHeader, b: JournalHeader): boolean {
   return (
-    a.transferId === b.transferId && a.manifestDigest === b.manifestDigest && a.size === b.size && a.chunkCount === b.chunkCount
+    a.transferId === b.transferId &&
+    a.manifestDigest === b.manifestDigest &&
+    a.size === b.size &&
+    a.chunkCount === b.chunkCount
   );
 }

@@ -28,7 +28,10 @@ export interface ManifestEntry {
   hash: Buffer;
 }
 
-export function manifestEntry(input: { manifest: Pick<Manifest, 'entries' | 'chunkCount'>; index: number }): ManifestEntry {
+export function manifestEntry(input: {
+  manifest: Pick<Manifest, 'entries' | 'chunkCount'>;
+  index: number;
+}): ManifestEntry {
   const { manifest, index } = input;
   if (!Number.isInteger(index) || index < 0 || index >= manifest.chunkCount) {
     throw new DwcpProtocolError(`chunk index ${index} is outside the manifest`);
@@ -109,7 +112,13 @@ export function scanFileSync(input: { path: string; chunking: ChunkingParams }):
     }
     for (const chunk of chunker.finish()) add(chunk);
     if (offset !== expectedSize) throw new Error(`${input.path} changed size while it was scanned`);
-    return { size: offset, sha256: whole.digest('hex'), chunkCount: count, entries: Buffer.concat(parts), chunking: input.chunking };
+    return {
+      size: offset,
+      sha256: whole.digest('hex'),
+      chunkCount: count,
+      entries: Buffer.concat(parts),
+      chunking: input.chunking,
+    };
   } finally {
     closeSync(fd);
   }

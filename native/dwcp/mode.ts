@@ -167,7 +167,11 @@ export async function serveProbe(input: { socket: FrameSocket; transferId: strin
         bytes += frame.payload.length;
         break;
       case FrameType.END:
-        await socket.send({ type: FrameType.END, transferId, payload: jsonPayload({ bytes, elapsedMs: lastAt - firstAt }) });
+        await socket.send({
+          type: FrameType.END,
+          transferId,
+          payload: jsonPayload({ bytes, elapsedMs: lastAt - firstAt }),
+        });
         bytes = 0;
         break;
       default:
@@ -217,7 +221,8 @@ export async function probeLink(input: {
       const hello: Hello = { kind: TransferKind.PROBE, attempt: 0, streamIndex: i, streams };
       await socket.send({ type: FrameType.HELLO, transferId, payload: jsonPayload(hello) });
       const reply = await socket.receive({ timeoutMs: 10_000 });
-      if (reply.type === FrameType.ERROR) throw DwcpError.fromRemote(parseJsonPayload({ frame: reply, schema: ErrorBodySchema }));
+      if (reply.type === FrameType.ERROR)
+        throw DwcpError.fromRemote(parseJsonPayload({ frame: reply, schema: ErrorBodySchema }));
       if (reply.type !== FrameType.HELLO) throw new DwcpProtocolError('probe was not accepted');
     }
     const control = sockets[0];
@@ -240,7 +245,8 @@ export async function probeLink(input: {
       sockets.map(async (socket) => {
         const until = performance.now() + durationMs;
         while (performance.now() < until) {
-          if (input.signal?.aborted) throw DwcpError.fromNative(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' }), 'probe');
+          if (input.signal?.aborted)
+            throw DwcpError.fromNative(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' }), 'probe');
           await socket.send({ type: FrameType.PROBE, transferId, payload });
         }
         await socket.send({ type: FrameType.END, transferId });

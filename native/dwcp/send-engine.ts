@@ -5,7 +5,14 @@
  */
 import { DwcpCancelledError, DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
 import type { FrameSocket } from './connection';
-import { ErrorBodySchema, FRAME_HEADER_BYTES, FrameType, parseJsonPayload, type EncodeFrameInput, type Frame } from './framing';
+import {
+  ErrorBodySchema,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  parseJsonPayload,
+  type EncodeFrameInput,
+  type Frame,
+} from './framing';
 import { NackSchema, type NackReason } from './protocol';
 
 /** What the engine asks of a file or stream transfer. */

@@ -9,7 +9,14 @@ import { chunkingParams } from './chunking';
 import { dialTls, type Dialer } from './connection';
 import { DwcpWorkerPool } from './encoding';
 import { DwcpCancelledError } from './errors';
-import { createTestPki, makeTestContent, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
+import {
+  createTestPki,
+  makeTestContent,
+  noiseContent,
+  sha256File,
+  writeTestFile,
+  type TestPki,
+} from './testing/fixtures';
 import { DwcpReceiver, sendFile, sendStream, type TransferProgress } from './transport';
 
 let dir: string;
@@ -42,7 +49,13 @@ test('a file crosses three streams intact, with zero regions left as holes', asy
   const transferId = randomUUID();
   const progress: TransferProgress[] = [];
   const received = receiver.expectFile({ transferId, targetPath: target });
-  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, streams: 3, chunking, onProgress: (p) => progress.push(p) });
+  const sent = await sendFile({
+    ...sender({ transferId }),
+    sourcePath: source,
+    streams: 3,
+    chunking,
+    onProgress: (p) => progress.push(p),
+  });
   const result = await received;
 
   assert.equal(await sha256File({ path: target }), expected);
@@ -60,7 +73,11 @@ test('a file crosses three streams intact, with zero regions left as holes', asy
 
 test('a new version reuses the chunks of a base image, so only the changes cross the wire', async () => {
   const v1 = noiseContent({ bytes: 4 * 1024 * 1024, seed: 11 });
-  const v2 = Buffer.concat([v1.subarray(0, 1_000_000), noiseContent({ bytes: 3000, seed: 12 }), v1.subarray(1_000_000)]);
+  const v2 = Buffer.concat([
+    v1.subarray(0, 1_000_000),
+    noiseContent({ bytes: 3000, seed: 12 }),
+    v1.subarray(1_000_000),
+  ]);
   v2.write('patched', 3_000_000);
   const base = path.join(dir, 'base-v1.img');
   const source = path.join(dir, 'v2.img');
@@ -169,7 +186,13 @@ test('a chunk corrupted on the wire is NACKed and resent', async () => {
   const target = path.join(dir, 'out', 'corrupt.img');
   const received = receiver.expectFile({ transferId, targetPath: target });
   const corruption = corruptingDialer({ nth: 5, streamIndex: 1 });
-  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, chunking, streams: 2, dial: corruption.dial });
+  const sent = await sendFile({
+    ...sender({ transferId }),
+    sourcePath: source,
+    chunking,
+    streams: 2,
+    dial: corruption.dial,
+  });
   const result = await received;
   assert.equal(corruption.flipped(), 1);
   assert.equal(sent.chunks.resent, 1);
@@ -190,7 +213,12 @@ test('a stream chunk corrupted on the wire is NACKed and resent in order', async
   const transferId = randomUUID();
   const received = receiver.expectStream({ transferId, sink });
   const corruption = corruptingDialer({ nth: 3, streamIndex: 0 });
-  const sent = await sendStream({ ...sender({ transferId }), source: Readable.from([content]), chunkBytes: 32 * 1024, dial: corruption.dial });
+  const sent = await sendStream({
+    ...sender({ transferId }),
+    source: Readable.from([content]),
+    chunkBytes: 32 * 1024,
+    dial: corruption.dial,
+  });
   await received;
   assert.equal(sent.chunks.resent, 1);
   assert.deepEqual(Buffer.concat(pieces), content);

@@ -148,7 +148,8 @@ class SenderContext {
   private lastProgressAt = 0;
 
   constructor(options: SenderOptions) {
-    if (!isTransferId(options.transferId)) throw new DwcpProtocolError(`transfer id must be a UUID: ${options.transferId}`);
+    if (!isTransferId(options.transferId))
+      throw new DwcpProtocolError(`transfer id must be a UUID: ${options.transferId}`);
     this.options = options;
     this.ownsPool = options.pool === undefined;
     this.pool = options.pool ?? new DwcpWorkerPool();
@@ -178,9 +179,14 @@ class SenderContext {
     const socket = new FrameSocket({ stream });
     this.sockets.push(socket);
     try {
-      await socket.send({ type: FrameType.HELLO, transferId: this.options.transferId, payload: jsonPayload(input.hello) });
+      await socket.send({
+        type: FrameType.HELLO,
+        transferId: this.options.transferId,
+        payload: jsonPayload(input.hello),
+      });
       const frame = await socket.receive({ timeoutMs: HELLO_TIMEOUT_MS });
-      if (frame.type === FrameType.ERROR) throw DwcpError.fromRemote(parseJsonPayload({ frame, schema: ErrorBodySchema }));
+      if (frame.type === FrameType.ERROR)
+        throw DwcpError.fromRemote(parseJsonPayload({ frame, schema: ErrorBodySchema }));
       if (frame.type !== FrameType.HELLO) throw new DwcpProtocolError(`expected HELLO, got frame type ${frame.type}`);
       return { socket, reply: parseJsonPayload({ frame, schema: HelloReplySchema }) };
     } catch (err) {
@@ -189,7 +195,12 @@ class SenderContext {
     }
   }
 
-  progress(input: { logicalBytes: number; chunksDone: number; chunksTotal: number | undefined; force?: boolean }): void {
+  progress(input: {
+    logicalBytes: number;
+    chunksDone: number;
+    chunksTotal: number | undefined;
+    force?: boolean;
+  }): void {
     const now = Date.now();
     if (this.options.onProgress === undefined || (!input.force && now - this.lastProgressAt < 100)) return;
     this.lastProgressAt = now;
@@ -257,7 +268,11 @@ function createThrottle(bytesPerSecond: number | undefined): (bytes: number) => 
   };
 }
 
-async function openDataSockets(input: { ctx: SenderContext; attempt: number; kind: TransferKind }): Promise<FrameSocket[]> {
+async function openDataSockets(input: {
+  ctx: SenderContext;
+  attempt: number;
+  kind: TransferKind;
+}): Promise<FrameSocket[]> {
   const { ctx } = input;
   const results = await Promise.allSettled(
     Array.from({ length: ctx.streams - 1 }, (_, i) =>
@@ -283,7 +298,11 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
   const ctx = new SenderContext(input);
   try {
     const level = input.compressionLevel ?? 1;
-    const manifest = await ctx.pool.run({ kind: 'scan', path: input.sourcePath, chunking: input.chunking ?? DEFAULT_CHUNKING });
+    const manifest = await ctx.pool.run({
+      kind: 'scan',
+      path: input.sourcePath,
+      chunking: input.chunking ?? DEFAULT_CHUNKING,
+    });
     const digest = manifestDigest({ manifest });
     const stats: ChunkStats = { total: manifest.chunkCount, data: 0, refs: 0, zero: 0, resumed: 0, resent: 0 };
     let logicalBytes = 0;
@@ -309,7 +328,8 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       const sockets = [control.socket];
       try {
         if (control.reply.completed !== undefined) {
-          if (control.reply.completed !== manifest.sha256) throw new DwcpChecksumError('receiver completed with another sha256');
+          if (control.reply.completed !== manifest.sha256)
+            throw new DwcpChecksumError('receiver completed with another sha256');
           logicalBytes = manifest.size;
           chunksDone = manifest.chunkCount;
           return;
@@ -339,9 +359,19 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           pull: () => Promise.resolve('end'),
           prepare: async (index) => {
             const entry = manifestEntry({ manifest, index });
-            const base = { transferId: input.transferId, chunkIndex: index, offset: entry.offset, rawLength: entry.length };
+            const base = {
+              transferId: input.transferId,
+              chunkIndex: index,
+              offset: entry.offset,
+              rawLength: entry.length,
+            };
             if (states[index] === ChunkState.REF) {
-              return { ...base, type: FrameType.CHUNK_REF, encoding: ChunkEncoding.REF, payload: Buffer.from(entry.hash) };
+              return {
+                ...base,
+                type: FrameType.CHUNK_REF,
+                encoding: ChunkEncoding.REF,
+                payload: Buffer.from(entry.hash),
+              };
             }
             const encoded = await ctx.pool.run({
               kind: 'encodeFile',
@@ -385,7 +415,11 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         const reply = await engine.run(() => ({
           type: FrameType.END,
           transferId: input.transferId,
-          payload: jsonPayload({ sha256: manifest.sha256, size: manifest.size, chunkCount: manifest.chunkCount } satisfies End),
+          payload: jsonPayload({
+            sha256: manifest.sha256,
+            size: manifest.size,
+            chunkCount: manifest.chunkCount,
+          } satisfies End),
         }));
         const end = parseJsonPayload({ frame: reply, schema: EndReplySchema });
         if (end.sha256 !== manifest.sha256) throw new DwcpChecksumError('receiver reports a different sha256');
@@ -465,7 +499,10 @@ export async function sendStream(input: SendStreamInput): Promise<SendResult> {
     const window = input.maxInFlightChunks ?? 16 * ctx.streams;
     const chunks = fixedChunks(input.source, chunkBytes)[Symbol.asyncIterator]();
     const hash = createHash('sha256');
-    const retained = new Map<number, { length: number; data: Buffer | undefined; frame: EncodeFrameInput | undefined }>();
+    const retained = new Map<
+      number,
+      { length: number; data: Buffer | undefined; frame: EncodeFrameInput | undefined }
+    >();
     const stats: ChunkStats = { total: 0, data: 0, refs: 0, zero: 0, resumed: 0, resent: 0 };
     let pulled = 0;
     let size = 0;
@@ -540,7 +577,8 @@ export async function sendStream(input: SendStreamInput): Promise<SendResult> {
       const sockets = [control.socket];
       try {
         if (control.reply.completed !== undefined) {
-          if (!ended || control.reply.completed !== sha256) throw new DwcpChecksumError('receiver completed another stream');
+          if (!ended || control.reply.completed !== sha256)
+            throw new DwcpChecksumError('receiver completed another stream');
           return;
         }
         const nextIndex = control.reply.nextIndex ?? 0;
@@ -646,7 +684,11 @@ function deferred<T>(): Deferred<T> {
 
 async function sendError(socket: FrameSocket, transferId: string, err: DwcpError): Promise<void> {
   try {
-    await socket.send({ type: FrameType.ERROR, transferId, payload: jsonPayload({ code: err.code, message: err.message }) });
+    await socket.send({
+      type: FrameType.ERROR,
+      transferId,
+      payload: jsonPayload({ code: err.code, message: err.message }),
+    });
   } catch {
     // The connection is already gone; the sender learns of the failure from that.
   }
@@ -677,7 +719,12 @@ abstract class ReceiveTransfer {
   private readonly onProgress: ((p: TransferProgress) => void) | undefined;
   private lastProgressAt = 0;
 
-  constructor(input: { transferId: string; peerHostId: string | undefined; ctx: ReceiverContext; onProgress?: (p: TransferProgress) => void }) {
+  constructor(input: {
+    transferId: string;
+    peerHostId: string | undefined;
+    ctx: ReceiverContext;
+    onProgress?: (p: TransferProgress) => void;
+  }) {
     this.transferId = input.transferId;
     this.peerHostId = input.peerHostId;
     this.ctx = input.ctx;
@@ -694,14 +741,16 @@ abstract class ReceiveTransfer {
 
   /** A new attempt's control connection supersedes every older connection. */
   protected beginAttempt(socket: FrameSocket, hello: Hello): void {
-    if (hello.attempt < this.attempt) throw new DwcpProtocolError(`attempt ${hello.attempt} is older than ${this.attempt}`);
+    if (hello.attempt < this.attempt)
+      throw new DwcpProtocolError(`attempt ${hello.attempt} is older than ${this.attempt}`);
     this.attempt = hello.attempt;
     for (const old of this.sockets) this.retire(old);
     this.sockets.add(socket);
   }
 
   protected joinAttempt(socket: FrameSocket, hello: Hello): void {
-    if (hello.attempt !== this.attempt) throw new DwcpProtocolError(`stream of attempt ${hello.attempt}, current is ${this.attempt}`);
+    if (hello.attempt !== this.attempt)
+      throw new DwcpProtocolError(`stream of attempt ${hello.attempt}, current is ${this.attempt}`);
     this.sockets.add(socket);
   }
 
@@ -711,7 +760,12 @@ abstract class ReceiveTransfer {
     socket.destroy();
   }
 
-  protected progress(input: { logicalBytes: number; chunksDone: number; chunksTotal: number | undefined; force?: boolean }): void {
+  protected progress(input: {
+    logicalBytes: number;
+    chunksDone: number;
+    chunksTotal: number | undefined;
+    force?: boolean;
+  }): void {
     const now = Date.now();
     if (this.onProgress === undefined || (!input.force && now - this.lastProgressAt < 100)) return;
     this.lastProgressAt = now;
@@ -807,7 +861,12 @@ class FileReceiveTransfer extends ReceiveTransfer {
   private readonly journalPath: string;
 
   constructor(input: ExpectFileInput, ctx: ReceiverContext) {
-    super({ transferId: input.transferId, peerHostId: input.peerHostId, ctx, ...(input.onProgress ? { onProgress: input.onProgress } : {}) });
+    super({
+      transferId: input.transferId,
+      peerHostId: input.peerHostId,
+      ctx,
+      ...(input.onProgress ? { onProgress: input.onProgress } : {}),
+    });
     this.input = input;
     this.partialPath = `${input.targetPath}.dwcp-partial`;
     this.journalPath = `${input.targetPath}.dwcp-journal`;
@@ -818,31 +877,52 @@ class FileReceiveTransfer extends ReceiveTransfer {
     if (hello.streamIndex > 0) {
       if (this.manifest === undefined) throw new DwcpProtocolError('data stream before the manifest');
       this.joinAttempt(socket, hello);
-      await socket.send({ type: FrameType.HELLO, transferId: this.transferId, payload: jsonPayload({ ok: true } satisfies HelloReply) });
+      await socket.send({
+        type: FrameType.HELLO,
+        transferId: this.transferId,
+        payload: jsonPayload({ ok: true } satisfies HelloReply),
+      });
       this.serveChunks(socket);
       return;
     }
     const file = hello.file;
     if (file === undefined) throw new DwcpProtocolError('file HELLO without file description');
     this.beginAttempt(socket, hello);
-    await socket.send({ type: FrameType.HELLO, transferId: this.transferId, payload: jsonPayload({ ok: true } satisfies HelloReply) });
+    await socket.send({
+      type: FrameType.HELLO,
+      transferId: this.transferId,
+      payload: jsonPayload({ ok: true } satisfies HelloReply),
+    });
 
     const chunking = chunkingParams(file.chunking);
     const parts: Buffer[] = [];
     for (;;) {
       const frame = await socket.receive({ timeoutMs: HELLO_TIMEOUT_MS });
-      if (frame.type !== FrameType.MANIFEST) throw new DwcpProtocolError(`expected MANIFEST, got frame type ${frame.type}`);
+      if (frame.type !== FrameType.MANIFEST)
+        throw new DwcpProtocolError(`expected MANIFEST, got frame type ${frame.type}`);
       if (!frame.checksumOk) throw new DwcpProtocolError('manifest part failed its checksum');
       parts.push(frame.payload);
       if ((frame.flags & FrameFlag.LAST) !== 0) break;
     }
-    const manifest: Manifest = { size: file.size, sha256: file.sha256, chunkCount: file.chunkCount, entries: Buffer.concat(parts), chunking };
-    if (manifestDigest({ manifest }) !== file.manifestDigest) throw new DwcpProtocolError('manifest does not match its digest');
+    const manifest: Manifest = {
+      size: file.size,
+      sha256: file.sha256,
+      chunkCount: file.chunkCount,
+      entries: Buffer.concat(parts),
+      chunking,
+    };
+    if (manifestDigest({ manifest }) !== file.manifestDigest)
+      throw new DwcpProtocolError('manifest does not match its digest');
     validateManifest({ manifest });
 
     await this.open(manifest, file.manifestDigest);
     const states = await this.planChunks();
-    await socket.send({ type: FrameType.NEED, transferId: this.transferId, encoding: ChunkEncoding.ZSTD, payload: compress(states) });
+    await socket.send({
+      type: FrameType.NEED,
+      transferId: this.transferId,
+      encoding: ChunkEncoding.ZSTD,
+      payload: compress(states),
+    });
     this.serveChunks(socket);
   }
 
@@ -854,7 +934,12 @@ class FileReceiveTransfer extends ReceiveTransfer {
     const partial = await open(this.partialPath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
     const { journal, done, reset } = await TransferJournal.open({
       path: this.journalPath,
-      header: { transferId: this.transferId, manifestDigest: digest, size: manifest.size, chunkCount: manifest.chunkCount },
+      header: {
+        transferId: this.transferId,
+        manifestDigest: digest,
+        size: manifest.size,
+        chunkCount: manifest.chunkCount,
+      },
       data: partial,
     });
     // Without a matching journal nothing in the partial file can be trusted; a fresh sparse file is all holes.
@@ -911,7 +996,9 @@ class FileReceiveTransfer extends ReceiveTransfer {
       const fsInfo = await statfs(path.dirname(this.partialPath));
       const available = fsInfo.bavail * fsInfo.bsize;
       if (neededBytes > available) {
-        throw new DwcpDiskFullError(`${path.dirname(this.partialPath)} has ${available} bytes free, the transfer needs ${neededBytes}`);
+        throw new DwcpDiskFullError(
+          `${path.dirname(this.partialPath)} has ${available} bytes free, the transfer needs ${neededBytes}`,
+        );
       }
     }
     return plan;
@@ -942,7 +1029,13 @@ class FileReceiveTransfer extends ReceiveTransfer {
       const location = this.ctx.chunkIndex.lookup(entry.hash);
       if (location === undefined) return this.nack(socket, entry.index, 'ref-miss');
       const read = await this.ctx.pool
-        .run({ kind: 'readVerified', path: location.path, offset: location.offset, length: location.length, expectedHash: entry.hash })
+        .run({
+          kind: 'readVerified',
+          path: location.path,
+          offset: location.offset,
+          length: location.length,
+          expectedHash: entry.hash,
+        })
         .catch(() => ({ data: undefined }));
       if (read.data === undefined) {
         this.ctx.chunkIndex.forget(entry.hash);
@@ -990,7 +1083,8 @@ class FileReceiveTransfer extends ReceiveTransfer {
     const manifest = this.manifest;
     const journal = this.journal;
     const partial = this.partial;
-    if (manifest === undefined || journal === undefined || partial === undefined) throw new DwcpProtocolError('END before manifest');
+    if (manifest === undefined || journal === undefined || partial === undefined)
+      throw new DwcpProtocolError('END before manifest');
     const end = parseJsonPayload({ frame, schema: EndSchema });
     if (this.states.some((s) => s !== ChunkState.DONE)) throw new DwcpProtocolError('END before every chunk arrived');
     await journal.flush();
@@ -1013,7 +1107,12 @@ class FileReceiveTransfer extends ReceiveTransfer {
     this.ctx.onFinished(this.transferId, sha256);
     await socket.send({ type: FrameType.END, transferId: this.transferId, payload: jsonPayload({ sha256 }) });
     socket.close();
-    this.progress({ logicalBytes: this.logicalBytes, chunksDone: this.chunksDone, chunksTotal: manifest.chunkCount, force: true });
+    this.progress({
+      logicalBytes: this.logicalBytes,
+      chunksDone: this.chunksDone,
+      chunksTotal: manifest.chunkCount,
+      force: true,
+    });
     this.result.resolve({
       transferId: this.transferId,
       sha256,
@@ -1049,7 +1148,12 @@ class StreamReceiveTransfer extends ReceiveTransfer {
   private delivering = false;
 
   constructor(input: ExpectStreamInput, ctx: ReceiverContext) {
-    super({ transferId: input.transferId, peerHostId: input.peerHostId, ctx, ...(input.onProgress ? { onProgress: input.onProgress } : {}) });
+    super({
+      transferId: input.transferId,
+      peerHostId: input.peerHostId,
+      ctx,
+      ...(input.onProgress ? { onProgress: input.onProgress } : {}),
+    });
     this.sink = input.sink;
     this.maxReorder = input.maxReorderChunks ?? 1024;
   }
@@ -1070,13 +1174,19 @@ class StreamReceiveTransfer extends ReceiveTransfer {
     const index = frame.chunkIndex;
     if (!frame.checksumOk) return this.nack(socket, index, 'checksum');
     if (index < this.nextIndex) return this.ack(socket, index);
-    if (index >= this.nextIndex + this.maxReorder) throw new DwcpProtocolError(`chunk ${index} is beyond the reorder window`);
+    if (index >= this.nextIndex + this.maxReorder)
+      throw new DwcpProtocolError(`chunk ${index} is beyond the reorder window`);
     if (this.buffer.has(index)) return;
     let data: Buffer;
     if (frame.type === FrameType.ZERO) {
       data = decodeChunk({ encoding: ChunkEncoding.ZERO, payload: frame.payload, rawLength: frame.rawLength });
     } else if (frame.type === FrameType.CHUNK) {
-      const decoded = await this.ctx.pool.run({ kind: 'decode', encoding: frame.encoding, payload: frame.payload, rawLength: frame.rawLength });
+      const decoded = await this.ctx.pool.run({
+        kind: 'decode',
+        encoding: frame.encoding,
+        payload: frame.payload,
+        rawLength: frame.rawLength,
+      });
       if (decoded.data === undefined) return this.nack(socket, index, 'checksum');
       data = decoded.data;
     } else {
@@ -1130,7 +1240,12 @@ class StreamReceiveTransfer extends ReceiveTransfer {
     this.ctx.onFinished(this.transferId, sha256);
     await socket.send({ type: FrameType.END, transferId: this.transferId, payload: jsonPayload({ sha256 }) });
     socket.close();
-    this.progress({ logicalBytes: this.delivered, chunksDone: this.nextIndex, chunksTotal: this.nextIndex, force: true });
+    this.progress({
+      logicalBytes: this.delivered,
+      chunksDone: this.nextIndex,
+      chunksTotal: this.nextIndex,
+      force: true,
+    });
     this.result.resolve({
       transferId: this.transferId,
       sha256,
@@ -1272,7 +1387,11 @@ export class DwcpReceiver {
     }
     const completed = this.completed.get(frame.transferId);
     if (completed !== undefined) {
-      await socket.send({ type: FrameType.HELLO, transferId: frame.transferId, payload: jsonPayload({ ok: true, completed } satisfies HelloReply) });
+      await socket.send({
+        type: FrameType.HELLO,
+        transferId: frame.transferId,
+        payload: jsonPayload({ ok: true, completed } satisfies HelloReply),
+      });
       socket.close();
       return;
     }

@@ -5,13 +5,21 @@
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createCertificateAuthority, issueHostCertificate, readTlsMaterial, type TlsMaterial } from '../certs';
+import {
+  createCertificateAuthority,
+  issueHostCertificate,
+  readTlsMaterial,
+  type HostCertificate,
+  type TlsMaterial,
+} from '../certs';
 
 export interface TestPki {
   receiver: TlsMaterial;
   sender: TlsMaterial;
   /** A certificate from a CA the fleet does not trust, with the same names as the real ones. */
   rogue: TlsMaterial;
+  /** The receiver's files, for a receiver in another process. */
+  receiverFiles: HostCertificate;
 }
 
 export async function createTestPki(input: { dir: string }): Promise<TestPki> {
@@ -29,6 +37,7 @@ export async function createTestPki(input: { dir: string }): Promise<TestPki> {
     receiver: await readTlsMaterial({ certificate: receiver }),
     sender: await readTlsMaterial({ certificate: sender }),
     rogue: await readTlsMaterial({ certificate: rogue }),
+    receiverFiles: receiver,
   };
 }
 
@@ -55,8 +64,7 @@ export function makeTestContent(input: { bytes: number; seed?: number }): Buffer
     if (i % 3 === 0) {
       const line = `line ${seed}:${i} of some compressible text\n`;
       parts.push(Buffer.from(line.repeat(Math.ceil(length / line.length))).subarray(0, length));
-    }
-    else if (i % 3 === 1) parts.push(noise(seed * 7919 + i, length));
+    } else if (i % 3 === 1) parts.push(noise(seed * 7919 + i, length));
     else parts.push(Buffer.alloc(length));
   }
   return Buffer.concat(parts);
@@ -72,5 +80,7 @@ export async function writeTestFile(input: { path: string; content: Buffer }): P
 }
 
 export async function sha256File(input: { path: string }): Promise<string> {
-  return createHash('sha256').update(await readFile(input.path)).digest('hex');
+  return createHash('sha256')
+    .update(await readFile(input.path))
+    .digest('hex');
 }

@@ -1,0 +1,356 @@
+import assert from 'node:assert/strict';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { access, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { chunkingParams } from './chunking';
+import { DwcpWorkerPool } from './encoding';
+import { DwcpAuthError, DwcpDiskFullError } from './errors';
+import { createTestPki, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
+import { DwcpReceiver, sendFile } from './transport';
+
+const exec = promisify(execFile);
+let dir: string;
+let pki: TestPki;
+let pool: DwcpWorkerPool;
+let receiver: DwcpReceiver;
+const chunking = chunkingParams({ avgBytes: 16 * 1024 });
+
+before(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'dwcp-faults-'));
+  pki = await createTestPki({ dir: path.join(dir, 'pki') });
+  pool = new DwcpWorkerPool({ size: 2 });
+  receiver = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+});
+
+after(async () => {
+  await receiver.close();
+  await pool.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function startReceiverProcess(input: { port: number; transferId: string; targetPath: string }): Promise<{
+  child: ChildProcess;
+  port: number;
+  done: Promise<string>;
+}> {
+  const config = {
+    caPath: pki.receiverFiles.caPath,
+    certPath: pki.receiverFiles.certPath,
+    keyPath: pki.receiverFiles.keyPath,
+    port: input.port,
+    transferId: input.transferId,
+    targetPath: input.targetPath,
+    journalBatchChunks: 16,
+  };
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      pathToFileURL(require.resolve('tsx')).href,
+      path.join(__dirname, 'testing', 'receiver-process.ts'),
+      JSON.stringify(config),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  let out = '';
+  let onLine: ((line: string) => void)[] = [];
+  child.stdout?.on('data', (d: Buffer) => {
+    out += d.toString();
+    let nl;
+    while ((nl = out.indexOf('\n')) >= 0) {
+      const line = out.slice(0, nl);
+      out = out.slice(nl + 1);
+      for (const f of onLine) f(line);
+    }
+  });
+  const done = new Promise<string>((resolve, reject) => {
+    onLine.push((line) => {
+      if (line.startsWith('done ')) resolve(line.slice(5));
+    });
+    child.on('exit', (code, signal) => reject(new Error(`receiver exited ${code ?? signal}: ${stderr}`)));
+  });
+  done.catch(() => undefined);
+  return new Promise((resolve, reject) => {
+    onLine.push((line) => {
+      if (line.startsWith('listening ')) resolve({ child, port: Number(line.slice(10)), done });
+    });
+    child.on('exit', (code) => reject(new Error(`receiver exited ${code} before listening: ${stderr}`)));
+  }).finally(() => {
+    onLine = onLine.slice(0, 1);
+  }) as Promise<{ child: ChildProcess; port: number; done: Promise<string> }>;
+}
+
+test('a receiver killed mid-transfer is restarted and the transfer resumes where the journal left it', async () => {
+  const source = path.join(dir, 'resume-src.img');
+  const size = 8 * 1024 * 1024;
+  const expected = await writeTestFile({ path: source, content: noiseContent({ bytes: size, seed: 61 }) });
+  const target = path.join(dir, 'resume', 'target.img');
+  const transferId = randomUUID();
+
+  const first = await startReceiverProcess({ port: 0, transferId, targetPath: target });
+  let killedAt = 0;
+  let restarted: Promise<{ done: Promise<string> }> | undefined;
+  const sent = await sendFile({
+    host: '127.0.0.1',
+    port: first.port,
+    tls: pki.sender,
+    pool,
+    transferId,
+    sourcePath: source,
+    chunking,
+    streams: 2,
+    // Slow enough that the kill lands in the middle.
+    maxBytesPerSecond: 6 * 1024 * 1024,
+    reconnect: { timeoutMs: 30_000, initialDelayMs: 100, maxDelayMs: 500 },
+    onProgress: (p) => {
+      if (killedAt === 0 && p.logicalBytes > size * 0.4) {
+        killedAt = p.logicalBytes;
+        first.child.kill('SIGKILL');
+        restarted = new Promise((resolve) => setTimeout(resolve, 300)).then(() =>
+          startReceiverProcess({ port: first.port, transferId, targetPath: target }),
+        );
+      }
+    },
+  });
+  assert.ok(killedAt > 0, 'the receiver was killed during the transfer');
+  assert.ok(restarted !== undefined);
+  const second = await restarted;
+  assert.equal(await second.done, expected);
+  assert.equal(await sha256File({ path: target }), expected);
+  assert.ok(sent.attempts >= 2, `${sent.attempts} attempts`);
+  // The restarted receiver reported the journaled chunks, and they were not sent again.
+  assert.ok(sent.chunks.resumed > sent.chunks.total * 0.2, `${sent.chunks.resumed} of ${sent.chunks.total} resumed`);
+  assert.ok(sent.wireBytes < size * 1.5, `wire ${sent.wireBytes} for ${size}`);
+  const leftovers = (await readdir(path.dirname(target))).filter((f) => f.includes('.dwcp-'));
+  assert.deepEqual(leftovers, []);
+});
+
+/** A TCP proxy that flips one byte of the client→server byte stream (TLS ciphertext) once, after `after` bytes. */
+async function flippingProxy(input: {
+  targetPort: number;
+  after: number;
+}): Promise<{ port: number; close: () => Promise<void> }> {
+  let seen = 0;
+  let flipped = false;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(input.targetPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    client.on('data', (data: Buffer) => {
+      let out = data;
+      if (!flipped && seen + data.length > input.after) {
+        out = Buffer.from(data);
+        out[input.after - seen]! ^= 0x10;
+        flipped = true;
+      }
+      seen += data.length;
+      upstream.write(out);
+    });
+    upstream.pipe(client);
+    const close = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address() as net.AddressInfo;
+  return {
+    port: address.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+test('a byte flipped inside TLS breaks only that connection; the sender reconnects and finishes', async () => {
+  const source = path.join(dir, 'flip-src.img');
+  const expected = await writeTestFile({ path: source, content: noiseContent({ bytes: 3 * 1024 * 1024, seed: 71 }) });
+  const target = path.join(dir, 'out', 'flip.img');
+  const transferId = randomUUID();
+  const proxy = await flippingProxy({ targetPort: receiver.port, after: 1_000_000 });
+  try {
+    const received = receiver.expectFile({ transferId, targetPath: target });
+    const sent = await sendFile({
+      host: '127.0.0.1',
+      port: proxy.port,
+      tls: pki.sender,
+      pool,
+      transferId,
+      sourcePath: source,
+      chunking,
+      streams: 1,
+      reconnect: { initialDelayMs: 50 },
+    });
+    await received;
+    assert.ok(sent.attempts >= 2, `${sent.attempts} attempts`);
+    assert.equal(await sha256File({ path: target }), expected);
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('a sender whose certificate comes from another CA is refused', async () => {
+  const source = path.join(dir, 'auth-src.img');
+  await writeTestFile({ path: source, content: noiseContent({ bytes: 256 * 1024, seed: 81 }) });
+  const transferId = randomUUID();
+  const authFailures: Error[] = [];
+  const guarded = await DwcpReceiver.start({
+    tls: pki.receiver,
+    host: '127.0.0.1',
+    pool,
+    onAuthFailure: (e) => authFailures.push(e),
+  });
+  try {
+    const received = guarded.expectFile({ transferId, targetPath: path.join(dir, 'out', 'auth.img') });
+    await assert.rejects(
+      sendFile({
+        host: '127.0.0.1',
+        port: guarded.port,
+        tls: pki.rogue,
+        pool,
+        transferId,
+        sourcePath: source,
+        chunking,
+      }),
+      DwcpAuthError,
+    );
+    for (let i = 0; i < 50 && authFailures.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(authFailures.length >= 1, 'the receiver saw the failed handshake');
+    // The transfer is still waiting for the legitimate sender.
+    const sent = await sendFile({
+      host: '127.0.0.1',
+      port: guarded.port,
+      tls: pki.sender,
+      pool,
+      transferId,
+      sourcePath: source,
+      chunking,
+    });
+    assert.equal((await received).sha256, sent.sha256);
+  } finally {
+    await guarded.close();
+  }
+});
+
+test('a receiver whose certificate comes from another CA is refused by the sender', async () => {
+  const impostor = await DwcpReceiver.start({ tls: pki.rogue, host: '127.0.0.1', pool });
+  try {
+    const source = path.join(dir, 'auth-src2.img');
+    await writeTestFile({ path: source, content: noiseContent({ bytes: 64 * 1024, seed: 82 }) });
+    await assert.rejects(
+      sendFile({
+        host: '127.0.0.1',
+        port: impostor.port,
+        tls: pki.sender,
+        pool,
+        transferId: randomUUID(),
+        sourcePath: source,
+        chunking,
+      }),
+      DwcpAuthError,
+    );
+  } finally {
+    await impostor.close();
+  }
+});
+
+test('a transfer bound to another sender host refuses this one', async () => {
+  const source = path.join(dir, 'bound-src.img');
+  await writeTestFile({ path: source, content: noiseContent({ bytes: 64 * 1024, seed: 83 }) });
+  const transferId = randomUUID();
+  void receiver
+    .expectFile({ transferId, targetPath: path.join(dir, 'out', 'bound.img'), peerHostId: 'some-other-host' })
+    .catch(() => undefined);
+  await assert.rejects(
+    sendFile({
+      host: '127.0.0.1',
+      port: receiver.port,
+      tls: pki.sender,
+      pool,
+      transferId,
+      sourcePath: source,
+      chunking,
+    }),
+    DwcpAuthError,
+  );
+});
+
+async function mountTinyTmpfs(mountPoint: string): Promise<boolean> {
+  await mkdir(mountPoint, { recursive: true });
+  try {
+    await exec('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mountPoint]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('a receiver on a full file system reports DISK_FULL and the sender stops', async (t) => {
+  const mountPoint = path.join(dir, 'tiny');
+  if (!(await mountTinyTmpfs(mountPoint))) {
+    t.skip('mounting a tmpfs needs root');
+    return;
+  }
+  try {
+    const source = path.join(dir, 'big-src.img');
+    await writeTestFile({ path: source, content: noiseContent({ bytes: 4 * 1024 * 1024, seed: 91 }) });
+
+    await t.test('refused up front when the free space is known to be short', async () => {
+      const transferId = randomUUID();
+      const received = receiver.expectFile({ transferId, targetPath: path.join(mountPoint, 'a.img') });
+      await assert.rejects(
+        sendFile({
+          host: '127.0.0.1',
+          port: receiver.port,
+          tls: pki.sender,
+          pool,
+          transferId,
+          sourcePath: source,
+          chunking,
+        }),
+        (err: unknown) => err instanceof DwcpDiskFullError && /bytes free/.test(err.message),
+      );
+      await assert.rejects(received, DwcpDiskFullError);
+    });
+
+    await t.test('stopped when a write hits ENOSPC', async () => {
+      const transferId = randomUUID();
+      const received = receiver.expectFile({
+        transferId,
+        targetPath: path.join(mountPoint, 'b.img'),
+        checkFreeSpace: false,
+      });
+      const started = Date.now();
+      await assert.rejects(
+        sendFile({
+          host: '127.0.0.1',
+          port: receiver.port,
+          tls: pki.sender,
+          pool,
+          transferId,
+          sourcePath: source,
+          chunking,
+        }),
+        (err: unknown) => err instanceof DwcpDiskFullError && /ENOSPC/.test(err.message),
+      );
+      await assert.rejects(received, DwcpDiskFullError);
+      assert.ok(Date.now() - started < 10_000, 'the sender stopped instead of retrying');
+      // The journal survives, so the transfer can resume once space is freed.
+      await access(path.join(mountPoint, 'b.img.dwcp-journal'));
+    });
+  } finally {
+    await exec('umount', [mountPoint]);
+  }
+});
