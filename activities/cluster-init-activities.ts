@@ -39,9 +39,7 @@ export interface ClusterInitDeps {
 
 const MiB = 1024 * 1024;
 
-async function timed(
-  check: () => Promise<ComponentCheckResult['detail']>,
-): Promise<ComponentCheckResult> {
+async function timed(check: () => Promise<ComponentCheckResult['detail']>): Promise<ComponentCheckResult> {
   const started = performance.now();
   heartbeat();
   const detail = await check();
@@ -56,11 +54,17 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
       return timed(async () => {
         const result = configSchema.safeParse(config);
         if (!result.success) {
-          throw ApplicationFailure.nonRetryable(`config no longer validates: ${result.error.issues[0]?.message}`, 'ConfigInvalid');
+          throw ApplicationFailure.nonRetryable(
+            `config no longer validates: ${result.error.issues[0]?.message}`,
+            'ConfigInvalid',
+          );
         }
         const ports = [config.api.port, config.monitoring.workerMetricsPort].filter((p) => p !== 0);
         if (new Set(ports).size !== ports.length) {
-          throw ApplicationFailure.nonRetryable('api.port and monitoring.workerMetricsPort must differ', 'ConfigInvalid');
+          throw ApplicationFailure.nonRetryable(
+            'api.port and monitoring.workerMetricsPort must differ',
+            'ConfigInvalid',
+          );
         }
         return { profile: config.system.profile, dwcpMode: config.dwcp.mode, nodeId: config.system.nodeId };
       });
@@ -71,7 +75,10 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
         const dir = config.system.dataDir;
         try {
           await mkdir(dir, { recursive: true });
-          const probe = path.join(dir, `.write-probe-${input.workflowId.replace(/[^a-zA-Z0-9_-]/g, '_')}-${randomUUID()}`);
+          const probe = path.join(
+            dir,
+            `.write-probe-${input.workflowId.replace(/[^a-zA-Z0-9_-]/g, '_')}-${randomUUID()}`,
+          );
           const token = randomUUID();
           const handle = await open(probe, 'w');
           try {
@@ -85,7 +92,10 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
           if (readBack !== token) throw new Error('read back different bytes than written');
         } catch (err) {
           // Retryable: a volume that is still mounting or a directory an operator is fixing can recover.
-          throw ApplicationFailure.retryable(`data dir ${dir} is not writable: ${(err as Error).message}`, 'DataDirNotWritable');
+          throw ApplicationFailure.retryable(
+            `data dir ${dir} is not writable: ${(err as Error).message}`,
+            'DataDirNotWritable',
+          );
         }
         return { dataDir: dir };
       });
@@ -150,10 +160,13 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
 
     async checkOnnxRuntime(_input: ComponentCheckInput): Promise<ComponentCheckResult> {
       return timed(async () => {
-        const ort = (await import('onnxruntime-node')) as typeof import('onnxruntime-node');
+        const ort = await import('onnxruntime-node');
         const backends = ort.listSupportedBackends().filter((b) => b.bundled);
         if (!backends.some((b) => b.name === 'cpu')) {
-          throw ApplicationFailure.nonRetryable('onnxruntime-node has no bundled CPU backend', 'OnnxRuntimeUnavailable');
+          throw ApplicationFailure.nonRetryable(
+            'onnxruntime-node has no bundled CPU backend',
+            'OnnxRuntimeUnavailable',
+          );
         }
         return { backends: backends.map((b) => b.name).join(',') };
       });
@@ -179,7 +192,12 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
       if (status !== 'ready' && status !== 'degraded' && status !== 'failed') {
         throw ApplicationFailure.nonRetryable(`cannot record a boot in status ${status}`, 'InvalidBootStatus');
       }
-      await recordClusterBoot(pool, { workflowId: input.workflowId, nodeId: input.nodeId, status, report: input.report });
+      await recordClusterBoot(pool, {
+        workflowId: input.workflowId,
+        nodeId: input.nodeId,
+        status,
+        report: input.report,
+      });
     },
   };
 }

@@ -5,7 +5,12 @@
 import fastifySwagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import { jsonSchemaTransform, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import {
+  jsonSchemaTransform,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Pool } from 'pg';
@@ -67,7 +72,11 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
   app.decorateRequest('auditWorkflowId', undefined);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', String(request.id));
-    if (closing) return reply.status(503).header('connection', 'close').send({ error: 'ServiceUnavailable', message: 'shutting down', requestId: String(request.id) });
+    if (closing)
+      return reply
+        .status(503)
+        .header('connection', 'close')
+        .send({ error: 'ServiceUnavailable', message: 'shutting down', requestId: String(request.id) });
   });
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';

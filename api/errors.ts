@@ -42,24 +42,22 @@ export interface ErrorBody {
   issues?: Array<{ field: string; message: string }>;
 }
 
+/** The shape fastify-type-provider-zod gives each zod issue: the zod code as keyword, the path as a pointer. */
 interface ValidationIssue {
+  keyword?: string;
   instancePath?: string;
   message?: string;
-  params?: { issue?: { path?: PropertyKey[]; message?: string; code?: string; keys?: string[] } };
+  params?: { keys?: string[] };
 }
 
-function fieldOf(context: string, issue: ValidationIssue): string {
-  const zodPath = issue.params?.issue?.path;
-  const keys = issue.params?.issue?.code === 'unrecognized_keys' ? issue.params.issue.keys ?? [] : [];
-  const parts = zodPath ? zodPath.map(String) : (issue.instancePath ?? '').split('/').filter(Boolean);
-  return [context, ...parts, ...keys.slice(0, 1)].join('.');
-}
-
-function describeValidation(error: FastifyError) {
+function describeValidation(error: FastifyError): Array<{ field: string; message: string }> {
   const context = error.validationContext ?? 'body';
   return ((error.validation ?? []) as unknown as ValidationIssue[]).map((issue) => {
-    const unknown = issue.params?.issue?.code === 'unrecognized_keys';
-    return { field: fieldOf(context, issue), message: unknown ? 'unknown field' : (issue.params?.issue?.message ?? issue.message ?? 'invalid') };
+    const parts = (issue.instancePath ?? '').split('/').filter(Boolean);
+    if (issue.keyword === 'unrecognized_keys') {
+      return { field: [context, ...parts, issue.params?.keys?.[0] ?? ''].join('.'), message: 'unknown field' };
+    }
+    return { field: [context, ...parts].join('.'), message: issue.message ?? 'invalid' };
   });
 }
 
@@ -75,17 +73,26 @@ export function registerErrorHandler(app: FastifyInstance): void {
     }
     if (error instanceof ApiError) return send(error.statusCode, { error: error.code, message: error.message });
     if (error instanceof WorkflowNotFoundError) return send(404, { error: 'NotFound', message: error.message });
-    if (error instanceof WorkflowExecutionAlreadyStartedError) return send(409, { error: 'Conflict', message: error.message });
+    if (error instanceof WorkflowExecutionAlreadyStartedError)
+      return send(409, { error: 'Conflict', message: error.message });
     if (isGrpcServiceError(error) && (error as unknown as { code?: number }).code === 14) {
-      request.log.warn({ err: error as unknown }, 'Temporal unavailable');
+      request.log.warn({ err: error }, 'Temporal unavailable');
       return send(503, { error: 'ServiceUnavailable', message: 'the Temporal server is unreachable; retry shortly' });
     }
-    if (!isResponseSerializationError(error) && typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
+    if (
+      !isResponseSerializationError(error) &&
+      typeof error.statusCode === 'number' &&
+      error.statusCode >= 400 &&
+      error.statusCode < 500
+    ) {
       // Fastify's own client errors: malformed JSON, body too large, unsupported media type.
       return send(error.statusCode, { error: error.code ?? 'BadRequest', message: error.message });
     }
     request.log.error({ err: error }, 'request failed');
-    return send(500, { error: 'InternalServerError', message: `internal error; see the server log for request ${String(request.id)}` });
+    return send(500, {
+      error: 'InternalServerError',
+      message: `internal error; see the server log for request ${String(request.id)}`,
+    });
   });
 
   app.setNotFoundHandler((request, reply) =>

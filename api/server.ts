@@ -19,7 +19,11 @@ export async function startApiServer(input: { config: NovacronConfig; logger: Lo
   if (!config.storage.databaseUrl) {
     throw new ConfigError('invalid config: storage.databaseUrl: the API needs DATABASE_URL (npm start sets it)');
   }
-  const pool = createPool({ databaseUrl: config.storage.databaseUrl, max: config.storage.poolSize, applicationName: 'novacron-api' });
+  const pool = createPool({
+    databaseUrl: config.storage.databaseUrl,
+    max: config.storage.poolSize,
+    applicationName: 'novacron-api',
+  });
   const target = temporalTarget(config);
   const connection = await Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) });
   const temporal = new Client({ connection, namespace: target.namespace });

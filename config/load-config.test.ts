@@ -65,39 +65,57 @@ describe('loadConfig', () => {
   });
 
   test('a non-numeric env value for a number key is refused in one line', () => {
-    assert.throws(() => loadConfig({ env: { NOVACRON_API_PORT: 'eighty' } }), /NOVACRON_API_PORT: expected a number, got "eighty"/);
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_API_PORT: 'eighty' } }),
+      /NOVACRON_API_PORT: expected a number, got "eighty"/,
+    );
   });
 
   test('an env var naming no key of a known section is refused', () => {
-    assert.throws(() => loadConfig({ env: { NOVACRON_API_PROT: '1' } }), /NOVACRON_API_PROT: no config key api\.\* matches/);
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_API_PROT: '1' } }),
+      /NOVACRON_API_PROT: no config key api\.\* matches/,
+    );
   });
 
   test('an unknown key in a file names the key', () => {
     const file = yamlFile('api:\n  prot: 8080\n');
-    assert.throws(() => loadConfig({ env: {}, file }), (err: unknown) => {
-      assert.ok(err instanceof ConfigError);
-      assert.match(err.message, /api\.prot: unknown key/);
-      assert.equal(err.message.split('\n').length, 1);
-      return true;
-    });
+    assert.throws(
+      () => loadConfig({ env: {}, file }),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.match(err.message, /api\.prot: unknown key/);
+        assert.equal(err.message.split('\n').length, 1);
+        return true;
+      },
+    );
   });
 
   test('a wrong type in a file names the key and the file', () => {
     const file = yamlFile('dwcp:\n  transport:\n    streams: many\n');
-    assert.throws(() => loadConfig({ env: {}, file }), (err: unknown) => {
-      assert.ok(err instanceof ConfigError);
-      assert.ok(err.message.includes(file), err.message);
-      assert.match(err.message, /dwcp\.transport\.streams: /);
-      return true;
-    });
+    assert.throws(
+      () => loadConfig({ env: {}, file }),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.ok(err.message.includes(file), err.message);
+        assert.match(err.message, /dwcp\.transport\.streams: /);
+        return true;
+      },
+    );
   });
 
   test('an unsafe node id is refused', () => {
-    assert.throws(() => loadConfig({ env: { NOVACRON_NODE_ID: 'node;rm -rf /' } }), /system\.nodeId: must be lowercase/);
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_NODE_ID: 'node;rm -rf /' } }),
+      /system\.nodeId: must be lowercase/,
+    );
   });
 
   test('an unknown profile is refused', () => {
-    assert.throws(() => loadConfig({ env: { NOVACRON_PROFILE: 'moon' } }), /system\.profile: must be one of datacenter, internet, hybrid/);
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_PROFILE: 'moon' } }),
+      /system\.profile: must be one of datacenter, internet, hybrid/,
+    );
   });
 
   test('broken YAML reports the line', () => {

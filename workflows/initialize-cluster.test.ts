@@ -15,7 +15,8 @@ import type {
 } from '../activities/cluster-init-activities';
 import { loadWorkflowBundle } from '../workers/workflow-bundle';
 import { scratchDir, temporalClient } from '../test/support/services';
-import { NativeConnection } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import type { WorkflowOutcome } from './interceptors';
 import type { Client, Connection } from '@temporalio/client';
 import type { BootReport, InitializeClusterInput } from './initialize-cluster';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
@@ -32,7 +33,10 @@ let client: Client;
 let connection: Connection;
 let nativeConnection: NativeConnection;
 
+const finishedOutcomes: WorkflowOutcome[] = [];
+
 before(async () => {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
   bundle = await loadWorkflowBundle({ cacheDir: scratchDir('bundle') });
   ({ client, connection } = await temporalClient());
   nativeConnection = await NativeConnection.connect({ address: process.env.NOVACRON_TEST_TEMPORAL_ADDRESS! });
@@ -82,7 +86,13 @@ async function runInit(input: {
       recorded.push(record);
     },
   };
-  const worker = await Worker.create({ connection: nativeConnection, taskQueue, workflowBundle: bundle, activities });
+  const worker = await Worker.create({
+    connection: nativeConnection,
+    taskQueue,
+    workflowBundle: bundle,
+    activities,
+    sinks: { workflowMetrics: { finished: { fn: (_info, { outcome }) => void finishedOutcomes.push(outcome) } } },
+  });
   const workflowId = `init-test-${randomBytes(6).toString('hex')}`;
   return worker.runUntil(async () => {
     const handle = await client.workflow.start('initializeCluster', {
@@ -146,6 +156,7 @@ describe('initializeCluster workflow', () => {
     // ...and level 1 waited for both.
     assert.ok(startOf('resources') >= Math.max(endOf('config'), endOf('data-dir')), 'level 1 waited for level 0');
     assert.equal(report.phases.length, 4);
+    assert.deepEqual(finishedOutcomes.slice(-1), ['completed'], 'the metrics interceptor reported the run');
   });
 
   test('retries a failing check with backoff and counts the attempts', async () => {
@@ -155,7 +166,7 @@ describe('initializeCluster workflow', () => {
     };
     const { report, timeline } = await runInit({ behaviour: { postgres: flaky } });
     assert.equal(report?.status, 'ready');
-    const postgres = report!.components.find((c) => c.name === 'postgres')!;
+    const postgres = report.components.find((c) => c.name === 'postgres')!;
     assert.equal(postgres.attempts, 3);
     const starts = timeline.filter((e) => e.component === 'postgres' && e.event === 'start').map((e) => e.at);
     assert.equal(starts.length, 3);
@@ -172,11 +183,11 @@ describe('initializeCluster workflow', () => {
     };
     const { report } = await runInit({ behaviour: { 'onnx-runtime': broken } });
     assert.equal(report?.status, 'degraded');
-    const onnx = report!.components.find((c) => c.name === 'onnx-runtime')!;
+    const onnx = report.components.find((c) => c.name === 'onnx-runtime')!;
     assert.equal(onnx.status, 'failed');
     assert.equal(onnx.error, 'no CPU backend');
     assert.equal(onnx.attempts, 1, 'a non-retryable failure is not retried');
-    assert.equal(report!.components.find((c) => c.name === 'control-task-queue')!.status, 'ok');
+    assert.equal(report.components.find((c) => c.name === 'control-task-queue')!.status, 'ok');
   });
 
   test('a critical failure fails fast: siblings are cancelled, later phases never run, the report travels with the failure', async () => {
@@ -205,6 +216,7 @@ describe('initializeCluster workflow', () => {
     assert.equal(status('control-task-queue'), 'skipped');
     assert.deepEqual(cancelRequested, ['checkTemporalNamespace'], 'the in-flight sibling was cancelled');
     assert.ok(!timeline.some((e) => e.component === 'audit-log'), 'no later-phase check ran');
+    assert.deepEqual(finishedOutcomes.slice(-1), ['failed']);
   });
 
   test('answers the bootReport query while it runs', async () => {
@@ -237,7 +249,7 @@ describe('initializeCluster workflow', () => {
   test('disabled components are left out of the plan', async () => {
     const { report } = await runInit({ disabledComponents: ['onnx-runtime', 'resources'] });
     assert.equal(report?.status, 'ready');
-    assert.deepEqual(report!.components.map((c) => c.name).sort(), [
+    assert.deepEqual(report.components.map((c) => c.name).sort(), [
       'audit-log',
       'config',
       'control-task-queue',

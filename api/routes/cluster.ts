@@ -32,7 +32,10 @@ export function clusterInitInput(config: NovacronConfig, disabledComponents: str
   };
 }
 
-export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async (app, { config, temporal, pool, metrics }) => {
+export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async (
+  app,
+  { config, temporal, pool, metrics },
+) => {
   app.post(
     '/v1/cluster/init',
     {
@@ -40,13 +43,15 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
         summary: 'Start cluster initialization; the same requestId returns the same workflow',
         tags: ['cluster'],
         headers: z.object({ 'idempotency-key': requestIdSchema.optional() }),
-        body: z
-          .strictObject({
-            requestId: requestIdSchema.optional(),
-            disabledComponents: z.array(z.enum(componentNames)).max(componentNames.length).optional(),
-          })
-          .default({}),
+        body: z.strictObject({
+          requestId: requestIdSchema.optional(),
+          disabledComponents: z.array(z.enum(componentNames)).max(componentNames.length).optional(),
+        }),
         response: { 200: workflowStartedSchema, 202: workflowStartedSchema, 400: errorBodySchema },
+      },
+      // A POST without a body means "all defaults"; Fastify hands validation null for it.
+      preValidation: async (request) => {
+        request.body ??= {};
       },
     },
     async (request, reply) => {
@@ -54,7 +59,8 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
       try {
         planBoot(CLUSTER_COMPONENTS.filter((c) => !input.disabledComponents?.includes(c.name)));
       } catch (err) {
-        if (err instanceof ComponentGraphError) throw new ApiError(400, 'BadRequest', `body.disabledComponents: ${err.message}`);
+        if (err instanceof ComponentGraphError)
+          throw new ApiError(400, 'BadRequest', `body.disabledComponents: ${err.message}`);
         throw err;
       }
       const requestId = request.body.requestId ?? request.headers['idempotency-key'] ?? randomUUID();
@@ -85,7 +91,13 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
         summary: 'The most recent recorded cluster boot report',
         tags: ['cluster'],
         response: {
-          200: z.object({ workflowId: z.string(), nodeId: z.string(), status: z.string(), completedAt: z.string(), report: z.unknown() }),
+          200: z.object({
+            workflowId: z.string(),
+            nodeId: z.string(),
+            status: z.string(),
+            completedAt: z.string(),
+            report: z.unknown(),
+          }),
           404: errorBodySchema,
         },
       },

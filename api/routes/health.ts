@@ -28,7 +28,13 @@ async function settle(check: () => Promise<string>): Promise<string> {
 export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (app, { temporal, pool, metrics }) => {
   app.get(
     '/health',
-    { schema: { summary: 'Liveness: the process serves requests', tags: ['health'], response: { 200: z.object({ status: z.literal('ok') }) } } },
+    {
+      schema: {
+        summary: 'Liveness: the process serves requests',
+        tags: ['health'],
+        response: { 200: z.object({ status: z.literal('ok') }) },
+      },
+    },
     async () => ({ status: 'ok' as const }),
   );
 
@@ -57,8 +63,11 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
           return boot.status === 'failed' ? `failed: ${boot.workflowId}` : boot.status;
         }),
       ]);
-      const ready = postgres === 'ok' && temporalState === 'ok' && (clusterInit === 'ready' || clusterInit === 'degraded');
-      return reply.status(ready ? 200 : 503).send({ ready, checks: { postgres, temporal: temporalState, clusterInit } });
+      const ready =
+        postgres === 'ok' && temporalState === 'ok' && (clusterInit === 'ready' || clusterInit === 'degraded');
+      return reply
+        .status(ready ? 200 : 503)
+        .send({ ready, checks: { postgres, temporal: temporalState, clusterInit } });
     },
   );
 

@@ -9,7 +9,11 @@ import { errorBodySchema, WORKFLOW_STATUSES, WORKFLOW_TYPES, workflowIdSchema } 
 /** The query each workflow type answers with its live progress. */
 const PROGRESS_QUERIES: Partial<Record<string, string>> = { initializeCluster: 'bootReport' };
 
-const failureSchema = z.object({ message: z.string(), type: z.string().optional(), details: z.array(z.unknown()).optional() });
+const failureSchema = z.object({
+  message: z.string(),
+  type: z.string().optional(),
+  details: z.array(z.unknown()).optional(),
+});
 
 const pendingActivitySchema = z.object({
   activityId: z.string(),
@@ -41,7 +45,8 @@ const workflowDetailSchema = workflowSummarySchema.extend({
 
 function failureOf(err: unknown): z.infer<typeof failureSchema> {
   const cause = err instanceof WorkflowFailedError ? (err.cause ?? err) : err;
-  if (cause instanceof ApplicationFailure) return { message: cause.message, type: cause.type ?? undefined, details: cause.details ?? [] };
+  if (cause instanceof ApplicationFailure)
+    return { message: cause.message, type: cause.type ?? undefined, details: cause.details ?? [] };
   if (cause instanceof TemporalFailure) return { message: cause.message, type: cause.name };
   return { message: cause instanceof Error ? cause.message : String(cause) };
 }
@@ -125,7 +130,10 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
         status ? `ExecutionStatus = '${VISIBILITY_STATUS[status]}'` : undefined,
       ].filter(Boolean);
       const workflows: Array<z.infer<typeof workflowSummarySchema>> = [];
-      for await (const execution of temporal.workflow.list({ query: clauses.join(' AND ') || undefined, pageSize: limit })) {
+      for await (const execution of temporal.workflow.list({
+        query: clauses.join(' AND ') || undefined,
+        pageSize: limit,
+      })) {
         workflows.push({
           workflowId: execution.workflowId,
           runId: execution.runId,
@@ -148,7 +156,11 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
         summary: 'Request cancellation; the workflow runs its compensations and ends CANCELLED',
         tags: ['workflows'],
         params: z.strictObject({ id: workflowIdSchema }),
-        response: { 202: z.object({ workflowId: z.string(), runId: z.string(), status: z.literal('CANCEL_REQUESTED') }), 404: errorBodySchema, 409: errorBodySchema },
+        response: {
+          202: z.object({ workflowId: z.string(), runId: z.string(), status: z.literal('CANCEL_REQUESTED') }),
+          404: errorBodySchema,
+          409: errorBodySchema,
+        },
       },
     },
     async (request, reply) => {
@@ -159,7 +171,9 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
       }
       await handle.cancel();
       request.auditWorkflowId = description.workflowId;
-      return reply.status(202).send({ workflowId: description.workflowId, runId: description.runId, status: 'CANCEL_REQUESTED' as const });
+      return reply
+        .status(202)
+        .send({ workflowId: description.workflowId, runId: description.runId, status: 'CANCEL_REQUESTED' as const });
     },
   );
 };
