@@ -4,7 +4,6 @@ import { createInterface } from 'node:readline';
 export interface RunInput {
   file: string;
   args: readonly string[];
-  stdin?: string;
   /** The process is killed with SIGKILL after this long. */
   timeoutMs?: number;
 }
@@ -43,9 +42,9 @@ export interface CommandRunner {
 export function createProcessRunner(input: { env?: NodeJS.ProcessEnv } = {}): CommandRunner {
   const env = { ...(input.env ?? process.env), LC_ALL: 'C', LANG: 'C' };
   return {
-    run: ({ file, args, stdin, timeoutMs }) =>
+    run: ({ file, args, timeoutMs }) =>
       new Promise((resolve, reject) => {
-        const child = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+        const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
         const stdout: Buffer[] = [];
         const stderr: Buffer[] = [];
         let timedOut = false;
@@ -72,9 +71,6 @@ export function createProcessRunner(input: { env?: NodeJS.ProcessEnv } = {}): Co
             timedOut,
           });
         });
-        // A child that exits before reading its stdin makes the write fail with EPIPE; its exit status says why.
-        child.stdin.on('error', () => undefined);
-        child.stdin.end(stdin ?? '');
       }),
 
     spawn: ({ file, args }) => {

@@ -113,6 +113,8 @@ const MESSAGE_PREFIXES: ReadonlyArray<readonly [RegExp, LibvirtErrorCode]> = [
   [/^invalid argument\b/, LibvirtErrorCode.invalidArg],
   [/^argument unsupported\b/, LibvirtErrorCode.argumentUnsupported],
   [/^failed to connect to the hypervisor\b/, LibvirtErrorCode.noConnect],
+  // virsh checks this itself before calling libvirt, so no libvirt prefix comes with it.
+  [/^Domain is already active\b/, LibvirtErrorCode.operationInvalid],
 ];
 
 const CONNECTION_LOST: readonly RegExp[] = [

@@ -189,7 +189,8 @@ async function startHost(hostId: string, dir: string, timeoutMs: number): Promis
     (stopping ??= (async () => {
       if (running) {
         signal(initPid, 'SIGTERM');
-        await Promise.race([exited, sleep(STOP_GRACE_MS)]);
+        // Unreferenced, so a prompt exit does not leave the grace timer holding the process open.
+        await Promise.race([exited, sleep(STOP_GRACE_MS, undefined, { ref: false })]);
       }
       if (running) {
         signal(initPid, 'SIGKILL');

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 
 import type { CommandResult, CommandRunner, RunInput, SpawnedCommand } from './command-runner';
 import {
@@ -87,6 +88,7 @@ test('maps virsh error text to typed errors with libvirt codes', async () => {
       LibvirtErrorCode.operationInvalid,
       isInvalidState,
     ],
+    ['error: Domain is already active\n', LibvirtInvalidStateError, LibvirtErrorCode.operationInvalid, isInvalidState],
     [
       "error: Failed to define domain from /dev/stdin\nerror: operation failed: domain 'g1' already exists with uuid 0d2131ee-bdc5-4ca5-a03c-28de68fbe97d\n",
       LibvirtAlreadyExistsError,
@@ -166,9 +168,15 @@ test('unsafe names are rejected before any virsh runs', async () => {
   assert.equal(calls.length, 0);
 });
 
-test('define sends the XML on stdin, then looks the domain up', async () => {
+test('define hands virsh the XML in a private file, then looks the domain up', async () => {
+  let defined = '';
   const { runner, calls } = fakeRunner({
-    define: { stdout: "Domain 'g1' defined from /dev/stdin\n" },
+    define: (input) => {
+      const file = input.args[4] ?? '';
+      defined = readFileSync(file, 'utf8');
+      assert.equal(statSync(file).mode & 0o077, 0, 'nobody else may read the XML');
+      return { stdout: `Domain 'g1' defined from ${file}\n` };
+    },
     dominfo: {
       stdout:
         'Id:             -\nName:           g1\nUUID:           0d2131ee-bdc5-4ca5-a03c-28de68fbe97d\n' +
@@ -186,8 +194,9 @@ test('define sends the XML on stdin, then looks the domain up', async () => {
     persistent: true,
     autostart: false,
   });
-  assert.deepEqual(calls[0]?.args.slice(2), ['define', '--file', '/dev/stdin']);
-  assert.equal(calls[0]?.stdin, xml);
+  assert.deepEqual(calls[0]?.args.slice(2, 4), ['define', '--file']);
+  assert.equal(defined, xml);
+  assert.ok(!existsSync(calls[0]?.args[4] ?? ''), 'the file is removed afterwards');
   assert.deepEqual(calls[1]?.args.slice(2), ['dominfo', '--domain', 'g1']);
 });
 

@@ -1,3 +1,6 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { createProcessRunner } from './command-runner';
@@ -196,8 +199,16 @@ export class LibvirtConnection {
    */
   async domainDefineXML(input: { xml: string; validate?: boolean }): Promise<DomainDescription> {
     const name = domainNameFromXml(input.xml);
-    const args = ['define', '--file', '/dev/stdin', ...(input.validate ? ['--validate'] : [])];
-    await this.virsh(`define ${name}`, args, input.xml);
+    // virsh reads XML only from a file. /dev/stdin is no substitute: Node's stdio pipes are socketpairs, and
+    // opening /dev/stdin on a socket fails with ENXIO.
+    const dir = await mkdtemp(join(tmpdir(), 'novacron-define-'));
+    try {
+      const file = join(dir, 'domain.xml');
+      await writeFile(file, input.xml, { mode: 0o600 });
+      await this.virsh(`define ${name}`, ['define', '--file', file, ...(input.validate ? ['--validate'] : [])]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
     return this.domainLookupByName({ name });
   }
 
@@ -390,11 +401,10 @@ export class LibvirtConnection {
     return new DomainEventStream(command, this.uri);
   }
 
-  private async virsh(operation: string, args: readonly string[], stdin?: string): Promise<string> {
+  private async virsh(operation: string, args: readonly string[]): Promise<string> {
     const result = await this.runner.run({
       file: this.virshPath,
       args: ['-c', this.uri, ...args],
-      ...(stdin === undefined ? {} : { stdin }),
       timeoutMs: this.commandTimeoutMs,
     });
     if (result.timedOut) {

@@ -1,0 +1,36 @@
+/**
+ * Runs local hypervisors in the foreground until SIGINT or SIGTERM:
+ *
+ *   tsx native/libvirt/harness-cli.ts start --count 2 --dir /tmp/novacron-hv
+ *
+ * Prints one JSON line per host (hostId, uri, socketDir) so scripts can pick the URIs up.
+ */
+import { parseArgs } from 'node:util';
+
+import { startLocalHypervisors } from './harness';
+
+async function main(): Promise<void> {
+  const { positionals, values } = parseArgs({
+    allowPositionals: true,
+    options: { count: { type: 'string', default: '2' }, dir: { type: 'string' } },
+  });
+  if (positionals[0] !== 'start' || values.dir === undefined) {
+    process.stderr.write('usage: harness-cli.ts start --count N --dir /absolute/dir\n');
+    process.exitCode = 2;
+    return;
+  }
+  const hypervisors = await startLocalHypervisors({ count: Number(values.count), baseDir: values.dir });
+  for (const host of hypervisors.hosts) {
+    process.stdout.write(`${JSON.stringify({ hostId: host.hostId, uri: host.uri, socketDir: host.socketDir })}\n`);
+  }
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await hypervisors.stop();
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});
