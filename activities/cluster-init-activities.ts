@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Pool } from 'pg';
 import { configSchema, type NovacronConfig } from '../config/schema';
 import { recordAudit } from '../store/audit-log';
-import { recordClusterBoot } from '../store/cluster-boots';
+import { BOOT_RECORD_STATUSES, recordClusterBoot } from '../store/cluster-boots';
 import { LATEST_MIGRATION_VERSION, schemaVersion } from '../store/migrate';
 
 export interface ComponentCheckInput {

@@ -36,6 +36,8 @@ export interface AppDeps {
   pool: Pool;
   metrics: NovacronMetrics;
   logger: Logger;
+  /** Releases what the caller opened for the app (connections, pools) after the last request drained. */
+  onClose?: () => Promise<void>;
 }
 
 const SAFE_REQUEST_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -107,6 +109,8 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
   await app.register(clusterRoutes, { config, temporal: deps.temporal, pool, metrics });
   await app.register(workflowRoutes, { temporal: deps.temporal });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  const onClose = deps.onClose;
+  if (onClose) app.addHook('onClose', async () => onClose());
   await app.ready();
 
   return {

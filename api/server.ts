@@ -28,10 +28,16 @@ export async function startApiServer(input: { config: NovacronConfig; logger: Lo
   const connection = await Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) });
   const temporal = new Client({ connection, namespace: target.namespace });
   const metrics = createMetrics({ service: 'api' });
-  const built = await buildApp({ config, temporal, pool, metrics, logger });
-  built.app.addHook('onClose', async () => {
-    await connection.close();
-    await pool.end();
+  const built = await buildApp({
+    config,
+    temporal,
+    pool,
+    metrics,
+    logger,
+    onClose: async () => {
+      await connection.close();
+      await pool.end();
+    },
   });
   const address = await built.app.listen({ host: config.api.host, port: config.api.port });
   return { url: address, close: () => built.close() };

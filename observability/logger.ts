@@ -35,7 +35,8 @@ const TEMPORAL_TO_PINO: Record<LogLevel, 'trace' | 'debug' | 'info' | 'warn' | '
 
 /** Adapts pino to the Temporal SDK's Logger so SDK and activity logs share format, level and redaction. */
 export function temporalLoggerFrom(logger: Logger): TemporalLogger {
-  const log = (level: LogLevel, message: string, meta?: LogMetadata) => logger[TEMPORAL_TO_PINO[level]](meta ?? {}, message);
+  const log = (level: LogLevel, message: string, meta?: LogMetadata) =>
+    logger[TEMPORAL_TO_PINO[level]](meta ?? {}, message);
   return {
     log,
     trace: (message, meta) => log('TRACE', message, meta),

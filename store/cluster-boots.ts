@@ -1,18 +1,31 @@
 import type { Pool } from 'pg';
 
+export const BOOT_RECORD_STATUSES = ['running', 'ready', 'degraded', 'failed'] as const;
+export type BootRecordStatus = (typeof BOOT_RECORD_STATUSES)[number];
+
 export interface ClusterBootRecord {
   workflowId: string;
   nodeId: string;
-  status: 'ready' | 'degraded' | 'failed';
+  status: BootRecordStatus;
   report: unknown;
-  completedAt: string;
+  startedAt: string;
+  completedAt?: string;
 }
 
-/** Upsert keyed by workflow id: recording the same boot twice (an activity retry) leaves one row. */
-export async function recordClusterBoot(pool: Pool, record: Omit<ClusterBootRecord, 'completedAt'>): Promise<void> {
+/**
+ * Upsert keyed by workflow id: a retried activity leaves one row, and the outcome overwrites the 'running' row the
+ * boot wrote when it started. started_at is kept from the first write.
+ */
+export async function recordClusterBoot(
+  pool: Pool,
+  record: Pick<ClusterBootRecord, 'workflowId' | 'nodeId' | 'status' | 'report'>,
+): Promise<void> {
   await pool.query(
-    `INSERT INTO cluster_boots (workflow_id, node_id, status, report) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (workflow_id) DO UPDATE SET status = EXCLUDED.status, report = EXCLUDED.report, completed_at = now()`,
+    `INSERT INTO cluster_boots (workflow_id, node_id, status, report, completed_at)
+     VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'running' THEN NULL ELSE now() END)
+     ON CONFLICT (workflow_id) DO UPDATE SET status = EXCLUDED.status, report = EXCLUDED.report,
+       completed_at = EXCLUDED.completed_at
+     WHERE cluster_boots.status = 'running'`,
     [record.workflowId, record.nodeId, record.status, JSON.stringify(record.report)],
   );
 }
@@ -21,18 +34,21 @@ export async function latestClusterBoot(pool: Pool): Promise<ClusterBootRecord |
   const result = await pool.query<{
     workflow_id: string;
     node_id: string;
-    status: ClusterBootRecord['status'];
+    status: BootRecordStatus;
     report: unknown;
-    completed_at: Date;
-  }>('SELECT workflow_id, node_id, status, report, completed_at FROM cluster_boots ORDER BY completed_at DESC LIMIT 1');
+    started_at: Date;
+    completed_at: Date | null;
+  }>(
+    'SELECT workflow_id, node_id, status, report, started_at, completed_at FROM cluster_boots ORDER BY started_at DESC LIMIT 1',
+  );
   const row = result.rows[0];
-  return row
-    ? {
-        workflowId: row.workflow_id,
-        nodeId: row.node_id,
-        status: row.status,
-        report: row.report,
-        completedAt: row.completed_at.toISOString(),
-      }
-    : undefined;
+  if (!row) return undefined;
+  return {
+    workflowId: row.workflow_id,
+    nodeId: row.node_id,
+    status: row.status,
+    report: row.report,
+    startedAt: row.started_at.toISOString(),
+    ...(row.completed_at ? { completedAt: row.completed_at.toISOString() } : {}),
+  };
 }

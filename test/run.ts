@@ -49,7 +49,11 @@ async function main(): Promise<void> {
     let databaseUrl = process.env.DATABASE_URL;
     if (!databaseUrl) {
       process.stdout.write('starting embedded PostgreSQL for the tests\n');
-      const pg = await startEmbeddedPostgres({ dataDir: path.join(scratch, 'pg'), port: await freePort(), database: 'novacron_test' });
+      const pg = await startEmbeddedPostgres({
+        dataDir: path.join(scratch, 'pg'),
+        port: await freePort(),
+        database: 'novacron_test',
+      });
       cleanups.push(() => pg.stop());
       databaseUrl = pg.databaseUrl;
     }
@@ -72,7 +76,14 @@ async function main(): Promise<void> {
     const code = await new Promise<number>((resolve) => {
       const child = spawn(
         process.execPath,
-        ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files.map((f) => path.relative(ROOT, f))],
+        [
+          '--import',
+          'tsx',
+          '--test',
+          `--test-concurrency=${concurrency}`,
+          '--test-reporter=spec',
+          ...files.map((f) => path.relative(ROOT, f)),
+        ],
         { cwd: ROOT, env, stdio: 'inherit' },
       );
       child.once('exit', (exitCode, signal) => resolve(exitCode ?? (signal ? 1 : 0)));

@@ -4,7 +4,6 @@
  */
 import { Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type InjectedSinks } from '@temporalio/worker';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { createControlActivities } from '../activities';
 import { ConfigError, loadConfig } from '../config/load-config';
@@ -28,20 +27,31 @@ export interface ControlWorkerHandle {
 
 let runtimeInstalled = false;
 
-export async function startControlWorker(input: { config: NovacronConfig; logger: Logger }): Promise<ControlWorkerHandle> {
+export async function startControlWorker(input: {
+  config: NovacronConfig;
+  logger: Logger;
+}): Promise<ControlWorkerHandle> {
   const { config, logger } = input;
   if (!config.storage.databaseUrl) {
-    throw new ConfigError('invalid config: storage.databaseUrl: the control worker needs DATABASE_URL (npm start sets it)');
+    throw new ConfigError(
+      'invalid config: storage.databaseUrl: the control worker needs DATABASE_URL (npm start sets it)',
+    );
   }
   // Registration-time validation: a broken component graph stops the worker before it polls anything.
   planBoot(CLUSTER_COMPONENTS);
 
   if (!runtimeInstalled) {
-    Runtime.install({ logger: config.system.logLevel === 'silent' ? new DefaultLogger('ERROR') : temporalLoggerFrom(logger) });
+    Runtime.install({
+      logger: config.system.logLevel === 'silent' ? new DefaultLogger('ERROR') : temporalLoggerFrom(logger),
+    });
     runtimeInstalled = true;
   }
   const metrics = createMetrics({ service: 'control-worker' });
-  const pool = createPool({ databaseUrl: config.storage.databaseUrl, max: config.storage.poolSize, applicationName: 'novacron-control-worker' });
+  const pool = createPool({
+    databaseUrl: config.storage.databaseUrl,
+    max: config.storage.poolSize,
+    applicationName: 'novacron-control-worker',
+  });
   await migrate(pool);
 
   const target = temporalTarget(config);
@@ -49,10 +59,7 @@ export async function startControlWorker(input: { config: NovacronConfig; logger
   const nativeConnection = await NativeConnection.connect(connectionOptions);
   const clientConnection = await Connection.connect(connectionOptions);
 
-  const workflowBundle = await loadWorkflowBundle({
-    cacheDir: path.join(config.system.dataDir, 'cache'),
-    log: (msg) => logger.info(msg),
-  });
+  const workflowBundle = await loadWorkflowBundle({ log: (msg) => logger.info(msg) });
 
   const sinks: InjectedSinks<WorkflowMetricsSinks> = {
     workflowMetrics: {
@@ -61,7 +68,10 @@ export async function startControlWorker(input: { config: NovacronConfig; logger
           const labels = { workflow_type: info.workflowType, task_queue: info.taskQueue, outcome };
           metrics.workflowCompletions.inc(labels);
           metrics.workflowDuration.observe(labels, durationMs / 1000);
-          logger.info({ workflowId: info.workflowId, runId: info.runId, workflowType: info.workflowType, outcome, durationMs }, 'workflow finished');
+          logger.info(
+            { workflowId: info.workflowId, runId: info.runId, workflowType: info.workflowType, outcome, durationMs },
+            'workflow finished',
+          );
         },
       },
     },
@@ -78,7 +88,11 @@ export async function startControlWorker(input: { config: NovacronConfig; logger
     identity: `control-worker@${config.system.nodeId}:${process.pid}`,
     shutdownGraceTime: '5s',
   });
-  const metricsServer = await serveMetrics({ registry: metrics.registry, host: config.api.host, port: config.monitoring.workerMetricsPort });
+  const metricsServer = await serveMetrics({
+    registry: metrics.registry,
+    host: config.api.host,
+    port: config.monitoring.workerMetricsPort,
+  });
 
   const done = worker.run().finally(async () => {
     await metricsServer.close();
@@ -86,7 +100,10 @@ export async function startControlWorker(input: { config: NovacronConfig; logger
     await nativeConnection.close();
     await pool.end();
   });
-  logger.info({ taskQueue: config.temporal.taskQueue, temporal: target.address, metrics: metricsServer.url }, 'control worker polling');
+  logger.info(
+    { taskQueue: config.temporal.taskQueue, temporal: target.address, metrics: metricsServer.url },
+    'control worker polling',
+  );
   return {
     metricsUrl: metricsServer.url,
     done,

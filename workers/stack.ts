@@ -40,20 +40,27 @@ async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boo
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (${lastError})` : ''}`);
 }
 
-export async function startStack(input: { config: NovacronConfig; env?: NodeJS.ProcessEnv; print?: (line: string) => void }): Promise<StackHandle> {
+export async function startStack(input: {
+  config: NovacronConfig;
+  env?: NodeJS.ProcessEnv;
+  print?: (line: string) => void;
+}): Promise<StackHandle> {
   const { config } = input;
   const print = input.print ?? ((line: string) => process.stdout.write(`${line}\n`));
   const logger = createLogger({ service: 'stack', config });
   const cleanups: Array<() => Promise<void>> = [];
   const stop = async () => {
-    for (const cleanup of cleanups.reverse()) await cleanup().catch((err: unknown) => logger.error({ err }, 'stop failed'));
+    for (const cleanup of cleanups.reverse())
+      await cleanup().catch((err: unknown) => logger.error({ err }, 'stop failed'));
     cleanups.length = 0;
   };
 
   try {
     let databaseUrl = config.storage.databaseUrl;
     if (!databaseUrl) {
-      print(`starting embedded PostgreSQL on 127.0.0.1:${config.storage.embedded.port} (data in ${config.system.dataDir}/postgres)`);
+      print(
+        `starting embedded PostgreSQL on 127.0.0.1:${config.storage.embedded.port} (data in ${config.system.dataDir}/postgres)`,
+      );
       const pg: EmbeddedPostgresHandle = await startEmbeddedPostgres({
         dataDir: config.system.dataDir,
         port: config.storage.embedded.port,
@@ -65,7 +72,8 @@ export async function startStack(input: { config: NovacronConfig; env?: NodeJS.P
     const pool = createPool({ databaseUrl, applicationName: 'novacron-stack', max: 2 });
     cleanups.push(() => pool.end());
     const migrated = await migrate(pool);
-    if (migrated.applied.length > 0) print(`applied migrations ${migrated.applied.join(', ')} (schema version ${migrated.version})`);
+    if (migrated.applied.length > 0)
+      print(`applied migrations ${migrated.applied.join(', ')} (schema version ${migrated.version})`);
 
     let webUiUrl: string | undefined;
     let temporalAddress: string;
@@ -86,7 +94,11 @@ export async function startStack(input: { config: NovacronConfig; env?: NodeJS.P
     }
     const readyClock = Date.now();
 
-    const childEnv: NodeJS.ProcessEnv = { ...(input.env ?? process.env), DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress };
+    const childEnv: NodeJS.ProcessEnv = {
+      ...(input.env ?? process.env),
+      DATABASE_URL: databaseUrl,
+      TEMPORAL_ADDRESS: temporalAddress,
+    };
     const services: SupervisedService[] = [
       superviseService({ name: 'control-worker', entry: 'workers/control-worker.ts', env: childEnv }, logger),
       superviseService({ name: 'api', entry: 'api/server.ts', env: childEnv }, logger),
@@ -97,15 +109,20 @@ export async function startStack(input: { config: NovacronConfig; env?: NodeJS.P
 
     const effective: NovacronConfig = { ...config, temporal: { ...config.temporal, address: temporalAddress } };
     const target = temporalTarget(effective);
-    const connection = await Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) });
+    const connection = await Connection.connect({
+      address: target.address,
+      ...(target.tls ? { tls: target.tls } : {}),
+    });
     cleanups.push(() => connection.close());
     const client = new Client({ connection, namespace: target.namespace });
     const initWorkflowId = `cluster-init-boot-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-    await client.workflow.start('initializeCluster', {
+    const init = await client.workflow.start('initializeCluster', {
       workflowId: initWorkflowId,
       taskQueue: config.temporal.taskQueue,
       args: [clusterInitInput(config)],
     });
+    // This start's own boot must finish; an earlier boot's record must not make us report ready.
+    await init.result();
 
     const scheme = config.api.tls ? 'https' : 'http';
     const apiUrl = `${scheme}://${config.api.host}:${config.api.port}`;

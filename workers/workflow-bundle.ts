@@ -5,6 +5,7 @@
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -21,9 +22,11 @@ function sourceFiles(dir: string): string[] {
 
 function bundleKey(): string {
   const hash = createHash('sha256');
-  const sdkVersion = (JSON.parse(readFileSync(require.resolve('@temporalio/workflow/package.json'), 'utf8')) as {
-    version: string;
-  }).version;
+  const sdkVersion = (
+    JSON.parse(readFileSync(require.resolve('@temporalio/workflow/package.json'), 'utf8')) as {
+      version: string;
+    }
+  ).version;
   hash.update(sdkVersion);
   // Workflows import shared pure modules from elsewhere (types only from activities), so hash those too.
   for (const file of [...sourceFiles(WORKFLOWS_DIR), ...sourceFiles(path.join(ROOT, 'activities'))].sort()) {
@@ -33,21 +36,41 @@ function bundleKey(): string {
   return hash.digest('hex').slice(0, 16);
 }
 
-export async function loadWorkflowBundle(input: {
-  cacheDir: string;
-  log?: (msg: string) => void;
-}): Promise<WorkflowBundleWithSourceMap> {
-  const file = path.join(input.cacheDir, `workflow-bundle-${bundleKey()}.json`);
+/** The per-user build cache shared with the Temporal binary: build artefacts, never state. */
+export function defaultCacheDir(): string {
+  return path.join(
+    process.env.NOVACRON_CACHE_DIR || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'novacron'),
+    'workflow-bundles',
+  );
+}
+
+export async function loadWorkflowBundle(
+  input: { cacheDir?: string; log?: (msg: string) => void } = {},
+): Promise<WorkflowBundleWithSourceMap> {
+  const cacheDir = input.cacheDir ?? defaultCacheDir();
+  const file = path.join(cacheDir, `workflow-bundle-${bundleKey()}.json`);
   if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as WorkflowBundleWithSourceMap;
   input.log?.('bundling workflow code (once per source change)');
   const bundle = await bundleWorkflowCode({
     workflowsPath: require.resolve(WORKFLOWS_DIR),
     workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
-    logger: { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined },
+    logger: {
+      log: () => undefined,
+      trace: () => undefined,
+      debug: () => undefined,
+      info: () => undefined,
+      warn: () => undefined,
+      error: () => undefined,
+    },
   });
-  mkdirSync(input.cacheDir, { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(bundle));
-  renameSync(tmp, file);
+  try {
+    mkdirSync(cacheDir, { recursive: true });
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(bundle));
+    renameSync(tmp, file);
+  } catch (err) {
+    // A read-only home only costs the next start another bundling pass.
+    input.log?.(`could not cache the workflow bundle in ${cacheDir}: ${(err as Error).message}`);
+  }
   return bundle;
 }

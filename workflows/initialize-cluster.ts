@@ -105,6 +105,12 @@ export async function initializeCluster(input: InitializeClusterInput): Promise<
     })),
   };
   setHandler(bootReportQuery, () => report);
+  const { recordClusterBoot } = proxyActivities<ClusterInitActivities>({
+    startToCloseTimeout: input.componentTimeoutMs,
+    retry: { maximumAttempts: 10, initialInterval: 200, backoffCoefficient: 2, maximumInterval: 5000 },
+  });
+  // Recorded first, so that /ready reports a boot in progress rather than an older boot's outcome.
+  await recordClusterBoot({ workflowId: info.workflowId, nodeId: input.nodeId, report });
   const entry = (name: string): ComponentReport => report.components.find((c) => c.name === name)!;
 
   const checkWith = (retry: ComponentRetryPolicy) =>
@@ -190,10 +196,6 @@ export async function initializeCluster(input: InitializeClusterInput): Promise<
     report.status = report.components.every((c) => c.status === 'ok') ? 'ready' : 'degraded';
   }
 
-  const { recordClusterBoot } = proxyActivities<ClusterInitActivities>({
-    startToCloseTimeout: input.componentTimeoutMs,
-    retry: { maximumAttempts: 10, initialInterval: 200, backoffCoefficient: 2, maximumInterval: 5000 },
-  });
   await recordClusterBoot({ workflowId: info.workflowId, nodeId: input.nodeId, report });
 
   if (criticalFailure) {

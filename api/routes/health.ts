@@ -59,7 +59,8 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
         }),
         settle(async () => {
           const boot = await latestClusterBoot(pool);
-          if (!boot) return 'pending: no completed cluster init';
+          if (!boot) return 'pending: no cluster init has run';
+          if (boot.status === 'running') return `pending: ${boot.workflowId} is running`;
           return boot.status === 'failed' ? `failed: ${boot.workflowId}` : boot.status;
         }),
       ]);

@@ -53,10 +53,13 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_at_idx ON audit_log (at DESC);
 CREATE INDEX audit_log_workflow_id_idx ON audit_log (workflow_id);
 
+-- One row per initializeCluster run: written 'running' when it starts, then its outcome. /ready reads the newest.
 CREATE TABLE cluster_boots (
   workflow_id  text PRIMARY KEY,
   node_id      text NOT NULL,
-  status       text NOT NULL CHECK (status IN ('ready', 'degraded', 'failed')),
+  status       text NOT NULL CHECK (status IN ('running', 'ready', 'degraded', 'failed')),
   report       jsonb NOT NULL,
-  completed_at timestamptz NOT NULL DEFAULT now()
+  started_at   timestamptz NOT NULL DEFAULT now(),
+  completed_at timestamptz
 );
+CREATE INDEX cluster_boots_started_at_idx ON cluster_boots (started_at DESC);

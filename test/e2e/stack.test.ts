@@ -16,7 +16,11 @@ import { scratchDir } from '../support/services';
 const READY_TIMEOUT_MS = 240_000;
 
 function cli(args: string[], apiUrl: string): { code: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(path.join(ROOT, 'bin', 'novacron'), [...args, '--api', apiUrl], { cwd: ROOT, encoding: 'utf8', env: isolatedEnv({}) });
+  const result = spawnSync(path.join(ROOT, 'bin', 'novacron'), [...args, '--api', apiUrl], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: isolatedEnv({}),
+  });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -28,7 +32,13 @@ async function stopStack(stack: ChildHandle): Promise<void> {
 
 test('npm start brings the stack to ready; a restart keeps workflow history and PostgreSQL rows', async () => {
   const dataDir = scratchDir('stack');
-  const ports = { api: await freePort(), temporal: await freePort(), ui: await freePort(), pg: await freePort(), metrics: await freePort() };
+  const ports = {
+    api: await freePort(),
+    temporal: await freePort(),
+    ui: await freePort(),
+    pg: await freePort(),
+    metrics: await freePort(),
+  };
   const env = isolatedEnv({
     NOVACRON_DATA_DIR: dataDir,
     NOVACRON_API_PORT: String(ports.api),
@@ -95,9 +105,14 @@ test('npm start brings the stack to ready; a restart keeps workflow history and 
     const e2e = (await (await fetch(`${apiUrl}/v1/workflows/cluster-init-e2e-1`)).json()) as { status: string };
     assert.equal(e2e.status, 'COMPLETED');
 
-    const pool = new Pool({ connectionString: `postgres://novacron:novacron-local@127.0.0.1:${ports.pg}/novacron`, max: 1 });
+    const pool = new Pool({
+      connectionString: `postgres://novacron:novacron-local@127.0.0.1:${ports.pg}/novacron`,
+      max: 1,
+    });
     try {
-      const boots = await pool.query<{ workflow_id: string }>('SELECT workflow_id FROM cluster_boots ORDER BY completed_at');
+      const boots = await pool.query<{ workflow_id: string }>(
+        'SELECT workflow_id FROM cluster_boots ORDER BY completed_at',
+      );
       const ids = boots.rows.map((r) => r.workflow_id);
       assert.equal(ids.length, 3, `two boots and one CLI init are recorded: ${ids.join(', ')}`);
       assert.equal(ids[0], firstInitId);
@@ -116,25 +131,37 @@ test('a bad config stops start-up with one readable line and exit 2', () => {
   const dir = scratchDir('badconfig');
   const file = path.join(dir, 'bad.yaml');
   writeFileSync(file, 'api:\n  port: 99999\n');
-  const result = spawnSync(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/stack.ts'), '--config', file], {
-    cwd: ROOT,
-    encoding: 'utf8',
-    env: isolatedEnv({ NOVACRON_DATA_DIR: path.join(dir, 'data') }),
-  });
+  const result = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', path.join(ROOT, 'workers/stack.ts'), '--config', file],
+    {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: isolatedEnv({ NOVACRON_DATA_DIR: path.join(dir, 'data') }),
+    },
+  );
   assert.equal(result.status, 2);
   const lines = result.stderr.trim().split('\n');
   assert.equal(lines.length, 1, result.stderr);
   assert.match(lines[0]!, /^novacron: invalid config \(.*bad\.yaml\): api\.port: /);
 
-  const check = spawnSync(path.join(ROOT, 'bin', 'novacron'), ['config', 'check', file], { cwd: ROOT, encoding: 'utf8', env: isolatedEnv({}) });
-  assert.equal(check.status, 2);
-  assert.equal(check.stderr.trim().split('\n').length, 1);
-  assert.match(check.stderr, /api\.port/);
-  const good = spawnSync(path.join(ROOT, 'bin', 'novacron'), ['config', 'check', path.join(ROOT, 'config', 'novacron.yaml')], {
+  const check = spawnSync(path.join(ROOT, 'bin', 'novacron'), ['config', 'check', file], {
     cwd: ROOT,
     encoding: 'utf8',
     env: isolatedEnv({}),
   });
+  assert.equal(check.status, 2);
+  assert.equal(check.stderr.trim().split('\n').length, 1);
+  assert.match(check.stderr, /api\.port/);
+  const good = spawnSync(
+    path.join(ROOT, 'bin', 'novacron'),
+    ['config', 'check', path.join(ROOT, 'config', 'novacron.yaml')],
+    {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: isolatedEnv({}),
+    },
+  );
   assert.equal(good.status, 0, good.stderr);
   assert.match(good.stdout, /ok \(profile datacenter/);
 });

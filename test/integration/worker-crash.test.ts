@@ -9,7 +9,13 @@ import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { isolatedEnv, startEntry } from '../support/processes';
-import { createTestDatabase, scratchDir, temporalClient, testTemporalAddress, type TestDatabase } from '../support/services';
+import {
+  createTestDatabase,
+  scratchDir,
+  temporalClient,
+  testTemporalAddress,
+  type TestDatabase,
+} from '../support/services';
 import type { BootReport } from '../../workflows/initialize-cluster';
 
 let db: TestDatabase;
@@ -75,7 +81,8 @@ test('initializeCluster survives SIGKILL of its worker and completes after a res
     assert.ok(report.status === 'ready' || report.status === 'degraded', JSON.stringify(report));
     const dataDir = report.components.find((c) => c.name === 'data-dir')!;
     assert.equal(dataDir.status, 'ok');
-    assert.ok(dataDir.attempts >= 3, `data-dir needed retries across the crash (attempts ${dataDir.attempts})`);
+    // The attempt that succeeded is at least the one that was pending when the first worker died.
+    assert.ok(dataDir.attempts >= attempt, `data-dir attempts ${dataDir.attempts} < ${attempt} seen before the kill`);
 
     // The history proves two different worker processes completed workflow tasks.
     const events = (await handle.fetchHistory()).events ?? [];

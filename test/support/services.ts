@@ -55,12 +55,21 @@ export async function createTestDatabase(): Promise<TestDatabase> {
 }
 
 /** Config as a test process sees it: no env leakage, a scratch data dir, random ports, quiet logs. */
-export function testConfig(input: { databaseUrl?: string; taskQueue?: string; overrides?: Record<string, unknown> } = {}): NovacronConfig {
+export function testConfig(
+  input: { databaseUrl?: string; taskQueue?: string; overrides?: Record<string, unknown> } = {},
+): NovacronConfig {
   const base: Record<string, unknown> = {
-    system: { dataDir: scratchDir('data'), logLevel: 'silent', minResources: { cpus: 1, memoryMib: 64, diskFreeMib: 16 } },
+    system: {
+      dataDir: scratchDir('data'),
+      logLevel: 'silent',
+      minResources: { cpus: 1, memoryMib: 64, diskFreeMib: 16 },
+    },
     api: { port: 0 },
     monitoring: { workerMetricsPort: 0 },
-    temporal: { address: testTemporalAddress(), taskQueue: input.taskQueue ?? `test-${randomBytes(4).toString('hex')}` },
+    temporal: {
+      address: testTemporalAddress(),
+      taskQueue: input.taskQueue ?? `test-${randomBytes(4).toString('hex')}`,
+    },
     clusterInit: { retry: { initialIntervalMs: 50, maximumIntervalMs: 200 } },
     ...(input.databaseUrl ? { storage: { databaseUrl: input.databaseUrl } } : {}),
   };
