@@ -228,21 +228,28 @@ function calibrate(sample: Buffer, durationMs: number): { mbps: number; ratio: n
   return { mbps: bytes / 1e6 / seconds, ratio: packed / bytes };
 }
 
-/** Buffers in a task or result that can move between threads without a copy. */
-function transferables(value: unknown): ArrayBuffer[] {
-  const out: ArrayBuffer[] = [];
-  const visit = (v: unknown): void => {
-    if (v instanceof Uint8Array) {
-      // Only buffers that own their whole ArrayBuffer may be detached; pooled slices must be copied.
-      if (v.byteOffset === 0 && v.byteLength === v.buffer.byteLength && v.buffer instanceof ArrayBuffer) {
-        if (!out.includes(v.buffer)) out.push(v.buffer);
-      }
-      return;
-    }
-    if (typeof v === 'object' && v !== null) for (const item of Object.values(v)) visit(item);
-  };
-  visit(value);
-  return out;
+/**
+ * Prepares a message for postMessage: every byte array moves to the other thread instead of being cloned. A view
+ * into a larger ArrayBuffer (a Buffer pool slab, a manifest slice) is first copied out, because structured clone
+ * would copy its whole backing buffer, and transferring it would detach memory that others still use.
+ */
+function detachable(value: unknown, transfer: ArrayBuffer[]): unknown {
+  if (value instanceof Uint8Array) {
+    // Empty views (including buffers already moved to another thread) have nothing to move.
+    if (value.byteLength === 0) return new Uint8Array(0);
+    const owns =
+      value.byteOffset === 0 && value.byteLength === value.buffer.byteLength && value.buffer instanceof ArrayBuffer;
+    const bytes = owns ? value : new Uint8Array(value);
+    if (!transfer.includes(bytes.buffer as ArrayBuffer)) transfer.push(bytes.buffer as ArrayBuffer);
+    return bytes;
+  }
+  if (Array.isArray(value)) return value.map((v: unknown) => detachable(v, transfer));
+  if (typeof value === 'object' && value !== null) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = detachable(v, transfer);
+    return out;
+  }
+  return value;
 }
 
 /** Restores Buffer views on Uint8Arrays that arrive through postMessage. */
@@ -261,7 +268,9 @@ export function postWorkerMessage(input: {
   post: (message: unknown, transfer: ArrayBuffer[]) => void;
   message: unknown;
 }): void {
-  input.post(input.message, transferables(input.message));
+  const transfer: ArrayBuffer[] = [];
+  const message = detachable(input.message, transfer);
+  input.post(message, transfer);
 }
 
 interface PendingTask {
@@ -292,6 +301,7 @@ export class DwcpWorkerPool {
     for (let i = 0; i < this.size; i++) this.workers.push(this.spawn());
   }
 
+  /** Buffers in `task` are moved to the worker, not copied: the caller must not use them afterwards. */
   run<K extends WorkerTask['kind']>(task: Extract<WorkerTask, { kind: K }>): Promise<WorkerResults[K]> {
     if (this.closed) return Promise.reject(new DwcpIoError('worker pool is closed'));
     return new Promise<WorkerResults[K]>((resolve, reject) => {
@@ -353,13 +363,19 @@ export class DwcpWorkerPool {
 
   private dispatch(): void {
     for (const slot of this.workers) {
-      if (slot.busy !== undefined) continue;
-      const next = this.queue.shift();
-      if (next === undefined) return;
-      slot.busy = next;
-      slot.worker.ref();
-      const request: WorkerRequest = { id: next.id, task: next.task };
-      postWorkerMessage({ post: (m, t) => slot.worker.postMessage(m, t), message: request });
+      while (slot.busy === undefined) {
+        const next = this.queue.shift();
+        if (next === undefined) return;
+        const request: WorkerRequest = { id: next.id, task: next.task };
+        try {
+          postWorkerMessage({ post: (m, t) => slot.worker.postMessage(m, t), message: request });
+        } catch (err) {
+          next.reject(new DwcpIoError('task could not be sent to a worker', err));
+          continue;
+        }
+        slot.busy = next;
+        slot.worker.ref();
+      }
     }
   }
 }

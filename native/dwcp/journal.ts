@@ -23,6 +23,7 @@ export class TransferJournal {
   private readonly data: FileHandle;
   private pending: [number, number][] = [];
   private flushing: Promise<void> = Promise.resolve();
+  private inProgress = 0;
 
   private constructor(handle: FileHandle, data: FileHandle) {
     this.handle = handle;
@@ -77,21 +78,31 @@ export class TransferJournal {
     return this.pending.length;
   }
 
+  /** True while a flush is running; callers batching on size skip a flush then instead of queueing another. */
+  get busy(): boolean {
+    return this.inProgress > 0;
+  }
+
   record(index: number, offset: number): void {
     this.pending.push([index, offset]);
   }
 
   /** Makes every recorded chunk durable: data first, then the journal lines that point at it. */
   flush(): Promise<void> {
-    this.flushing = this.flushing.then(async () => {
-      if (this.pending.length === 0) return;
-      const batch = this.pending;
-      this.pending = [];
-      await this.data.datasync();
-      const stat = await this.handle.stat();
-      await this.handle.write(`${JSON.stringify(batch)}\n`, stat.size);
-      await this.handle.sync();
-    });
+    this.inProgress++;
+    this.flushing = this.flushing
+      .then(async () => {
+        if (this.pending.length === 0) return;
+        const batch = this.pending;
+        this.pending = [];
+        await this.data.datasync();
+        const stat = await this.handle.stat();
+        await this.handle.write(`${JSON.stringify(batch)}\n`, stat.size);
+        await this.handle.sync();
+      })
+      .finally(() => {
+        this.inProgress--;
+      });
     return this.flushing;
   }
 

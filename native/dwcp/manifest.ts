@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { ContentChunker, chunkingKey, isZeroChunk, type ChunkingParams } from './chunking';
+import { chunkingKey, isZeroChunk, nextChunkLength, type ChunkingParams } from './chunking';
 import { DwcpProtocolError } from './errors';
 
 export const MANIFEST_ENTRY_BYTES = 45;
@@ -87,30 +87,50 @@ export function scanFileSync(input: { path: string; chunking: ChunkingParams }):
   try {
     const expectedSize = fstatSync(fd).size;
     const whole = createHash('sha256');
-    const chunker = new ContentChunker({ params: input.chunking });
+    const params = input.chunking;
     const parts: Buffer[] = [];
     let offset = 0;
     let count = 0;
+    // Zero chunks come in a handful of lengths; their hashes are computed once.
+    const zeroHashes = new Map<number, Buffer>();
     const add = (chunk: Buffer): void => {
       const entry = Buffer.allocUnsafe(MANIFEST_ENTRY_BYTES);
       entry.writeBigUInt64BE(BigInt(offset), 0);
       entry.writeUInt32BE(chunk.length, 8);
-      entry.writeUInt8(isZeroChunk(chunk) ? FLAG_ZERO : 0, 12);
-      createHash('sha256').update(chunk).digest().copy(entry, 13);
+      const zero = isZeroChunk(chunk);
+      entry.writeUInt8(zero ? FLAG_ZERO : 0, 12);
+      let hash = zero ? zeroHashes.get(chunk.length) : undefined;
+      if (hash === undefined) {
+        hash = createHash('sha256').update(chunk).digest();
+        if (zero) zeroHashes.set(chunk.length, hash);
+      }
+      hash.copy(entry, 13);
       parts.push(entry);
       offset += chunk.length;
       count++;
     };
-    const block = Buffer.allocUnsafe(SCAN_BLOCK_BYTES);
-    for (;;) {
-      const n = readSync(fd, block, 0, block.length, null);
-      if (n === 0) break;
-      // The chunker may keep references into the block, so hand it a copy that the next read cannot overwrite.
-      const data = Buffer.from(block.subarray(0, n));
-      whole.update(data);
-      for (const chunk of chunker.push(data)) add(chunk);
+    // One buffer, refilled behind the uncut tail: chunks are hashed where they lie, so nothing is copied but the
+    // tail (less than one maximum chunk) once per block.
+    const buffer = Buffer.allocUnsafe(SCAN_BLOCK_BYTES + params.maxBytes);
+    let filled = 0;
+    let eof = false;
+    while (!eof || filled > 0) {
+      if (!eof) {
+        const n = readSync(fd, buffer, filled, buffer.length - filled, null);
+        if (n === 0) eof = true;
+        whole.update(buffer.subarray(filled, filled + n));
+        filled += n;
+      }
+      let start = 0;
+      for (;;) {
+        const length = nextChunkLength({ data: buffer, start, end: filled, params, final: eof });
+        if (length === 0) break;
+        add(buffer.subarray(start, start + length));
+        start += length;
+      }
+      buffer.copyWithin(0, start, filled);
+      filled -= start;
     }
-    for (const chunk of chunker.finish()) add(chunk);
     if (offset !== expectedSize) throw new Error(`${input.path} changed size while it was scanned`);
     return {
       size: offset,

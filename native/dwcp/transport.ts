@@ -963,9 +963,7 @@ class FileReceiveTransfer extends ReceiveTransfer {
         else this.stats.resumed++;
       }
     }
-    this.flushTimer = setInterval(() => {
-      this.journal?.flush().catch((err: unknown) => this.fail(DwcpError.fromNative(err, 'journal'), true));
-    }, this.ctx.journalIntervalMs);
+    this.flushTimer = setInterval(() => this.flushJournal(true), this.ctx.journalIntervalMs);
     this.flushTimer.unref();
   }
 
@@ -1063,10 +1061,22 @@ class FileReceiveTransfer extends ReceiveTransfer {
       this.logicalBytes += entry.length;
       this.chunksDone++;
       this.journal?.record(entry.index, entry.offset);
-      if ((this.journal?.pendingCount ?? 0) >= this.ctx.journalBatchChunks) await this.journal?.flush();
+      this.flushJournal(false);
     }
     this.progress({ logicalBytes: this.logicalBytes, chunksDone: this.chunksDone, chunksTotal: manifest.chunkCount });
     await this.ack(socket, entry.index);
+  }
+
+  /**
+   * Durability runs beside the data path, not in it: an ACK only tells the sender the chunk arrived, and after a
+   * crash the journal (not the ACKs) decides what is resent, so waiting for fsync before acknowledging would only
+   * stall the pipeline.
+   */
+  private flushJournal(onTimer: boolean): void {
+    const journal = this.journal;
+    if (journal === undefined || journal.busy || journal.pendingCount === 0) return;
+    if (!onTimer && journal.pendingCount < this.ctx.journalBatchChunks) return;
+    journal.flush().catch((err: unknown) => this.fail(DwcpError.fromNative(err, 'journal'), true));
   }
 
   private async write(data: Buffer, offset: number): Promise<void> {
@@ -1302,8 +1312,8 @@ export class DwcpReceiver {
     this.ctx = {
       pool: this.pool,
       chunkIndex: this.chunkIndex,
-      journalBatchChunks: options.journalBatchChunks ?? 64,
-      journalIntervalMs: options.journalIntervalMs ?? 250,
+      journalBatchChunks: options.journalBatchChunks ?? 256,
+      journalIntervalMs: options.journalIntervalMs ?? 1000,
       onFinished: (transferId, sha256) => {
         this.transfers.delete(transferId);
         if (sha256 !== undefined) {

@@ -1,0 +1,100 @@
+/**
+ * One DWCP endpoint of a benchmark run, as its own process so it can live in a network namespace and be timed by
+ * /usr/bin/time like the baseline tools. argv[2] is a JSON config; the last stdout line is a JSON result.
+ */
+import { open, readFile } from 'node:fs/promises';
+import { z } from 'zod';
+import { chunkingParams, isZeroChunk } from '../../native/dwcp/chunking';
+import { DwcpWorkerPool, measureCompression } from '../../native/dwcp/encoding';
+import { probeLink } from '../../native/dwcp/mode';
+import { DwcpReceiver, sendFile } from '../../native/dwcp/transport';
+
+const ConfigSchema = z.object({
+  role: z.enum(['receive', 'send', 'serve-probe', 'probe', 'calibrate']),
+  caPath: z.string(),
+  certPath: z.string(),
+  keyPath: z.string(),
+  host: z.string(),
+  port: z.number().int(),
+  transferId: z.string(),
+  path: z.string(),
+  streams: z.number().int().positive(),
+  chunkAvgBytes: z.number().int().positive(),
+  compressionLevel: z.number().int().nonnegative(),
+  maxInFlightChunks: z.number().int().positive(),
+});
+
+async function main(): Promise<void> {
+  const config = ConfigSchema.parse(JSON.parse(process.argv[2] ?? '{}'));
+  const tls = {
+    ca: await readFile(config.caPath),
+    cert: await readFile(config.certPath),
+    key: await readFile(config.keyPath),
+  };
+  const out = (value: unknown): void => {
+    process.stdout.write(`${JSON.stringify(value)}\n`);
+  };
+  switch (config.role) {
+    case 'receive': {
+      const receiver = await DwcpReceiver.start({ tls, host: config.host, port: config.port });
+      const result = receiver.expectFile({ transferId: config.transferId, targetPath: config.path });
+      process.stdout.write(`listening ${receiver.port}\n`);
+      out(await result);
+      await receiver.close();
+      return;
+    }
+    case 'serve-probe': {
+      const receiver = await DwcpReceiver.start({ tls, host: config.host, port: config.port });
+      process.stdin.resume();
+      await new Promise((resolve) => process.stdin.once('end', resolve));
+      await receiver.close();
+      return;
+    }
+    case 'send': {
+      const result = await sendFile({
+        host: config.host,
+        port: config.port,
+        tls,
+        transferId: config.transferId,
+        sourcePath: config.path,
+        streams: config.streams,
+        chunking: chunkingParams({ avgBytes: config.chunkAvgBytes }),
+        compressionLevel: config.compressionLevel,
+        maxInFlightChunks: config.maxInFlightChunks,
+      });
+      out(result);
+      return;
+    }
+    case 'probe':
+      out(await probeLink({ host: config.host, port: config.port, tls, pings: 20, durationMs: 2000, streams: 2 }));
+      return;
+    case 'calibrate': {
+      const pool = new DwcpWorkerPool();
+      try {
+        // Sample the image's data, not its free space: zero blocks would make zstd look absurdly fast.
+        const handle = await open(config.path, 'r');
+        const { size } = await handle.stat();
+        const blocks: Buffer[] = [];
+        for (let at = 0; at < size && blocks.length < 8; at += 16 * 1024 * 1024) {
+          const block = Buffer.alloc(1024 * 1024);
+          await handle.read(block, 0, block.length, at);
+          if (!isZeroChunk(block)) blocks.push(block);
+        }
+        await handle.close();
+        const sample = Buffer.concat(blocks);
+        out({ ...(await measureCompression({ pool, sample, durationMs: 500 })), workers: pool.size });
+      } finally {
+        await pool.close();
+      }
+      return;
+    }
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);
