@@ -188,9 +188,9 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
     },
 
     async recordClusterBoot(input: RecordClusterBootInput): Promise<void> {
-      const status = input.report.status;
-      if (status !== 'ready' && status !== 'degraded' && status !== 'failed') {
-        throw ApplicationFailure.nonRetryable(`cannot record a boot in status ${status}`, 'InvalidBootStatus');
+      const status = BOOT_RECORD_STATUSES.find((s) => s === input.report.status);
+      if (!status) {
+        throw ApplicationFailure.nonRetryable(`cannot record a boot in status ${input.report.status}`, 'InvalidBootStatus');
       }
       await recordClusterBoot(pool, {
         workflowId: input.workflowId,

@@ -88,7 +88,7 @@ describe('API', () => {
     assert.deepEqual(again.json(), { ...started, existing: true });
 
     const closed = await waitClosed(started.workflowId);
-    assert.equal(closed.status, 'COMPLETED');
+    assert.equal(closed.status, 'COMPLETED', JSON.stringify(closed));
     const report = closed.result!;
     assert.equal(report.status, 'ready', JSON.stringify(report.components.filter((c) => c.status !== 'ok')));
     const postgres = report.components.find((c) => c.name === 'postgres')!;

@@ -22,7 +22,7 @@ export async function recordClusterBoot(
 ): Promise<void> {
   await pool.query(
     `INSERT INTO cluster_boots (workflow_id, node_id, status, report, completed_at)
-     VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'running' THEN NULL ELSE now() END)
+     VALUES ($1, $2, $3::text, $4, CASE WHEN $3::text = 'running' THEN NULL ELSE now() END)
      ON CONFLICT (workflow_id) DO UPDATE SET status = EXCLUDED.status, report = EXCLUDED.report,
        completed_at = EXCLUDED.completed_at
      WHERE cluster_boots.status = 'running'`,

@@ -43,12 +43,19 @@ const workflowDetailSchema = workflowSummarySchema.extend({
   pendingActivities: z.array(pendingActivitySchema),
 });
 
+/** The root cause is what an operator needs ("connection refused"), not the wrapper ("Activity task failed"). */
 function failureOf(err: unknown): z.infer<typeof failureSchema> {
-  const cause = err instanceof WorkflowFailedError ? (err.cause ?? err) : err;
-  if (cause instanceof ApplicationFailure)
+  let cause: unknown = err instanceof WorkflowFailedError ? (err.cause ?? err) : err;
+  const path: string[] = [];
+  while (cause instanceof TemporalFailure && !(cause instanceof ApplicationFailure) && cause.cause) {
+    path.push(cause.message);
+    cause = cause.cause;
+  }
+  if (cause instanceof ApplicationFailure) {
     return { message: cause.message, type: cause.type ?? undefined, details: cause.details ?? [] };
+  }
   if (cause instanceof TemporalFailure) return { message: cause.message, type: cause.name };
-  return { message: cause instanceof Error ? cause.message : String(cause) };
+  return { message: cause instanceof Error ? cause.message : [...path, String(cause)].join(': ') };
 }
 
 function pendingActivities(description: WorkflowExecutionDescription): Array<z.infer<typeof pendingActivitySchema>> {
