@@ -91,7 +91,11 @@ async function runInit(input: {
     taskQueue,
     workflowBundle: bundle,
     activities,
-    sinks: { workflowMetrics: { finished: { fn: (_info, { outcome }) => void finishedOutcomes.push(outcome) } } },
+    sinks: {
+      workflowMetrics: {
+        finished: { fn: (_info, input: { outcome: WorkflowOutcome }) => void finishedOutcomes.push(input.outcome) },
+      },
+    },
   });
   const workflowId = `init-test-${randomBytes(6).toString('hex')}`;
   return worker.runUntil(async () => {
