@@ -190,7 +190,10 @@ export function createClusterInitActivities(deps: ClusterInitDeps) {
     async recordClusterBoot(input: RecordClusterBootInput): Promise<void> {
       const status = BOOT_RECORD_STATUSES.find((s) => s === input.report.status);
       if (!status) {
-        throw ApplicationFailure.nonRetryable(`cannot record a boot in status ${input.report.status}`, 'InvalidBootStatus');
+        throw ApplicationFailure.nonRetryable(
+          `cannot record a boot in status ${input.report.status}`,
+          'InvalidBootStatus',
+        );
       }
       await recordClusterBoot(pool, {
         workflowId: input.workflowId,

@@ -112,10 +112,12 @@ describe('API', () => {
     const audit = await db.pool.query(
       "SELECT action, workflow_id, outcome FROM audit_log WHERE workflow_id = 'cluster-init-boot-1' ORDER BY id",
     );
-    assert.deepEqual(
-      audit.rows.map((r: { action: string }) => r.action).sort(),
-      ['POST /v1/cluster/init', 'POST /v1/cluster/init', 'POST /v1/cluster/init', 'cluster.init'],
-    );
+    assert.deepEqual(audit.rows.map((r: { action: string }) => r.action).sort(), [
+      'POST /v1/cluster/init',
+      'POST /v1/cluster/init',
+      'POST /v1/cluster/init',
+      'cluster.init',
+    ]);
   });
 
   test('GET /v1/workflows lists from visibility, filtered by type and status', async () => {

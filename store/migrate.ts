@@ -56,7 +56,9 @@ export async function migrate(pool: Pool, migrations: Migration[] = listMigratio
         await client.query('COMMIT');
       } catch (err) {
         await client.query('ROLLBACK');
-        throw new Error(`migration ${migration.version}_${migration.name} failed: ${(err as Error).message}`, { cause: err });
+        throw new Error(`migration ${migration.version}_${migration.name} failed: ${(err as Error).message}`, {
+          cause: err,
+        });
       }
       applied.push(migration.version);
     }

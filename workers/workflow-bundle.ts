@@ -39,7 +39,8 @@ function bundleKey(): string {
 /** The per-user build cache shared with the Temporal binary: build artefacts, never state. */
 export function defaultCacheDir(): string {
   return path.join(
-    process.env.NOVACRON_CACHE_DIR || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'novacron'),
+    process.env.NOVACRON_CACHE_DIR ||
+      path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'novacron'),
     'workflow-bundles',
   );
 }
