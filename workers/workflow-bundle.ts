@@ -5,8 +5,8 @@
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { novacronCacheRoot } from '../config/paths';
 
 const ROOT = path.resolve(__dirname, '..');
 const WORKFLOWS_DIR = path.join(ROOT, 'workflows');
@@ -38,11 +38,7 @@ function bundleKey(): string {
 
 /** The per-user build cache shared with the Temporal binary: build artefacts, never state. */
 export function defaultCacheDir(): string {
-  return path.join(
-    process.env.NOVACRON_CACHE_DIR ||
-      path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'novacron'),
-    'workflow-bundles',
-  );
+  return path.join(novacronCacheRoot(), 'workflow-bundles');
 }
 
 export async function loadWorkflowBundle(

@@ -6,6 +6,7 @@ import { accessSync, constants as fsConstants, existsSync, readFileSync } from '
 import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { novacronCacheRoot } from '../../config/paths';
 
 const SOURCE_DIR = __dirname;
 const SOURCE_FILES = ['go.mod', 'go.sum', 'main.go'];
@@ -28,10 +29,7 @@ function defaultLog(msg: string): void {
 }
 
 export function temporalCacheRoot(): string {
-  const base =
-    process.env.NOVACRON_CACHE_DIR ||
-    path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'novacron');
-  return path.join(base, 'temporal');
+  return path.join(novacronCacheRoot(), 'temporal');
 }
 
 // The key covers exactly what determines the binary, so editing main.go or bumping a module rebuilds on next use
