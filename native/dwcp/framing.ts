@@ -7,7 +7,7 @@
  * | 4 | 1 | version |
  * | 5 | 1 | frame type |
  * | 6 | 1 | encoding of the payload |
- * | 7 | 1 | flags |
+ * | 7 | 1 | flags (reserved, 0) |
  * | 8 | 16 | transfer id (UUID bytes) |
  * | 24 | 4 | chunk index |
  * | 28 | 8 | offset of the chunk in the logical content |
@@ -40,7 +40,7 @@ export const FrameType = {
   NACK: 6,
   END: 7,
   ERROR: 8,
-  /** Part of the chunk manifest (offsets, lengths, hashes); the last part has FrameFlag.LAST. */
+  /** Part of the chunk manifest (offsets, lengths, hashes), starting at `chunkIndex`. */
   MANIFEST: 9,
   /** The receiver's answer to the manifest: the state of every chunk. */
   NEED: 10,
@@ -48,6 +48,8 @@ export const FrameType = {
   PONG: 12,
   /** Filler for the throughput probe. */
   PROBE: 13,
+  /** Closes the manifest: chunk count, whole-content sha256 and manifest digest (JSON). */
+  MANIFEST_END: 14,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -58,10 +60,6 @@ export const ChunkEncoding = {
   REF: 3,
 } as const;
 export type ChunkEncoding = (typeof ChunkEncoding)[keyof typeof ChunkEncoding];
-
-export const FrameFlag = {
-  LAST: 1,
-} as const;
 
 const FRAME_TYPES = new Set<number>(Object.values(FrameType));
 const ENCODINGS = new Set<number>(Object.values(ChunkEncoding));

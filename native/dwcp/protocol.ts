@@ -3,7 +3,9 @@
  * manifest. One transfer runs as numbered attempts; each attempt opens N connections, stream 0 first:
  *
  * 1. sender → HELLO {kind, attempt, streamIndex, streams, file?}; receiver → HELLO {ok, nextIndex?, completed?}
- * 2. file kind, stream 0 only: sender → MANIFEST parts; receiver → NEED (zstd of one ChunkState byte per chunk)
+ * 2. file kind, stream 0 only: sender → MANIFEST parts and MANIFEST_END {chunkCount, sha256, manifestDigest};
+ *    receiver → NEED (zstd of one ChunkState byte per chunk). The HELLO comes before the sender's scan, so the
+ *    receiver indexes its base images while the sender hashes its source.
  * 3. CHUNK / CHUNK_REF / ZERO frames on any stream; receiver → ACK or NACK {reason} for each
  * 4. sender → END {sha256, size, chunkCount} on stream 0; receiver verifies the whole content → END {sha256}
  *
@@ -41,17 +43,22 @@ export const HelloSchema = z.object({
   attempt: z.number().int().nonnegative(),
   streamIndex: z.number().int().nonnegative(),
   streams: z.number().int().positive().max(64),
+  /** File kind, stream 0: enough for the receiver to start indexing its base images while the sender scans. */
   file: z
     .object({
       size: z.number().int().nonnegative(),
-      chunkCount: z.number().int().nonnegative(),
-      sha256: z.string().regex(/^[0-9a-f]{64}$/),
-      manifestDigest: z.string().regex(/^[0-9a-f]{64}$/),
       chunking: ChunkingSchema,
     })
     .optional(),
 });
 export type Hello = z.infer<typeof HelloSchema>;
+
+export const ManifestEndSchema = z.object({
+  chunkCount: z.number().int().nonnegative(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  manifestDigest: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type ManifestEnd = z.infer<typeof ManifestEndSchema>;
 
 export const HelloReplySchema = z.object({
   ok: z.literal(true),

@@ -13,7 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -31,13 +31,13 @@ import {
   DwcpConnectionError,
   DwcpDiskFullError,
   DwcpError,
+  DwcpIoError,
   DwcpProtocolError,
   DwcpUnknownTransferError,
 } from './errors';
 import {
   ChunkEncoding,
   ErrorBodySchema,
-  FrameFlag,
   FrameType,
   isTransferId,
   jsonPayload,
@@ -55,10 +55,12 @@ import {
   HelloReplySchema,
   HelloSchema,
   MANIFEST_PART_ENTRIES,
+  ManifestEndSchema,
   TransferKind,
   type End,
   type Hello,
   type HelloReply,
+  type ManifestEnd,
   type NackReason,
 } from './protocol';
 import { SendEngine, type SendWorkload } from './send-engine';
@@ -132,8 +134,9 @@ export interface SendStreamInput extends SenderOptions {
 const DEFAULT_CHUNKING = chunkingParams({ avgBytes: 64 * 1024 });
 const DEFAULT_STREAM_CHUNK_BYTES = 256 * 1024;
 const HELLO_TIMEOUT_MS = 30_000;
-/** The receiver may index base images before it answers the manifest. */
+/** The receiver may index base images before it answers the manifest, and the sender scans before sending it. */
 const NEED_TIMEOUT_MS = 30 * 60_000;
+const MANIFEST_TIMEOUT_MS = 30 * 60_000;
 
 /** State of one send call that outlives its attempts. */
 class SenderContext {
@@ -298,35 +301,37 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
   const ctx = new SenderContext(input);
   try {
     const level = input.compressionLevel ?? 1;
-    const manifest = await ctx.pool.run({
-      kind: 'scan',
-      path: input.sourcePath,
-      chunking: input.chunking ?? DEFAULT_CHUNKING,
-    });
-    const digest = manifestDigest({ manifest });
-    const stats: ChunkStats = { total: manifest.chunkCount, data: 0, refs: 0, zero: 0, resumed: 0, resent: 0 };
+    const chunking = input.chunking ?? DEFAULT_CHUNKING;
+    const size = await stat(input.sourcePath).then(
+      (info) => info.size,
+      (err: unknown) => {
+        throw DwcpError.fromNative(err, `source ${input.sourcePath}`);
+      },
+    );
+    // The scan starts before the first connection, and the receiver indexes its base images meanwhile.
+    const scanning = ctx.pool.run({ kind: 'scan', path: input.sourcePath, chunking });
+    scanning.catch(() => undefined);
+    let scanned: { manifest: Manifest; digest: string } | undefined;
+    const scan = async (): Promise<{ manifest: Manifest; digest: string }> => {
+      if (scanned !== undefined) return scanned;
+      const manifest = await scanning;
+      if (manifest.size !== size) throw new DwcpIoError(`${input.sourcePath} changed size during the transfer`);
+      scanned = { manifest, digest: manifestDigest({ manifest }) };
+      return scanned;
+    };
+    const stats: ChunkStats = { total: 0, data: 0, refs: 0, zero: 0, resumed: 0, resent: 0 };
     let logicalBytes = 0;
     let chunksDone = 0;
 
     const { attempts } = await ctx.withReconnect(async (attempt) => {
       const control = await ctx.connect({
         streamIndex: 0,
-        hello: {
-          kind: TransferKind.FILE,
-          attempt,
-          streamIndex: 0,
-          streams: ctx.streams,
-          file: {
-            size: manifest.size,
-            chunkCount: manifest.chunkCount,
-            sha256: manifest.sha256,
-            manifestDigest: digest,
-            chunking: manifest.chunking,
-          },
-        },
+        hello: { kind: TransferKind.FILE, attempt, streamIndex: 0, streams: ctx.streams, file: { size, chunking } },
       });
       const sockets = [control.socket];
       try {
+        const { manifest, digest } = await scan();
+        stats.total = manifest.chunkCount;
         if (control.reply.completed !== undefined) {
           if (control.reply.completed !== manifest.sha256)
             throw new DwcpChecksumError('receiver completed with another sha256');
@@ -334,7 +339,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           chunksDone = manifest.chunkCount;
           return;
         }
-        await sendManifest({ socket: control.socket, manifest, transferId: input.transferId });
+        await sendManifest({ socket: control.socket, manifest, digest, transferId: input.transferId });
         const states = await receiveNeed({ socket: control.socket, manifest });
 
         stats.zero = 0;
@@ -427,6 +432,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         for (const s of sockets) s.destroy();
       }
     });
+    const { manifest } = await scan();
     ctx.progress({ logicalBytes, chunksDone, chunksTotal: manifest.chunkCount, force: true });
     return {
       transferId: input.transferId,
@@ -443,18 +449,24 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
   }
 }
 
-async function sendManifest(input: { socket: FrameSocket; manifest: Manifest; transferId: string }): Promise<void> {
+async function sendManifest(input: {
+  socket: FrameSocket;
+  manifest: Manifest;
+  digest: string;
+  transferId: string;
+}): Promise<void> {
   const { manifest } = input;
-  for (let first = 0; first === 0 || first < manifest.chunkCount; first += MANIFEST_PART_ENTRIES) {
+  for (let first = 0; first < manifest.chunkCount; first += MANIFEST_PART_ENTRIES) {
     const last = Math.min(manifest.chunkCount, first + MANIFEST_PART_ENTRIES);
     await input.socket.send({
       type: FrameType.MANIFEST,
       transferId: input.transferId,
       chunkIndex: first,
-      flags: last === manifest.chunkCount ? FrameFlag.LAST : 0,
       payload: manifest.entries.subarray(first * MANIFEST_ENTRY_BYTES, last * MANIFEST_ENTRY_BYTES),
     });
   }
+  const end: ManifestEnd = { chunkCount: manifest.chunkCount, sha256: manifest.sha256, manifestDigest: input.digest };
+  await input.socket.send({ type: FrameType.MANIFEST_END, transferId: input.transferId, payload: jsonPayload(end) });
 }
 
 async function receiveNeed(input: { socket: FrameSocket; manifest: Manifest }): Promise<Uint8Array> {
@@ -895,27 +907,32 @@ class FileReceiveTransfer extends ReceiveTransfer {
     });
 
     const chunking = chunkingParams(file.chunking);
+    // Index base images while the sender is still scanning its source: both read a whole image.
+    const indexing = this.indexBases(chunking);
+    indexing.catch(() => undefined);
     const parts: Buffer[] = [];
-    for (;;) {
-      const frame = await socket.receive({ timeoutMs: HELLO_TIMEOUT_MS });
-      if (frame.type !== FrameType.MANIFEST)
-        throw new DwcpProtocolError(`expected MANIFEST, got frame type ${frame.type}`);
+    let end: ManifestEnd | undefined;
+    while (end === undefined) {
+      const frame = await socket.receive({ timeoutMs: parts.length === 0 ? MANIFEST_TIMEOUT_MS : HELLO_TIMEOUT_MS });
       if (!frame.checksumOk) throw new DwcpProtocolError('manifest part failed its checksum');
-      parts.push(frame.payload);
-      if ((frame.flags & FrameFlag.LAST) !== 0) break;
+      if (frame.type === FrameType.MANIFEST) parts.push(frame.payload);
+      else if (frame.type === FrameType.MANIFEST_END) end = parseJsonPayload({ frame, schema: ManifestEndSchema });
+      else throw new DwcpProtocolError(`expected MANIFEST, got frame type ${frame.type}`);
     }
     const manifest: Manifest = {
       size: file.size,
-      sha256: file.sha256,
-      chunkCount: file.chunkCount,
+      sha256: end.sha256,
+      chunkCount: end.chunkCount,
       entries: Buffer.concat(parts),
       chunking,
     };
-    if (manifestDigest({ manifest }) !== file.manifestDigest)
+    if (manifestDigest({ manifest }) !== end.manifestDigest) {
       throw new DwcpProtocolError('manifest does not match its digest');
+    }
     validateManifest({ manifest });
 
-    await this.open(manifest, file.manifestDigest);
+    await this.open(manifest, end.manifestDigest);
+    await indexing;
     const states = await this.planChunks();
     await socket.send({
       type: FrameType.NEED,
@@ -967,18 +984,21 @@ class FileReceiveTransfer extends ReceiveTransfer {
     this.flushTimer.unref();
   }
 
-  /** Decides each missing chunk: copy from the chunk index (REF) or ask for the data (SEND). */
-  private async planChunks(): Promise<Uint8Array> {
-    const manifest = this.manifest;
-    if (manifest === undefined) throw new DwcpProtocolError('no manifest');
-    const bases = [this.input.targetPath, ...(this.input.baseImages ?? [])];
-    for (const base of bases) {
+  /** Indexes the existing target (a previous version) and the base images with the sender's chunking. */
+  private async indexBases(chunking: ChunkingParams): Promise<void> {
+    for (const base of [this.input.targetPath, ...(this.input.baseImages ?? [])]) {
       try {
-        await this.ctx.chunkIndex.addFile({ path: base, chunking: manifest.chunking });
+        await this.ctx.chunkIndex.addFile({ path: base, chunking });
       } catch (err) {
         if (!(typeof err === 'object' && err !== null && 'code' in err && err.code === 'ENOENT')) throw err;
       }
     }
+  }
+
+  /** Decides each missing chunk: copy from the chunk index (REF) or ask for the data (SEND). */
+  private async planChunks(): Promise<Uint8Array> {
+    const manifest = this.manifest;
+    if (manifest === undefined) throw new DwcpProtocolError('no manifest');
     const plan = new Uint8Array(manifest.chunkCount);
     let neededBytes = 0;
     for (let i = 0; i < manifest.chunkCount; i++) {
