@@ -26,3 +26,31 @@ export function temporalTarget(config: NovacronConfig): TemporalTarget {
     },
   };
 }
+
+/**
+ * Retries a connection until the deadline: a worker or API started beside its Temporal server (npm start, compose)
+ * waits for it instead of crash-looping.
+ */
+export async function connectWithRetry<T>(input: {
+  what: string;
+  connect: () => Promise<T>;
+  timeoutMs: number;
+  onWait?: (message: string) => void;
+}): Promise<T> {
+  const deadline = Date.now() + input.timeoutMs;
+  let delayMs = 100;
+  let warned = false;
+  for (;;) {
+    try {
+      return await input.connect();
+    } catch (err) {
+      if (Date.now() + delayMs > deadline) {
+        throw new Error(`cannot reach ${input.what} after ${input.timeoutMs} ms: ${(err as Error).message}`, { cause: err });
+      }
+      if (!warned) input.onWait?.(`waiting for ${input.what}: ${(err as Error).message.split('\n')[0]}`);
+      warned = true;
+      await new Promise((r) => setTimeout(r, delayMs));
+      delayMs = Math.min(2000, delayMs * 2);
+    }
+  }
+}
