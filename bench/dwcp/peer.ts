@@ -24,6 +24,21 @@ const ConfigSchema = z.object({
   maxInFlightChunks: z.number().int().positive(),
 });
 
+/** CPU seconds of the whole process (every thread) since `from`. */
+function cpuSecondsSince(from: NodeJS.CpuUsage): number {
+  const used = process.cpuUsage(from);
+  return (used.user + used.system) / 1e6;
+}
+
+/** A pool whose workers have started and loaded their code, as in a long-running host agent. */
+async function warmPool(): Promise<DwcpWorkerPool> {
+  const pool = new DwcpWorkerPool();
+  await Promise.all(
+    Array.from({ length: pool.size }, () => pool.run({ kind: 'encode', data: Buffer.alloc(4096, 1), level: 1 })),
+  );
+  return pool;
+}
+
 async function main(): Promise<void> {
   const config = ConfigSchema.parse(JSON.parse(process.argv[2] ?? '{}'));
   const tls = {
@@ -36,11 +51,15 @@ async function main(): Promise<void> {
   };
   switch (config.role) {
     case 'receive': {
-      const receiver = await DwcpReceiver.start({ tls, host: config.host, port: config.port });
+      const pool = await warmPool();
+      const receiver = await DwcpReceiver.start({ tls, host: config.host, port: config.port, pool });
       const result = receiver.expectFile({ transferId: config.transferId, targetPath: config.path });
+      const cpu = process.cpuUsage();
       process.stdout.write(`listening ${receiver.port}\n`);
-      out(await result);
+      const received = await result;
+      out({ ...received, cpuSeconds: cpuSecondsSince(cpu) });
       await receiver.close();
+      await pool.close();
       return;
     }
     case 'serve-probe': {
@@ -51,10 +70,15 @@ async function main(): Promise<void> {
       return;
     }
     case 'send': {
+      const pool = await warmPool();
+      process.stdout.write('ready\n');
+      await new Promise((resolve) => process.stdin.once('data', resolve));
+      const cpu = process.cpuUsage();
       const result = await sendFile({
         host: config.host,
         port: config.port,
         tls,
+        pool,
         transferId: config.transferId,
         sourcePath: config.path,
         streams: config.streams,
@@ -62,7 +86,8 @@ async function main(): Promise<void> {
         compressionLevel: config.compressionLevel,
         maxInFlightChunks: config.maxInFlightChunks,
       });
-      out(result);
+      out({ ...result, cpuSeconds: cpuSecondsSince(cpu) });
+      await pool.close();
       return;
     }
     case 'probe':
