@@ -31,7 +31,10 @@ export default tseslint.config(
       'no-restricted-imports': [
         'error',
         {
-          paths: nodeBuiltins.map((name) => ({ name, message: 'Workflows must stay deterministic: no Node built-ins.' })),
+          paths: nodeBuiltins.map((name) => ({
+            name,
+            message: 'Workflows must stay deterministic: no Node built-ins.',
+          })),
           patterns: [
             { group: ['**/native/**', '**/native'], message: 'Workflows must not import native/ code.' },
             {
@@ -39,7 +42,10 @@ export default tseslint.config(
               allowTypeImports: true,
               message: 'Import activities into workflows only with `import type`.',
             },
-            { group: ['pg', 'pino', 'fastify', 'prom-client', '@temporalio/client', '@temporalio/worker'], message: 'Not deterministic.' },
+            {
+              group: ['pg', 'pino', 'fastify', 'prom-client', '@temporalio/client', '@temporalio/worker'],
+              message: 'Not deterministic.',
+            },
           ],
         },
       ],
