@@ -45,7 +45,9 @@ export async function connectWithRetry<T>(input: {
       return await input.connect();
     } catch (err) {
       if (Date.now() + delayMs > deadline) {
-        throw new Error(`cannot reach ${input.what} after ${input.timeoutMs} ms: ${(err as Error).message}`, { cause: err });
+        throw new Error(`cannot reach ${input.what} after ${input.timeoutMs} ms: ${(err as Error).message}`, {
+          cause: err,
+        });
       }
       if (!warned) input.onWait?.(`waiting for ${input.what}: ${(err as Error).message.split('\n')[0]}`);
       warned = true;
