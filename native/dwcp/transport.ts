@@ -146,6 +146,11 @@ class SenderContext {
   readonly streams: number;
   readonly throttle: (bytes: number) => Promise<void>;
   readonly started = Date.now();
+  /**
+   * Attempt numbers start from the clock, so they also grow across sender processes: when a retried activity sends
+   * the same transfer again, its HELLO supersedes whatever the previous process left connected.
+   */
+  private readonly attemptBase = Date.now() * 1000;
   private readonly sockets: FrameSocket[] = [];
   acks = 0;
   private lastProgressAt = 0;
@@ -228,7 +233,7 @@ class SenderContext {
     for (let attempt = 0; ; attempt++) {
       const acksBefore = this.acks;
       try {
-        return { value: await run(attempt), attempts: attempt + 1 };
+        return { value: await run(this.attemptBase + attempt), attempts: attempt + 1 };
       } catch (err) {
         const error = DwcpError.fromNative(err, 'transfer');
         if (this.options.signal?.aborted) throw new DwcpCancelledError('transfer cancelled', error);
@@ -847,8 +852,14 @@ abstract class ReceiveTransfer {
     this.finished = true;
     const sockets = [...this.sockets];
     void (async () => {
-      if (notifySender) await Promise.all(sockets.map((s) => sendError(s, this.transferId, err)));
-      for (const s of sockets) s.close();
+      if (notifySender) {
+        await Promise.all(sockets.map((s) => sendError(s, this.transferId, err)));
+        // The sender closes on the first ERROR it reads. Closing here at once could let it see a bare close on one
+        // connection before the ERROR on another, and retry a transfer that cannot succeed.
+        for (const s of sockets) setTimeout(() => s.close(), 5000).unref();
+      } else {
+        for (const s of sockets) s.close();
+      }
       await this.release();
     })().finally(() => {
       this.ctx.onFinished(this.transferId, undefined);
