@@ -1,11 +1,13 @@
 /** Activity factories. Workers build the clients once and pass them in; workflows import these only as types. */
 import { createClusterInitActivities, type ClusterInitDeps } from './cluster-init-activities';
+import { createInventoryActivities } from './inventory-activities';
 
 export type ActivityDeps = ClusterInitDeps;
 
 export function createControlActivities(deps: ActivityDeps) {
   return {
     ...createClusterInitActivities(deps),
+    ...createInventoryActivities(deps),
   };
 }
 

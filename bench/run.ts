@@ -4,9 +4,11 @@
  */
 import path from 'node:path';
 import { runBench as runInitBench } from './init';
+import { runBench as runLifecycleBench } from './lifecycle';
 
 const BENCHMARKS: Record<string, (input: { outDir: string }) => Promise<string>> = {
   init: runInitBench,
+  lifecycle: runLifecycleBench,
 };
 
 async function main(): Promise<void> {

@@ -134,8 +134,50 @@ export const configSchema = z.strictObject({
       disabledComponents: z.array(z.string().min(1)).default([]),
     })
     .prefault({}),
+  /** Host liveness, inventory sync (ASS) and drift handling, read by the control worker and the host agents. */
+  fleet: z
+    .strictObject({
+      /** How often an agent renews its host lease; the TTL is dwcp.consensus.leaseTtlSeconds. */
+      heartbeatIntervalMs: z.number().int().min(100).default(2000),
+      /** How often the fleet monitor expires leases and compares inventory. */
+      monitorIntervalMs: z.number().int().min(100).default(1000),
+      /** Drift must be recorded within this long of libvirt changing, per mode; agents report at a quarter of it. */
+      stalenessBoundMs: z
+        .strictObject({
+          datacenter: z.number().int().min(400).default(5000),
+          hybrid: z.number().int().min(400).default(15_000),
+          internet: z.number().int().min(400).default(60_000),
+        })
+        .prefault({}),
+      /** `alert` records drift only; `repair` also starts or stops a guest to match what NovaCron recorded. */
+      driftPolicy: z.enum(['alert', 'repair']).default('alert'),
+      /** Placement filter: vCPUs a host may hand out per physical CPU. */
+      cpuOvercommit: z.number().min(1).max(32).default(4),
+      /** Placement filter: host memory kept for the hypervisor itself. */
+      memoryReserveMib: z.number().int().min(0).default(256),
+    })
+    .prefault({}),
+  /** The host agent's own settings (`NOVACRON_AGENT_*`); only workers/host-agent.ts reads them. */
+  agent: z
+    .strictObject({
+      hostId: z.string().regex(SAFE_ID_PATTERN, 'must be lowercase letters, digits and dashes (at most 63)').optional(),
+      libvirtUri: z.string().min(1).default('qemu:///system'),
+      /** The address the control plane and peers reach this host at. */
+      address: z.string().min(1).default('127.0.0.1'),
+      region: z.string().regex(SAFE_ID_PATTERN).default('local'),
+      zone: z.string().regex(SAFE_ID_PATTERN).default('local-a'),
+      /** Guest disks live under here; defaults to <dataDir>/images/<hostId>. */
+      imageRoot: z.string().min(1).optional(),
+    })
+    .prefault({}),
 });
 
 export type NovacronConfig = z.infer<typeof configSchema>;
 export type NovacronConfigInput = z.input<typeof configSchema>;
 export type DwcpMode = (typeof DWCP_MODES)[number];
+
+/** The inventory staleness bound for the mode in force: an explicit dwcp.mode, else the profile's. */
+export function inventoryStalenessBoundMs(config: Pick<NovacronConfig, 'dwcp' | 'system' | 'fleet'>): number {
+  const mode = config.dwcp.mode === 'auto' ? config.system.profile : config.dwcp.mode;
+  return config.fleet.stalenessBoundMs[mode];
+}

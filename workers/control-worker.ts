@@ -2,12 +2,12 @@
  * The control worker: polls `novacron-control`, runs every workflow and the control activities (store, checks,
  * placement). Clients are built once here and handed to the activity factories.
  */
-import { Connection } from '@temporalio/client';
+import { Client, Connection, WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type InjectedSinks } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createControlActivities } from '../activities';
 import { ConfigError, loadConfig } from '../config/load-config';
-import type { NovacronConfig } from '../config/schema';
+import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
 import { createLogger, temporalLoggerFrom } from '../observability/logger';
 import { activityMetricsInterceptor, createMetrics, serveMetrics } from '../observability/metrics';
 import { migrate } from '../store/migrate';
@@ -100,6 +100,10 @@ export async function startControlWorker(input: {
     await nativeConnection.close();
     await pool.end();
   });
+  await ensureFleetMonitor({
+    config,
+    client: new Client({ connection: clientConnection, namespace: target.namespace }),
+  });
   logger.info(
     { taskQueue: config.temporal.taskQueue, temporal: target.address, metrics: metricsServer.url },
     'control worker polling',
@@ -112,6 +116,22 @@ export async function startControlWorker(input: {
       await done;
     },
   };
+}
+
+/** One fleet monitor per control task queue; every worker starts it, and all but the first find it running. */
+async function ensureFleetMonitor(input: { config: NovacronConfig; client: Client }): Promise<void> {
+  const { config } = input;
+  try {
+    await input.client.workflow.start('fleetMonitor', {
+      workflowId: `fleet-monitor-${config.temporal.taskQueue}`,
+      taskQueue: config.temporal.taskQueue,
+      args: [
+        { intervalMs: Math.min(config.fleet.monitorIntervalMs, Math.floor(inventoryStalenessBoundMs(config) / 4)) },
+      ],
+    });
+  } catch (err) {
+    if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+  }
 }
 
 async function main(): Promise<void> {

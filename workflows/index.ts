@@ -1,2 +1,6 @@
 /** Every workflow the control worker registers. Deterministic code only: see eslint.config.mjs. */
 export { initializeCluster, bootReportQuery } from './initialize-cluster';
+export { vmCreate } from './vm-create';
+export { vmStart, vmStop, vmReboot, vmDelete } from './vm-operations';
+export { vmProgressQuery } from './vm-progress';
+export { fleetMonitor, fleetStatusQuery } from './host-fleet-monitor';

@@ -1,0 +1,193 @@
+/**
+ * The host agent: one process per hypervisor host. It registers the host (capacity from libvirt, labels from
+ * config), holds the host's lease in PostgreSQL as its heartbeat, reports the libvirt inventory with a version that
+ * only grows, and polls `host-<hostId>` with the libvirt activities.
+ *
+ * Config: agent.hostId (required), agent.libvirtUri, agent.address, agent.region, agent.zone, agent.imageRoot, as
+ * NOVACRON_AGENT_* variables or in a config file; DATABASE_URL and TEMPORAL_ADDRESS as for every process.
+ */
+import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
+import { randomUUID } from 'node:crypto';
+import { mkdir, statfs } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { createLibvirtActivities } from '../activities/libvirt-activities';
+import { ConfigError, loadConfig } from '../config/load-config';
+import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
+import { detectDomainType, DiskImages, LibvirtConnection } from '../native/libvirt';
+import { createLogger, temporalLoggerFrom } from '../observability/logger';
+import { acquireHostLease, databaseNow, recordInventory, registerHost, renewHostLease } from '../store/hosts';
+import { migrate } from '../store/migrate';
+import { createPool } from '../store/pool';
+import { temporalTarget } from './temporal-clients';
+
+export interface HostAgentHandle {
+  hostId: string;
+  taskQueue: string;
+  /** The fencing token of the lease this agent holds now. */
+  leaseToken(): number;
+  /** Resolves when the agent stops: shutdown, a lost lease, or a fatal worker error. */
+  done: Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+const MiB = 1024 * 1024;
+
+export async function startHostAgent(input: { config: NovacronConfig; logger: Logger }): Promise<HostAgentHandle> {
+  const { config, logger } = input;
+  const hostId = config.agent.hostId;
+  if (!hostId) throw new ConfigError('invalid config: agent.hostId: the host agent needs NOVACRON_AGENT_HOST_ID');
+  if (!config.storage.databaseUrl) {
+    throw new ConfigError('invalid config: storage.databaseUrl: the host agent needs DATABASE_URL');
+  }
+  const imageRoot = path.resolve(config.agent.imageRoot ?? path.join(config.system.dataDir, 'images', hostId));
+  await mkdir(imageRoot, { recursive: true });
+
+  const conn = new LibvirtConnection({ uri: config.agent.libvirtUri });
+  const [node, memory, disk] = await Promise.all([conn.nodeGetInfo(), conn.nodeGetMemoryStats(), statfs(imageRoot)]);
+  const pool = createPool({
+    databaseUrl: config.storage.databaseUrl,
+    max: 3,
+    applicationName: `novacron-agent-${hostId}`,
+  });
+  const stopped: Array<() => Promise<void>> = [() => pool.end()];
+  try {
+    await migrate(pool);
+    // nodeGetMemoryStats covers all memory; nodeGetInfo counts only NUMA node 0 on some VMs (docs/libvirt-driver.md).
+    await registerHost(pool, {
+      id: hostId,
+      address: config.agent.address,
+      libvirtUri: config.agent.libvirtUri,
+      cpus: node.cpus,
+      memoryMib: Math.floor(memory.totalKiB / 1024),
+      diskMib: Math.floor((disk.bavail * disk.bsize) / MiB),
+      labels: { region: config.agent.region, zone: config.agent.zone },
+      imageRoot,
+    });
+
+    const holder = `${hostId}@${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+    const ttlMs = config.dwcp.consensus.leaseTtlSeconds * 1000;
+    let token = await acquireHostLease(pool, { hostId, holder, ttlMs });
+    logger.info({ hostId, token, ttlMs }, 'host lease acquired');
+
+    const activities = createLibvirtActivities({
+      hostId,
+      conn,
+      images: new DiskImages({ imageRoot }),
+      imageRoot,
+      domainType: detectDomainType(),
+    });
+    const target = temporalTarget(config);
+    const connection = await NativeConnection.connect({
+      address: target.address,
+      ...(target.tls ? { tls: target.tls } : {}),
+    });
+    stopped.unshift(() => connection.close());
+    const taskQueue = `host-${hostId}`;
+    const worker = await Worker.create({
+      connection,
+      namespace: target.namespace,
+      taskQueue,
+      activities,
+      identity: `host-agent@${hostId}:${process.pid}`,
+      shutdownGraceTime: '5s',
+    });
+
+    let fenced = false;
+    const stopWorker = () => {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+    };
+    const heartbeat = async () => {
+      const renewal = await renewHostLease(pool, { hostId, holder, token, ttlMs });
+      if (renewal === 'expired') {
+        // Down in the meantime: come back under a new token, so work written under the old one stays refused.
+        token = await acquireHostLease(pool, { hostId, holder, ttlMs });
+        logger.warn({ hostId, token }, 'host lease had expired; re-acquired with a new fencing token');
+      } else if (renewal === 'lost') {
+        fenced = true;
+        logger.error({ hostId, token }, 'another agent holds this host lease; this agent is fenced off and stops');
+        stopWorker();
+      }
+    };
+
+    let seq = 0;
+    const reportInventory = async () => {
+      // The database clock, taken before listing: drift is judged against VM rows written on the same clock.
+      const observedAt = await databaseNow(pool);
+      const domains = await activities.listInventory({ reason: 'report' });
+      seq++;
+      await recordInventory(pool, { hostId, leaseToken: token, seq, observedAt, domains });
+    };
+
+    const loops = [
+      every(config.fleet.heartbeatIntervalMs, heartbeat, (err) => logger.warn({ err, hostId }, 'lease renewal failed')),
+      every(Math.max(100, Math.floor(inventoryStalenessBoundMs(config) / 4)), reportInventory, (err) =>
+        logger.warn({ err, hostId }, 'inventory report failed'),
+      ),
+    ];
+    await reportInventory();
+
+    const done = worker.run().finally(async () => {
+      for (const loop of loops) await loop.stop();
+      for (const stop of stopped) await stop().catch(() => undefined);
+      if (fenced) logger.error({ hostId }, 'host agent stopped: fenced off');
+    });
+    logger.info({ hostId, taskQueue, uri: config.agent.libvirtUri, imageRoot }, 'host agent polling');
+    return {
+      hostId,
+      taskQueue,
+      leaseToken: () => token,
+      done,
+      async shutdown() {
+        stopWorker();
+        await done;
+      },
+    };
+  } catch (err) {
+    for (const stop of stopped) await stop().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Runs `work` every `intervalMs`, never two at once; a failure is reported and the next tick tries again. */
+function every(intervalMs: number, work: () => Promise<void>, onError: (err: unknown) => void) {
+  let running: Promise<void> | undefined;
+  const timer = setInterval(() => {
+    running ??= work()
+      .catch(onError)
+      .finally(() => (running = undefined));
+  }, intervalMs);
+  return {
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  let config: NovacronConfig;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    process.stderr.write(`novacron host agent: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  const logger = createLogger({ service: 'host-agent', config });
+  Runtime.install({
+    logger: config.system.logLevel === 'silent' ? new DefaultLogger('ERROR') : temporalLoggerFrom(logger),
+  });
+  const agent = await startHostAgent({ config, logger });
+  const stop = () => void agent.shutdown();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  await agent.done;
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`novacron host agent: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  });
+}
