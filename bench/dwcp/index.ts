@@ -329,6 +329,16 @@ async function runPeer(input: { ns: string; config: Record<string, unknown> }): 
   return JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}');
 }
 
+/** Results stay a few KB: figures rounded to 4 significant digits, one line per run. */
+function compactJson(results: { runs: DwcpBenchRun[] } & Record<string, unknown>): string {
+  const round = (_key: string, value: unknown): unknown =>
+    typeof value === 'number' && !Number.isInteger(value) ? Number(value.toPrecision(4)) : value;
+  const { runs, ...rest } = results;
+  const head = JSON.stringify(rest, round, 1).replace(/\n}$/, '');
+  const lines = runs.map((run) => `  ${JSON.stringify(run, round)}`);
+  return `${head},\n "runs": [\n${lines.join(',\n')}\n ]\n}\n`;
+}
+
 function fmtBytes(n: number): string {
   return `${(n / 1e6).toFixed(1)}`;
 }
@@ -604,7 +614,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
   };
   await mkdir(input.outDir, { recursive: true });
   const file = path.join(input.outDir, `dwcp-${date}.json`);
-  await writeFile(file, `${JSON.stringify(results, null, 2)}\n`);
+  await writeFile(file, compactJson(results));
   await updateDoc({
     table: renderTable(runs),
     dataset,
