@@ -4,12 +4,15 @@
  * document, and that bad input is refused with the field named and nothing written.
  */
 import type { Client, Connection } from '@temporalio/client';
+import type { InjectOptions } from 'fastify';
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import type { NovacronConfig } from '../config/schema';
 import { createMetrics } from '../observability/metrics';
+import { LATEST_MIGRATION_VERSION } from '../store/migrate';
 import { createTestDatabase, temporalClient, testConfig, type TestDatabase } from '../test/support/services';
+import { bearer, mintToken } from '../test/support/tokens';
 import { startControlWorker, type ControlWorkerHandle } from '../workers/control-worker';
 import type { BootReport } from '../workflows/initialize-cluster';
 import { buildApp, type BuiltApp } from './app';
@@ -20,9 +23,16 @@ let worker: ControlWorkerHandle;
 let built: BuiltApp;
 let client: Client;
 let connection: Connection;
+let adminToken: string;
+
+/** Every request here is made as an admin; api/auth.test.ts covers the other roles and no token at all. */
+function inject(options: InjectOptions) {
+  return built.app.inject({ ...options, headers: { ...bearer(adminToken), ...options.headers } });
+}
 
 before(async () => {
   db = await createTestDatabase();
+  adminToken = await mintToken(db.pool, { roles: ['admin'], name: 'app-test-admin' });
   config = testConfig({ databaseUrl: db.url });
   ({ client, connection } = await temporalClient());
   worker = await startControlWorker({ config, logger: pino({ level: 'silent' }) });
@@ -59,7 +69,7 @@ async function workflowCount(): Promise<number> {
 
 async function waitClosed(workflowId: string): Promise<{ status: string; result?: BootReport }> {
   for (let i = 0; i < 300; i++) {
-    const response = await built.app.inject({ method: 'GET', url: `/v1/workflows/${workflowId}` });
+    const response = await inject({ method: 'GET', url: `/v1/workflows/${workflowId}` });
     assert.equal(response.statusCode, 200, response.body);
     const body = response.json<{ status: string; result?: BootReport }>();
     if (body.status !== 'RUNNING') return body;
@@ -70,20 +80,20 @@ async function waitClosed(workflowId: string): Promise<{ status: string; result?
 
 describe('API', () => {
   test('/health is live at once; /ready waits for a completed cluster init', async () => {
-    assert.equal((await built.app.inject({ method: 'GET', url: '/health' })).statusCode, 200);
-    const notReady = await built.app.inject({ method: 'GET', url: '/ready' });
+    assert.equal((await inject({ method: 'GET', url: '/health' })).statusCode, 200);
+    const notReady = await inject({ method: 'GET', url: '/ready' });
     assert.equal(notReady.statusCode, 503);
     assert.match(notReady.json<{ checks: { clusterInit: string } }>().checks.clusterInit, /pending/);
   });
 
   test('POST /v1/cluster/init boots the cluster and is idempotent by request id', async () => {
-    const first = await built.app.inject({ method: 'POST', url: '/v1/cluster/init', payload: { requestId: 'boot-1' } });
+    const first = await inject({ method: 'POST', url: '/v1/cluster/init', payload: { requestId: 'boot-1' } });
     assert.equal(first.statusCode, 202, first.body);
     const started = first.json<{ workflowId: string; runId: string; existing: boolean }>();
     assert.equal(started.workflowId, 'cluster-init-boot-1');
     assert.equal(started.existing, false);
 
-    const again = await built.app.inject({ method: 'POST', url: '/v1/cluster/init', payload: { requestId: 'boot-1' } });
+    const again = await inject({ method: 'POST', url: '/v1/cluster/init', payload: { requestId: 'boot-1' } });
     assert.equal(again.statusCode, 200);
     assert.deepEqual(again.json(), { ...started, existing: true });
 
@@ -92,12 +102,12 @@ describe('API', () => {
     const report = closed.result!;
     assert.equal(report.status, 'ready', JSON.stringify(report.components.filter((c) => c.status !== 'ok')));
     const postgres = report.components.find((c) => c.name === 'postgres')!;
-    assert.equal(postgres.detail?.schemaVersion, 1);
+    assert.equal(postgres.detail?.schemaVersion, LATEST_MIGRATION_VERSION);
     assert.match(String(postgres.detail?.serverVersion), /^\d+/);
     assert.ok(report.components.every((c) => c.durationMs >= 0 && c.attempts >= 1));
 
     // Once finished, the same request id still answers with the same workflow and starts nothing new.
-    const afterDone = await built.app.inject({
+    const afterDone = await inject({
       method: 'POST',
       url: '/v1/cluster/init',
       headers: { 'idempotency-key': 'boot-1' },
@@ -105,18 +115,18 @@ describe('API', () => {
     assert.equal(afterDone.statusCode, 200);
     assert.equal(afterDone.json<{ runId: string }>().runId, started.runId);
 
-    const ready = await built.app.inject({ method: 'GET', url: '/ready' });
+    const ready = await inject({ method: 'GET', url: '/ready' });
     assert.equal(ready.statusCode, 200, ready.body);
     const boots = await db.pool.query('SELECT workflow_id, status FROM cluster_boots');
     assert.deepEqual(boots.rows, [{ workflow_id: 'cluster-init-boot-1', status: 'ready' }]);
-    const audit = await db.pool.query(
-      "SELECT action, workflow_id, outcome FROM audit_log WHERE workflow_id = 'cluster-init-boot-1' ORDER BY id",
+    const audit = await db.pool.query<{ action: string; actor: string }>(
+      "SELECT action, actor FROM audit_log WHERE workflow_id = 'cluster-init-boot-1' ORDER BY id",
     );
-    assert.deepEqual(audit.rows.map((r: { action: string }) => r.action).sort(), [
-      'POST /v1/cluster/init',
-      'POST /v1/cluster/init',
-      'POST /v1/cluster/init',
-      'cluster.init',
+    assert.deepEqual(audit.rows.map((r) => `${r.actor} ${r.action}`).sort(), [
+      'node:novacron-1 cluster.init',
+      'token:app-test-admin POST /v1/cluster/init',
+      'token:app-test-admin POST /v1/cluster/init',
+      'token:app-test-admin POST /v1/cluster/init',
     ]);
   });
 
@@ -124,7 +134,7 @@ describe('API', () => {
     // Visibility is eventually consistent; give it a moment.
     let listed: Array<{ workflowId: string; status: string; type: string }> = [];
     for (let i = 0; i < 50 && listed.length === 0; i++) {
-      const response = await built.app.inject({
+      const response = await inject({
         method: 'GET',
         url: '/v1/workflows?type=initializeCluster&status=COMPLETED',
       });
@@ -136,7 +146,7 @@ describe('API', () => {
     }
     assert.equal(listed.length, 1);
     assert.equal(listed[0]!.type, 'initializeCluster');
-    const running = await built.app.inject({
+    const running = await inject({
       method: 'GET',
       url: '/v1/workflows?type=initializeCluster&status=RUNNING',
     });
@@ -146,12 +156,12 @@ describe('API', () => {
   });
 
   test('cancel: 409 for a closed workflow, 404 for an unknown one, 202 for a running one', async () => {
-    const closed = await built.app.inject({ method: 'POST', url: '/v1/workflows/cluster-init-boot-1/cancel' });
+    const closed = await inject({ method: 'POST', url: '/v1/workflows/cluster-init-boot-1/cancel' });
     assert.equal(closed.statusCode, 409);
     assert.match(closed.json<{ message: string }>().message, /COMPLETED, not RUNNING/);
-    const unknown = await built.app.inject({ method: 'POST', url: '/v1/workflows/no-such-workflow/cancel' });
+    const unknown = await inject({ method: 'POST', url: '/v1/workflows/no-such-workflow/cancel' });
     assert.equal(unknown.statusCode, 404);
-    assert.equal((await built.app.inject({ method: 'GET', url: '/v1/workflows/no-such-workflow' })).statusCode, 404);
+    assert.equal((await inject({ method: 'GET', url: '/v1/workflows/no-such-workflow' })).statusCode, 404);
 
     // A workflow on a queue nobody polls stays RUNNING, so the cancel path is deterministic.
     const handle = await client.workflow.start('initializeCluster', {
@@ -159,13 +169,15 @@ describe('API', () => {
       taskQueue: 'nobody-polls-this',
       args: [{ nodeId: 'n', retry: config.clusterInit.retry, componentTimeoutMs: 1000 }],
     });
-    const cancelled = await built.app.inject({ method: 'POST', url: `/v1/workflows/${handle.workflowId}/cancel` });
+    const cancelled = await inject({ method: 'POST', url: `/v1/workflows/${handle.workflowId}/cancel` });
     assert.equal(cancelled.statusCode, 202, cancelled.body);
-    const detail = await built.app.inject({ method: 'GET', url: `/v1/workflows/${handle.workflowId}` });
+    const detail = await inject({ method: 'GET', url: `/v1/workflows/${handle.workflowId}` });
     assert.equal(detail.json<{ status: string }>().status, 'RUNNING');
     await handle.terminate('test cleanup');
-    const audit = await db.pool.query('SELECT outcome FROM audit_log WHERE workflow_id = $1', [handle.workflowId]);
-    assert.deepEqual(audit.rows, [{ outcome: 'accepted' }]);
+    const audit = await db.pool.query('SELECT actor, outcome FROM audit_log WHERE workflow_id = $1', [
+      handle.workflowId,
+    ]);
+    assert.deepEqual(audit.rows, [{ actor: 'token:app-test-admin', outcome: 'accepted' }]);
   });
 
   test('bad input gets a 400 naming the field, and nothing is written or started', async () => {
@@ -185,7 +197,7 @@ describe('API', () => {
       { payload: { requestId: 'x'.repeat(2 * 1024 * 1024) }, field: /too large/i, status: 413 },
     ];
     for (const c of cases) {
-      const response = await built.app.inject({
+      const response = await inject({
         method: 'POST',
         url: '/v1/cluster/init',
         payload: c.payload as string,
@@ -206,7 +218,7 @@ describe('API', () => {
       '/v1/workflows?type=drop%20table',
       '/v1/workflows/bad%20id',
     ]) {
-      const response = await built.app.inject({ method: 'GET', url });
+      const response = await inject({ method: 'GET', url });
       assert.equal(response.statusCode, 400, `${url} -> ${response.body}`);
     }
     assert.deepEqual(await rowCounts(), before);
@@ -214,7 +226,7 @@ describe('API', () => {
   });
 
   test('/metrics exposes workflow, activity and HTTP counters; the worker serves its own', async () => {
-    const text = (await built.app.inject({ method: 'GET', url: '/metrics' })).body;
+    const text = (await inject({ method: 'GET', url: '/metrics' })).body;
     assert.match(text, /novacron_workflow_starts_total\{[^}]*workflow_type="initializeCluster"[^}]*\} 1/);
     assert.match(text, /novacron_http_requests_total\{[^}]*route="\/v1\/cluster\/init"/);
     const workerText = await (await fetch(worker.metricsUrl)).text();
@@ -230,7 +242,7 @@ describe('API', () => {
   });
 
   test('/openapi.json documents every route with its schemas', async () => {
-    const doc = (await built.app.inject({ method: 'GET', url: '/openapi.json' })).json<{
+    const doc = (await inject({ method: 'GET', url: '/openapi.json' })).json<{
       openapi: string;
       paths: Record<string, Record<string, unknown>>;
     }>();

@@ -5,15 +5,39 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, isGrpcServiceError } from '@temporalio/client';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, isResponseSerializationError } from 'fastify-type-provider-zod';
+import { TokenNameTakenError } from '../store/api-tokens';
 
 export class ApiError extends Error {
   constructor(
     readonly statusCode: number,
     readonly code: string,
     message: string,
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
     this.name = code;
+  }
+}
+
+/** No credentials, or credentials that do not authenticate (unknown, malformed, expired, revoked). */
+export class UnauthorizedError extends ApiError {
+  constructor(message: string) {
+    super(401, 'Unauthorized', message, { 'www-authenticate': 'Bearer realm="novacron"' });
+  }
+}
+
+/** Authenticated, but the route needs a higher role. */
+export class ForbiddenError extends ApiError {
+  constructor(message: string) {
+    super(403, 'Forbidden', message);
+  }
+}
+
+export class TooManyRequestsError extends ApiError {
+  constructor(retryAfterSeconds: number) {
+    super(429, 'TooManyRequests', `rate limit exceeded; retry in ${retryAfterSeconds} s`, {
+      'retry-after': String(retryAfterSeconds),
+    });
   }
 }
 
@@ -71,7 +95,11 @@ export function registerErrorHandler(app: FastifyInstance): void {
       const first = issues[0]!;
       return send(400, { error: 'BadRequest', message: `${first.field}: ${first.message}`, issues });
     }
-    if (error instanceof ApiError) return send(error.statusCode, { error: error.code, message: error.message });
+    if (error instanceof ApiError) {
+      reply.headers(error.headers);
+      return send(error.statusCode, { error: error.code, message: error.message });
+    }
+    if (error instanceof TokenNameTakenError) return send(409, { error: 'Conflict', message: error.message });
     if (error instanceof WorkflowNotFoundError) return send(404, { error: 'NotFound', message: error.message });
     if (error instanceof WorkflowExecutionAlreadyStartedError)
       return send(409, { error: 'Conflict', message: error.message });

@@ -26,6 +26,26 @@ const tlsFilesSchema = z.strictObject({
   serverName: z.string().min(1).optional(),
 });
 
+/** JWTs from an identity provider, verified against its JWKS URL or one static public key. */
+const oidcSchema = z
+  .strictObject({
+    issuer: z.string().min(1),
+    audience: z.string().min(1),
+    jwksUrl: z.url({ protocol: /^https?$/ }).optional(),
+    publicKeyFile: z.string().min(1).optional(),
+    /** Asymmetric algorithms only: the API holds no shared secret, and `none` is never accepted. */
+    algorithms: z
+      .array(z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']))
+      .min(1)
+      .default(['RS256', 'ES256', 'EdDSA']),
+    /** A dot path into the claims (`realm_access.roles`); its value is a role name or a list of them. */
+    rolesClaim: z.string().min(1).default('roles'),
+    clockToleranceSeconds: z.number().int().min(0).max(300).default(30),
+  })
+  .refine((o) => (o.jwksUrl === undefined) !== (o.publicKeyFile === undefined), {
+    message: 'set exactly one of jwksUrl and publicKeyFile',
+  });
+
 export const configSchema = z.strictObject({
   system: z
     .strictObject({
@@ -122,9 +142,28 @@ export const configSchema = z.strictObject({
     .prefault({}),
   security: z
     .strictObject({
-      redactPaths: z
-        .array(z.string().min(1))
-        .default(['req.headers.authorization', 'req.headers.cookie', '*.password', '*.token', '*.databaseUrl']),
+      redactPaths: z.array(z.string().min(1)).default([
+        'req.headers.authorization',
+        'req.headers.cookie',
+        '*.headers.authorization',
+        '*.headers.cookie',
+        // `*.x` matches x one level down only, so top-level fields are listed on their own.
+        'password',
+        'token',
+        'secret',
+        '*.password',
+        '*.token',
+        '*.secret',
+        '*.databaseUrl',
+      ]),
+      /** Per token (or JWT subject): a bucket of `burst` requests refilled at `refillPerSecond`. */
+      rateLimit: z
+        .strictObject({
+          burst: z.number().int().min(1).max(1_000_000).default(300),
+          refillPerSecond: z.number().positive().max(1_000_000).default(50),
+        })
+        .prefault({}),
+      oidc: oidcSchema.optional(),
     })
     .prefault({}),
   clusterInit: z

@@ -11,6 +11,7 @@ import { clusterInitInput } from '../api/routes/cluster';
 import { startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
 import { createLogger } from '../observability/logger';
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/embedded-postgres';
+import { createInitialAdminToken } from '../store/api-tokens';
 import { migrate } from '../store/migrate';
 import { createPool, redactDatabaseUrl } from '../store/pool';
 import { superviseService, type SupervisedService } from './supervisor';
@@ -74,6 +75,14 @@ export async function startStack(input: {
     const migrated = await migrate(pool);
     if (migrated.applied.length > 0)
       print(`applied migrations ${migrated.applied.join(', ')} (schema version ${migrated.version})`);
+    // Printed, never logged: the one moment the secret exists outside its owner's hands is on this terminal.
+    const initialToken = await createInitialAdminToken(pool);
+    if (initialToken) {
+      print('');
+      print('Created the first admin API token. It is shown only this once; store it now:');
+      print(`  NOVACRON_API_TOKEN=${initialToken}`);
+      print('');
+    }
 
     let webUiUrl: string | undefined;
     let temporalAddress: string;

@@ -2,8 +2,11 @@
  * `novacron`: the operator CLI. Every command but `up` and `config check` talks to the API. Errors end with exit
  * status != 0 and one readable line on stderr.
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { checkConfigFile, ConfigError } from '../../config/load-config';
+import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
 import { runStackFromCli } from '../../workers/stack';
 import { ApiClient, CliError } from './api-client';
 
@@ -17,9 +20,19 @@ commands:
   workflow list [--type T] [--status S] [--limit N]
   workflow cancel ID                          request cancellation of a running workflow
   config check FILE                           validate a config file (with the profile it names)
+  token create NAME --role R[,R] [--expires 30d]
+                                              create an API token (admin); its secret is printed once
+  token list [--include-revoked]              API tokens, never their secrets (admin)
+  token revoke NAME|ID                        revoke a token; it is refused from the next request on (admin)
+  audit [--actor A] [--workflow ID] [--limit N]
+                                              the audit log, newest first (admin)
+  certs --dir DIR --host ID[,ID] [--ip IP,...] [--dns NAME,...]
+                                              a private CA in DIR/ca (made once) and a certificate per host
+                                              for DWCP mTLS, the API's HTTPS and Temporal mTLS
 
 options:
   --api URL     the API base URL (default $NOVACRON_API_URL or http://127.0.0.1:8080)
+                the API token comes from $NOVACRON_API_TOKEN
   -h, --help    this text`;
 
 type Output = (line: string) => void;
@@ -93,6 +106,35 @@ async function waitForClose(api: ApiClient, workflowId: string, out: Output): Pr
   }
 }
 
+interface TokenInfo {
+  id: string;
+  name: string;
+  roles: string[];
+  createdAt: string;
+  expiresAt?: string;
+  revokedAt?: string;
+}
+
+function describeToken(t: TokenInfo): string {
+  const state = t.revokedAt ? `revoked ${t.revokedAt}` : t.expiresAt ? `expires ${t.expiresAt}` : 'no expiry';
+  return `${t.id}  ${t.name.padEnd(20)} ${t.roles.join(',').padEnd(16)} ${state}`;
+}
+
+function list(value: string): string[] {
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+function parseDuration(text: string): number {
+  const match = /^(\d+)([smhd])$/.exec(text);
+  if (!match) throw new CliError(`--expires ${text}: expected a number and a unit (s, m, h, d), e.g. 30d`);
+  return Number(match[1]) * DURATION_UNITS[match[2]!]!;
+}
+
 export async function runCli(argv: string[], out: Output = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
   let parsed;
   try {
@@ -110,6 +152,15 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
         type: { type: 'string' },
         status: { type: 'string' },
         limit: { type: 'string' },
+        role: { type: 'string' },
+        actor: { type: 'string' },
+        workflow: { type: 'string' },
+        expires: { type: 'string' },
+        'include-revoked': { type: 'boolean' },
+        dir: { type: 'string' },
+        host: { type: 'string' },
+        ip: { type: 'string' },
+        dns: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -171,6 +222,74 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
         return 0;
       }
       throw new CliError('usage: novacron workflow show ID | list [--type T] [--status S] | cancel ID');
+    }
+    case 'token': {
+      if (sub === 'create' && arg) {
+        if (!values.role) throw new CliError('usage: novacron token create NAME --role viewer|operator|admin');
+        const created = await api.post<TokenInfo & { token: string }>('/v1/tokens', {
+          name: arg,
+          roles: list(values.role),
+          ...(values.expires ? { expiresInSeconds: parseDuration(values.expires) } : {}),
+        });
+        out(`created ${describeToken(created)}`);
+        out(`NOVACRON_API_TOKEN=${created.token}`);
+        out('the secret is shown only this once');
+        return 0;
+      }
+      if (sub === 'list') {
+        const { tokens } = await api.get<{ tokens: TokenInfo[] }>(
+          `/v1/tokens${values['include-revoked'] ? '?includeRevoked=true' : ''}`,
+        );
+        for (const t of tokens) out(describeToken(t));
+        if (tokens.length === 0) out('no tokens');
+        return 0;
+      }
+      if (sub === 'revoke' && arg) {
+        const revoked = await api.delete<TokenInfo>(`/v1/tokens/${encodeURIComponent(arg)}`);
+        out(`revoked ${describeToken(revoked)}`);
+        return 0;
+      }
+      throw new CliError('usage: novacron token create NAME --role R[,R] [--expires 30d] | list | revoke NAME|ID');
+    }
+    case 'audit': {
+      const query = new URLSearchParams();
+      if (values.actor) query.set('actor', values.actor);
+      if (values.workflow) query.set('workflowId', values.workflow);
+      if (values.limit) query.set('limit', values.limit);
+      const { entries } = await api.get<{
+        entries: Array<{
+          at: string;
+          actor: string;
+          action: string;
+          target?: string;
+          workflowId?: string;
+          outcome: string;
+          requestId?: string;
+        }>;
+      }>(`/v1/audit${query.size > 0 ? `?${query.toString()}` : ''}`);
+      for (const e of entries) {
+        const extra = [e.target, e.workflowId && `workflow ${e.workflowId}`, e.requestId && `request ${e.requestId}`];
+        out(`${e.at}  ${e.outcome.padEnd(9)} ${e.actor}  ${e.action}  ${extra.filter(Boolean).join('  ')}`);
+      }
+      if (entries.length === 0) out('no audit entries match');
+      return 0;
+    }
+    case 'certs': {
+      if (!values.dir || !values.host)
+        throw new CliError('usage: novacron certs --dir DIR --host ID[,ID] [--ip IP,...]');
+      const caDir = path.join(values.dir, 'ca');
+      if (!existsSync(path.join(caDir, 'ca.key'))) {
+        await createCertificateAuthority({ dir: caDir, name: 'novacron-ca' });
+        out(`created CA ${path.join(caDir, 'ca.crt')} (keep ${path.join(caDir, 'ca.key')} private)`);
+      }
+      // Local hosts by default, so a development stack works with no flags.
+      const ips = values.ip ? list(values.ip) : values.dns ? [] : ['127.0.0.1'];
+      const dnsNames = values.dns ? list(values.dns) : values.ip ? [] : ['localhost'];
+      for (const hostId of list(values.host)) {
+        const cert = await issueHostCertificate({ caDir, hostId, dir: values.dir, ips, dnsNames });
+        out(`issued ${cert.certPath} and ${cert.keyPath} for ${[...dnsNames, ...ips].join(', ')}`);
+      }
+      return 0;
     }
     default:
       throw new CliError(`unknown command "${command}"; run novacron --help`);

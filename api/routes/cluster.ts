@@ -39,6 +39,7 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
   app.post(
     '/v1/cluster/init',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Start cluster initialization; the same requestId returns the same workflow',
         tags: ['cluster'],
@@ -87,6 +88,7 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
   app.get(
     '/v1/cluster/boot',
     {
+      config: { role: 'viewer' },
       schema: {
         summary: 'The most recent recorded cluster boot report',
         tags: ['cluster'],

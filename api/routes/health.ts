@@ -29,6 +29,7 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
   app.get(
     '/health',
     {
+      config: { public: true },
       schema: {
         summary: 'Liveness: the process serves requests',
         tags: ['health'],
@@ -41,6 +42,7 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
   app.get(
     '/ready',
     {
+      config: { public: true },
       schema: {
         summary: 'Readiness: PostgreSQL and Temporal reachable, and a cluster init has completed',
         tags: ['health'],
@@ -72,7 +74,7 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
     },
   );
 
-  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+  app.get('/metrics', { config: { public: true }, schema: { hide: true } }, async (_request, reply) => {
     const text = await metrics.registry.metrics();
     return reply.type(metrics.registry.contentType).send(text);
   });

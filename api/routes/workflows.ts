@@ -77,6 +77,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
   app.get(
     '/v1/workflows/:id',
     {
+      config: { role: 'viewer' },
       schema: {
         summary: 'Status, result or failure, live progress and pending activities of a workflow',
         tags: ['workflows'],
@@ -118,6 +119,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
   app.get(
     '/v1/workflows',
     {
+      config: { role: 'viewer' },
       schema: {
         summary: 'List workflows from Temporal visibility, newest first',
         tags: ['workflows'],
@@ -159,6 +161,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
   app.post(
     '/v1/workflows/:id/cancel',
     {
+      config: { role: 'operator' },
       schema: {
         summary: 'Request cancellation; the workflow runs its compensations and ends CANCELLED',
         tags: ['workflows'],

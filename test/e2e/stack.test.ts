@@ -12,14 +12,15 @@ import { Pool } from 'pg';
 import { freePort } from '../support/ports';
 import { isolatedEnv, ROOT, startEntry, type ChildHandle } from '../support/processes';
 import { scratchDir } from '../support/services';
+import { bearer } from '../support/tokens';
 
 const READY_TIMEOUT_MS = 240_000;
 
-function cli(args: string[], apiUrl: string): { code: number | null; stdout: string; stderr: string } {
+function cli(args: string[], apiUrl: string, token: string): { code: number | null; stdout: string; stderr: string } {
   const result = spawnSync(path.join(ROOT, 'bin', 'novacron'), [...args, '--api', apiUrl], {
     cwd: ROOT,
     encoding: 'utf8',
-    env: isolatedEnv({}),
+    env: isolatedEnv({ NOVACRON_API_TOKEN: token }),
   });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
@@ -53,14 +54,19 @@ test('npm start brings the stack to ready; a restart keeps workflow history and 
   // First start.
   let stack = startEntry('workers/stack.ts', env);
   let firstInitId: string;
+  let token: string;
   try {
     await stack.waitForOutput(/NovaCron is ready \((\d+) ms/, READY_TIMEOUT_MS);
+    // The first start mints an admin token and prints it once; the CLI and the API calls below use it.
+    token = (await stack.waitForOutput(/NOVACRON_API_TOKEN=(nvc_\S+)/, 1000))[1]!;
+    const auth = { headers: bearer(token) };
     firstInitId = (await stack.waitForOutput(/Boot report\s+\S+\/v1\/workflows\/(\S+)/, 1000))[1]!;
     const uiUrl = (await stack.waitForOutput(/Temporal UI\s+(http:\/\/\S+)/, 1000))[1]!;
 
     const ready = await fetch(`${apiUrl}/ready`);
     assert.equal(ready.status, 200);
-    const detail = (await (await fetch(`${apiUrl}/v1/workflows/${firstInitId}`)).json()) as {
+    assert.equal((await fetch(`${apiUrl}/v1/workflows/${firstInitId}`)).status, 401, 'no token, no answer');
+    const detail = (await (await fetch(`${apiUrl}/v1/workflows/${firstInitId}`, auth)).json()) as {
       status: string;
       result: { status: string; components: Array<{ name: string; status: string; durationMs: number }> };
     };
@@ -76,21 +82,48 @@ test('npm start brings the stack to ready; a restart keeps workflow history and 
     assert.match(workerMetrics, /novacron_workflow_completions_total/);
 
     // The CLI against the running API.
-    const show = cli(['workflow', 'show', firstInitId], apiUrl);
+    const show = cli(['workflow', 'show', firstInitId], apiUrl, token);
     assert.equal(show.code, 0, show.stderr);
     assert.match(show.stdout, /initializeCluster\s+COMPLETED/);
     assert.match(show.stdout, /postgres\s+ok/);
-    const list = cli(['workflow', 'list', '--type', 'initializeCluster'], apiUrl);
+    const list = cli(['workflow', 'list', '--type', 'initializeCluster'], apiUrl, token);
     assert.equal(list.code, 0, list.stderr);
     assert.ok(list.stdout.includes(firstInitId));
-    const init = cli(['init', '--request-id', 'e2e-1', '--wait'], apiUrl);
+    const init = cli(['init', '--request-id', 'e2e-1', '--wait'], apiUrl, token);
     assert.equal(init.code, 0, init.stderr + init.stdout);
     assert.match(init.stdout, /started cluster-init-e2e-1/);
     assert.match(init.stdout, /boot (ready|degraded) in \d+ ms/);
-    const missing = cli(['workflow', 'show', 'no-such-workflow'], apiUrl);
+    const missing = cli(['workflow', 'show', 'no-such-workflow'], apiUrl, token);
     assert.equal(missing.code, 1);
     assert.equal(missing.stderr.trim().split('\n').length, 1);
     assert.match(missing.stderr, /^novacron: 404: /);
+
+    // Tokens through the CLI: a viewer may read but not start an init; once revoked it is refused.
+    const created = cli(['token', 'create', 'e2e-viewer', '--role', 'viewer', '--expires', '1h'], apiUrl, token);
+    assert.equal(created.code, 0, created.stderr);
+    const viewer = created.stdout.match(/NOVACRON_API_TOKEN=(nvc_\S+)/)![1]!;
+    assert.match(cli(['token', 'list'], apiUrl, token).stdout, /e2e-viewer\s+viewer\s+expires /);
+    assert.equal(cli(['workflow', 'show', firstInitId], apiUrl, viewer).code, 0);
+    const denied = cli(['init', '--request-id', 'e2e-denied'], apiUrl, viewer);
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /^novacron: 403: POST \/v1\/cluster\/init needs role admin/);
+    assert.equal(cli(['token', 'revoke', 'e2e-viewer'], apiUrl, token).code, 0);
+    assert.match(cli(['workflow', 'show', firstInitId], apiUrl, viewer).stderr, /^novacron: 401: API token revoked/);
+
+    // The audit log shows each of those actions with its actor.
+    const audit = cli(['audit', '--limit', '50'], apiUrl, token);
+    assert.equal(audit.code, 0, audit.stderr);
+    const lines = audit.stdout.trim().split('\n');
+    const has = (pattern: RegExp) =>
+      assert.ok(
+        lines.some((l) => pattern.test(l)),
+        `${pattern} in\n${audit.stdout}`,
+      );
+    has(/accepted\s+token:initial-admin {2}POST \/v1\/cluster\/init {2}workflow cluster-init-e2e-1 {2}request /);
+    has(/accepted\s+node:novacron-1 {2}cluster\.init .*workflow cluster-init-e2e-1/);
+    has(/accepted\s+token:initial-admin {2}POST \/v1\/tokens\s+e2e-viewer/);
+    has(/rejected\s+token:e2e-viewer {2}POST \/v1\/cluster\/init/);
+    has(/accepted\s+token:initial-admin {2}DELETE \/v1\/tokens\/:ref\s+e2e-viewer/);
   } finally {
     await stopStack(stack);
   }
@@ -100,10 +133,12 @@ test('npm start brings the stack to ready; a restart keeps workflow history and 
   stack = startEntry('workers/stack.ts', env);
   try {
     await stack.waitForOutput(/NovaCron is ready/, READY_TIMEOUT_MS);
-    const earlier = await fetch(`${apiUrl}/v1/workflows/${firstInitId}`);
+    assert.doesNotMatch(stack.output(), /NOVACRON_API_TOKEN=/, 'a token exists, so none is minted again');
+    const auth = { headers: bearer(token) };
+    const earlier = await fetch(`${apiUrl}/v1/workflows/${firstInitId}`, auth);
     assert.equal(earlier.status, 200, 'the first boot workflow is still in Temporal after the restart');
     assert.equal(((await earlier.json()) as { status: string }).status, 'COMPLETED');
-    const e2e = (await (await fetch(`${apiUrl}/v1/workflows/cluster-init-e2e-1`)).json()) as { status: string };
+    const e2e = (await (await fetch(`${apiUrl}/v1/workflows/cluster-init-e2e-1`, auth)).json()) as { status: string };
     assert.equal(e2e.status, 'COMPLETED');
 
     const pool = new Pool({
