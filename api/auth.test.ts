@@ -6,10 +6,12 @@
 import type { Client, Connection } from '@temporalio/client';
 import type { InjectOptions } from 'fastify';
 import Fastify from 'fastify';
-import { SignJWT } from 'jose';
+import { exportJWK, SignJWT } from 'jose';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
@@ -253,6 +255,65 @@ describe('authentication and roles', () => {
       "SELECT actor, outcome, details FROM audit_log WHERE action = 'POST /v1/workflows/:id/cancel' AND actor = 'jwt:alice'",
     );
     assert.deepEqual(audit.rows, [{ actor: 'jwt:alice', outcome: 'rejected', details: { status: 404 } }]);
+  });
+
+  test('OIDC with a JWKS URL: keys are fetched from the provider; an unreachable provider is a 503', async () => {
+    const keys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const jwk = { ...(await exportJWK(keys.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    let fetches = 0;
+    const idp = createServer((_request, response) => {
+      fetches++;
+      response.setHeader('content-type', 'application/json');
+      response.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve));
+    const jwksUrl = `http://127.0.0.1:${(idp.address() as AddressInfo).port}/jwks`;
+    const oidc = { issuer: ISSUER, audience: AUDIENCE, jwksUrl };
+    const withJwks = await app({
+      config: {
+        ...config,
+        security: { ...config.security, oidc: { ...config.security.oidc!, publicKeyFile: undefined, ...oidc } },
+      },
+    });
+    try {
+      const token = await new SignJWT({ roles: ['viewer'] })
+        .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+        .setIssuer(ISSUER)
+        .setAudience(AUDIENCE)
+        .setSubject('carol')
+        .setExpirationTime('5m')
+        .sign(keys.privateKey);
+      const ok = await withJwks.app.inject({ method: 'GET', url: '/v1/cluster/boot', headers: bearer(token) });
+      assert.equal(ok.statusCode, 403, 'rolesClaim is realm_access.roles, so a top-level roles claim grants nothing');
+      assert.equal(ok.json<{ message: string }>().message.includes('jwt:carol'), true);
+      assert.ok(fetches >= 1);
+      const forged = await jwt({ sub: 'carol', roles: ['admin'] });
+      const refused = await withJwks.app.inject({ method: 'GET', url: '/v1/tokens', headers: bearer(forged) });
+      assert.equal(refused.statusCode, 401, 'a key the provider does not publish');
+    } finally {
+      await withJwks.close();
+      await new Promise((resolve) => idp.close(resolve));
+    }
+
+    const unreachable = await app({
+      config: {
+        ...config,
+        security: {
+          ...config.security,
+          oidc: { ...config.security.oidc!, publicKeyFile: undefined, jwksUrl: 'http://127.0.0.1:9/jwks' },
+        },
+      },
+    });
+    try {
+      const response = await unreachable.app.inject({
+        method: 'GET',
+        url: '/v1/cluster/boot',
+        headers: bearer(await jwt({ sub: 'carol' })),
+      });
+      assert.equal(response.statusCode, 503, response.body);
+    } finally {
+      await unreachable.close();
+    }
   });
 
   test('each token has its own rate limit; a limited request gets 429 with Retry-After', async () => {

@@ -119,6 +119,7 @@ export function rolesFromClaim(value: unknown): Role[] {
 }
 
 export async function createJwtVerifier(oidc: NonNullable<NovacronConfig['security']['oidc']>): Promise<JwtVerifier> {
+  // jose is published as ES modules only; a dynamic import loads it from this CommonJS module on any Node 20.
   const jose = await import('jose');
   const key: KeyObject | ReturnType<typeof jose.createRemoteJWKSet> = oidc.jwksUrl
     ? jose.createRemoteJWKSet(new URL(oidc.jwksUrl))
