@@ -23,7 +23,9 @@ import { registerErrorHandler } from './errors';
 import { auditRoutes } from './routes/audit';
 import { clusterRoutes } from './routes/cluster';
 import { healthRoutes } from './routes/health';
+import { hostRoutes } from './routes/hosts';
 import { tokenRoutes } from './routes/tokens';
+import { vmRoutes } from './routes/vms';
 import { workflowRoutes } from './routes/workflows';
 
 declare module 'fastify' {
@@ -135,6 +137,8 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
   await app.register(healthRoutes, { temporal: deps.temporal, pool, metrics });
   await app.register(clusterRoutes, { config, temporal: deps.temporal, pool, metrics });
   await app.register(workflowRoutes, { temporal: deps.temporal });
+  await app.register(hostRoutes, { pool, metrics });
+  await app.register(vmRoutes, { config, temporal: deps.temporal, pool, metrics });
   await app.register(tokenRoutes, { pool });
   await app.register(auditRoutes, { pool });
   app.get('/openapi.json', { config: { role: 'viewer' }, schema: { hide: true } }, async () => app.swagger());

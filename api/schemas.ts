@@ -30,7 +30,15 @@ export const WORKFLOW_STATUSES = [
   'TIMED_OUT',
 ] as const;
 
-export const WORKFLOW_TYPES = ['initializeCluster'] as const;
+export const WORKFLOW_TYPES = [
+  'initializeCluster',
+  'vmCreate',
+  'vmStart',
+  'vmStop',
+  'vmReboot',
+  'vmDelete',
+  'fleetMonitor',
+] as const;
 
 export const workflowStartedSchema = z.object({
   workflowId: z.string(),

@@ -14,6 +14,7 @@ import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/emb
 import { createInitialAdminToken } from '../store/api-tokens';
 import { migrate } from '../store/migrate';
 import { createPool, redactDatabaseUrl } from '../store/pool';
+import { startLocalHostAgents } from './host-agent-local';
 import { superviseService, type SupervisedService } from './supervisor';
 import { temporalTarget } from './temporal-clients';
 
@@ -115,6 +116,8 @@ export async function startStack(input: {
     cleanups.push(async () => {
       await Promise.all(services.map((s) => s.stop()));
     });
+    const localHosts = await startLocalHostAgents({ config, env: childEnv, logger, print });
+    cleanups.push(() => localHosts.stop());
 
     const effective: NovacronConfig = { ...config, temporal: { ...config.temporal, address: temporalAddress } };
     const target = temporalTarget(effective);

@@ -9,6 +9,7 @@ import { checkConfigFile, ConfigError } from '../../config/load-config';
 import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
 import { runStackFromCli } from '../../workers/stack';
 import { ApiClient, CliError } from './api-client';
+import { FLEET_USAGE, runFleetCli } from './fleet-commands';
 
 const USAGE = `usage: novacron <command> [options]
 
@@ -29,6 +30,7 @@ commands:
   certs --dir DIR --host ID[,ID] [--ip IP,...] [--dns NAME,...]
                                               a private CA in DIR/ca (made once) and a certificate per host
                                               for DWCP mTLS, the API's HTTPS and Temporal mTLS
+${FLEET_USAGE}
 
 options:
   --api URL     the API base URL (default $NOVACRON_API_URL or http://127.0.0.1:8080)
@@ -136,6 +138,10 @@ function parseDuration(text: string): number {
 }
 
 export async function runCli(argv: string[], out: Output = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
+  // Hosts and VMs parse their own options: they have many, and none of the other commands'.
+  if ((argv[0] === 'host' || argv[0] === 'vm') && !argv.includes('--help') && !argv.includes('-h')) {
+    return runFleetCli(argv, out);
+  }
   let parsed;
   try {
     parsed = parseArgs({

@@ -7,7 +7,15 @@ import { ConflictError } from '../errors';
 import { errorBodySchema, WORKFLOW_STATUSES, WORKFLOW_TYPES, workflowIdSchema } from '../schemas';
 
 /** The query each workflow type answers with its live progress. */
-const PROGRESS_QUERIES: Partial<Record<string, string>> = { initializeCluster: 'bootReport' };
+const PROGRESS_QUERIES: Partial<Record<string, string>> = {
+  initializeCluster: 'bootReport',
+  vmCreate: 'vmProgress',
+  vmStart: 'vmProgress',
+  vmStop: 'vmProgress',
+  vmReboot: 'vmProgress',
+  vmDelete: 'vmProgress',
+  fleetMonitor: 'fleetStatus',
+};
 
 const failureSchema = z.object({
   message: z.string(),

@@ -1,0 +1,176 @@
+/** `novacron host ...` and `novacron vm ...`: hosts, maintenance and the VM lifecycle, through the API. */
+import { parseArgs } from 'node:util';
+import { ApiClient, CliError } from './api-client';
+
+type Output = (line: string) => void;
+
+export const FLEET_USAGE = `  host list                                   hosts with state, lease token and allocations
+  host show ID                                one host as JSON
+  host maintenance ID on|off                  placement skips a host in maintenance (admin)
+  vm create NAME --vcpus N --memory MIB [--disk NAME:MIB[:qcow2|raw] ...] [--host ID] [--network user|none]
+            [--ha-priority N] [--request-id ID] [--wait]
+  vm list [--host ID] [--state S]
+  vm show ID
+  vm start|stop|reboot|delete ID [--force] [--timeout-ms N] [--hard] [--wait]`;
+
+interface HostLike {
+  id: string;
+  state: string;
+  address: string;
+  cpus: number;
+  memoryMib: number;
+  lease?: { fencingToken: number; alive: boolean };
+  allocated: { vms: number; vcpus: number; memoryMib: number };
+}
+
+interface VmLike {
+  id: string;
+  name: string;
+  hostId?: string;
+  state: string;
+  operationWorkflowId?: string;
+  lastError?: string;
+}
+
+interface Started {
+  workflowId: string;
+  vmId: string;
+  existing: boolean;
+}
+
+function integer(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new CliError(`${flag} must be an integer, not ${JSON.stringify(value)}`);
+  return n;
+}
+
+function parseDisk(text: string): { name: string; sizeMib: number; format?: string } {
+  const [name, size, format] = text.split(':');
+  const sizeMib = integer(size, '--disk size');
+  if (!name || sizeMib === undefined) throw new CliError(`--disk wants NAME:MIB[:FORMAT], not ${JSON.stringify(text)}`);
+  return { name, sizeMib, ...(format ? { format } : {}) };
+}
+
+async function follow(api: ApiClient, started: Started, out: Output): Promise<number> {
+  out(`${started.existing ? 'already started' : 'started'} ${started.workflowId} (VM ${started.vmId})`);
+  for (;;) {
+    const detail = await api.get<{ status: string; failure?: { message: string } }>(
+      `/v1/workflows/${encodeURIComponent(started.workflowId)}`,
+    );
+    if (detail.status !== 'RUNNING') {
+      out(`${detail.status}${detail.failure ? `: ${detail.failure.message}` : ''}`);
+      return detail.status === 'COMPLETED' ? 0 : 1;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+export async function runFleetCli(argv: string[], out: Output): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        api: { type: 'string' },
+        vcpus: { type: 'string' },
+        memory: { type: 'string' },
+        disk: { type: 'string', multiple: true },
+        host: { type: 'string' },
+        network: { type: 'string' },
+        'ha-priority': { type: 'string' },
+        'request-id': { type: 'string' },
+        state: { type: 'string' },
+        force: { type: 'boolean' },
+        hard: { type: 'boolean' },
+        'timeout-ms': { type: 'string' },
+        wait: { type: 'boolean' },
+      },
+    });
+  } catch (err) {
+    throw new CliError(`${(err as Error).message}; run novacron --help`);
+  }
+  const { values, positionals } = parsed;
+  const [command, sub, arg, extra] = positionals;
+  const api = new ApiClient(values.api ?? process.env.NOVACRON_API_URL ?? 'http://127.0.0.1:8080');
+
+  if (command === 'host') {
+    if (sub === 'list') {
+      const { hosts } = await api.get<{ hosts: HostLike[] }>('/v1/hosts');
+      for (const h of hosts) {
+        const lease = h.lease ? `token ${h.lease.fencingToken}${h.lease.alive ? '' : ' (expired)'}` : 'no lease';
+        out(
+          `${h.id.padEnd(16)} ${h.state.padEnd(11)} ${h.address.padEnd(15)} ${lease.padEnd(20)} ` +
+            `${h.allocated.vms} VMs, ${h.allocated.vcpus}/${h.cpus} vCPU/CPU, ${h.allocated.memoryMib}/${h.memoryMib} MiB`,
+        );
+      }
+      if (hosts.length === 0) out('no hosts registered; start a host agent (README "Adding a hypervisor host")');
+      return 0;
+    }
+    if (sub === 'show' && arg) {
+      out(JSON.stringify(await api.get(`/v1/hosts/${encodeURIComponent(arg)}`), null, 2));
+      return 0;
+    }
+    if (sub === 'maintenance' && arg && (extra === 'on' || extra === 'off')) {
+      const host = await api.post<HostLike>(`/v1/hosts/${encodeURIComponent(arg)}/maintenance`, {
+        enabled: extra === 'on',
+      });
+      out(`${host.id} is ${host.state}`);
+      return 0;
+    }
+    throw new CliError('usage: novacron host list | show ID | maintenance ID on|off');
+  }
+
+  if (command === 'vm') {
+    if (sub === 'create' && arg) {
+      const body: Record<string, unknown> = {
+        name: arg,
+        vcpus: integer(values.vcpus, '--vcpus'),
+        memoryMib: integer(values.memory, '--memory'),
+        disks: (values.disk ?? []).map(parseDisk),
+        ...(values.host ? { hostId: values.host } : {}),
+        ...(values.network ? { network: values.network } : {}),
+        ...(values['ha-priority'] ? { haPriority: integer(values['ha-priority'], '--ha-priority') } : {}),
+        ...(values['request-id'] ? { requestId: values['request-id'] } : {}),
+      };
+      const started = await api.post<Started>('/v1/vms', body);
+      if (values.wait) return follow(api, started, out);
+      out(
+        `started ${started.workflowId} (VM ${started.vmId}); follow it with novacron workflow show ${started.workflowId}`,
+      );
+      return 0;
+    }
+    if (sub === 'list') {
+      const query = new URLSearchParams();
+      if (values.host) query.set('hostId', values.host);
+      if (values.state) query.set('state', values.state);
+      const { vms } = await api.get<{ vms: VmLike[] }>(`/v1/vms${query.size > 0 ? `?${query.toString()}` : ''}`);
+      for (const vm of vms) {
+        const busy = vm.operationWorkflowId ? `  (${vm.operationWorkflowId})` : '';
+        out(`${vm.id}  ${vm.name.padEnd(20)} ${vm.state.padEnd(10)} ${(vm.hostId ?? '-').padEnd(16)}${busy}`);
+      }
+      if (vms.length === 0) out('no VMs');
+      return 0;
+    }
+    if (sub === 'show' && arg) {
+      out(JSON.stringify(await api.get(`/v1/vms/${encodeURIComponent(arg)}`), null, 2));
+      return 0;
+    }
+    if ((sub === 'start' || sub === 'stop' || sub === 'reboot' || sub === 'delete') && arg) {
+      const path = `/v1/vms/${encodeURIComponent(arg)}`;
+      const body: Record<string, unknown> = {};
+      if (sub === 'stop' && values.force) body.force = true;
+      if (sub === 'stop' && values['timeout-ms']) body.timeoutMs = integer(values['timeout-ms'], '--timeout-ms');
+      if (sub === 'reboot' && values.hard) body.hard = true;
+      const started =
+        sub === 'delete' ? await api.delete<Started>(path) : await api.post<Started>(`${path}/${sub}`, body);
+      if (values.wait) return follow(api, started, out);
+      out(`started ${started.workflowId}`);
+      return 0;
+    }
+    throw new CliError('usage: novacron vm create NAME ... | list | show ID | start|stop|reboot|delete ID');
+  }
+  throw new CliError(`unknown command "${command ?? ''}"; run novacron --help`);
+}

@@ -1,0 +1,155 @@
+/** Hosts (registered by their agents), maintenance, and the drift found between libvirt and the store. */
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import type { Pool } from 'pg';
+import { Gauge } from 'prom-client';
+import { z } from 'zod';
+import type { NovacronMetrics } from '../../observability/metrics';
+import { DRIFT_KINDS, listDrift, openDriftCounts } from '../../store/drift';
+import { getHost, HOST_STATES, listHosts, setHostMaintenance } from '../../store/hosts';
+import { NotFoundError } from '../errors';
+import { errorBodySchema } from '../schemas';
+
+export interface HostRoutesOptions {
+  pool: Pool;
+  metrics: NovacronMetrics;
+}
+
+const HOST_ID = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+export const hostIdSchema = z.string().regex(HOST_ID, 'must be a host id (lowercase letters, digits and dashes)');
+
+const hostSchema = z.object({
+  id: z.string(),
+  address: z.string(),
+  libvirtUri: z.string(),
+  cpus: z.number(),
+  memoryMib: z.number(),
+  diskMib: z.number(),
+  labels: z.record(z.string(), z.string()),
+  imageRoot: z.string(),
+  state: z.enum(HOST_STATES),
+  stateChangedAt: z.string(),
+  registeredAt: z.string(),
+  lease: z
+    .object({ holder: z.string(), fencingToken: z.number(), expiresAt: z.string(), alive: z.boolean() })
+    .optional(),
+  inventory: z
+    .object({ leaseToken: z.number(), seq: z.number(), observedAt: z.string(), domains: z.number() })
+    .optional(),
+  allocated: z.object({ vms: z.number(), vcpus: z.number(), memoryMib: z.number(), diskMib: z.number() }),
+});
+
+const driftSchema = z.object({
+  id: z.number(),
+  hostId: z.string(),
+  vmId: z.string().optional(),
+  domainName: z.string(),
+  kind: z.enum(DRIFT_KINDS),
+  expected: z.string().optional(),
+  actual: z.string().optional(),
+  observedAt: z.string(),
+  detectedAt: z.string(),
+  resolvedAt: z.string().optional(),
+  action: z.enum(['alerted', 'repairing']),
+  repairWorkflowId: z.string().optional(),
+});
+
+export const hostRoutes: FastifyPluginAsyncZod<HostRoutesOptions> = async (app, { pool, metrics }) => {
+  // Read from the store at scrape time, so every API replica reports the same numbers.
+  new Gauge({
+    name: 'novacron_drift_open',
+    help: 'Open drift findings by kind',
+    labelNames: ['kind'],
+    registers: [metrics.registry],
+    async collect() {
+      const counts = await openDriftCounts(pool);
+      for (const kind of DRIFT_KINDS) this.set({ kind }, counts[kind]);
+    },
+  });
+  new Gauge({
+    name: 'novacron_hosts',
+    help: 'Registered hosts by state',
+    labelNames: ['state'],
+    registers: [metrics.registry],
+    async collect() {
+      const hosts = await listHosts(pool);
+      for (const state of HOST_STATES) this.set({ state }, hosts.filter((h) => h.state === state).length);
+    },
+  });
+
+  app.get(
+    '/v1/hosts',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'Registered hosts with their lease, last inventory report and allocated capacity',
+        tags: ['hosts'],
+        response: { 200: z.object({ hosts: z.array(hostSchema) }) },
+      },
+    },
+    async () => ({ hosts: await listHosts(pool) }),
+  );
+
+  app.get(
+    '/v1/hosts/:id',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'One host',
+        tags: ['hosts'],
+        params: z.strictObject({ id: hostIdSchema }),
+        response: { 200: hostSchema, 404: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const host = await getHost(pool, request.params.id);
+      if (!host) throw new NotFoundError(`host ${request.params.id} does not exist`);
+      return host;
+    },
+  );
+
+  app.post(
+    '/v1/hosts/:id/maintenance',
+    {
+      config: { role: 'admin' },
+      schema: {
+        summary: 'Maintenance on (placement skips the host) or off (up again if its agent holds the lease)',
+        tags: ['hosts'],
+        params: z.strictObject({ id: hostIdSchema }),
+        body: z.strictObject({ enabled: z.boolean() }),
+        response: { 200: hostSchema, 400: errorBodySchema, 404: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const host = await setHostMaintenance(pool, { hostId: request.params.id, enabled: request.body.enabled });
+      if (!host) throw new NotFoundError(`host ${request.params.id} does not exist`);
+      return host;
+    },
+  );
+
+  app.get(
+    '/v1/drift',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'Drift between what libvirt runs and what NovaCron recorded, newest first',
+        tags: ['hosts'],
+        querystring: z.strictObject({
+          hostId: hostIdSchema.optional(),
+          open: z.enum(['true', 'false']).optional(),
+          limit: z.coerce.number().int().min(1).max(1000).default(100),
+        }),
+        response: { 200: z.object({ drift: z.array(driftSchema) }) },
+      },
+    },
+    async (request) => {
+      const { hostId, open, limit } = request.query;
+      return {
+        drift: await listDrift(pool, {
+          limit,
+          ...(hostId ? { hostId } : {}),
+          ...(open ? { open: open === 'true' } : {}),
+        }),
+      };
+    },
+  );
+};

@@ -1,0 +1,308 @@
+/**
+ * VMs: create, list, show, start, stop, reboot, delete, and the host/VM event timeline. Every change is a
+ * workflow: the route checks what it can answer at once (400, 404, 409) and writes nothing itself, then returns
+ * 202 with the workflow id, which GET /v1/workflows/:id follows.
+ */
+import { WorkflowExecutionAlreadyStartedError, type Client } from '@temporalio/client';
+import { WorkflowIdReusePolicy } from '@temporalio/common';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { createHash, randomUUID } from 'node:crypto';
+import type { Pool } from 'pg';
+import { z } from 'zod';
+import type { NovacronConfig } from '../../config/schema';
+import type { NovacronMetrics } from '../../observability/metrics';
+import { listEvents } from '../../store/events';
+import { getHost } from '../../store/hosts';
+import { getVm, getVmByName, listVms, type VmRecord } from '../../store/vms';
+import type { VmCreateInput } from '../../workflows/vm-create';
+import { VM_STATES, vmSpecSchema, type VmState } from '../../workflows/vm-spec';
+import { ConflictError, NotFoundError } from '../errors';
+import { errorBodySchema, requestIdSchema } from '../schemas';
+import { hostIdSchema } from './hosts';
+
+export interface VmRoutesOptions {
+  config: NovacronConfig;
+  temporal: Client;
+  pool: Pool;
+  metrics: NovacronMetrics;
+}
+
+const vmIdParams = z.strictObject({ id: z.uuid('must be a VM id (a UUID)') });
+
+const vmSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  hostId: z.string().optional(),
+  spec: z.unknown(),
+  state: z.enum(VM_STATES),
+  ownerToken: z.number().optional(),
+  operationWorkflowId: z.string().optional(),
+  lastError: z.string().optional(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+
+const vmStartedSchema = z.object({
+  workflowId: z.string(),
+  runId: z.string(),
+  vmId: z.string(),
+  existing: z.boolean(),
+});
+
+const idempotencyHeaders = z.object({ 'idempotency-key': requestIdSchema.optional() });
+
+/** A request id names one VM forever, so a retried create finds the same workflow and the same VM. */
+function vmIdFromRequestId(requestId: string): string {
+  const hex = createHash('sha256').update(`novacron-vm:${requestId}`).digest('hex');
+  const variant = ((parseInt(hex[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-5${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+type Operation = 'start' | 'stop' | 'reboot' | 'delete';
+const WORKFLOW_BY_OPERATION: Record<Operation, string> = {
+  start: 'vmStart',
+  stop: 'vmStop',
+  reboot: 'vmReboot',
+  delete: 'vmDelete',
+};
+/** States from which each operation makes sense; anything else is a 409 before a workflow starts. */
+const ALLOWED_FROM: Record<Operation, readonly VmState[]> = {
+  start: ['stopped', 'failed'],
+  stop: ['running', 'failed'],
+  reboot: ['running'],
+  delete: ['running', 'stopped', 'failed'],
+};
+
+export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { config, temporal, pool, metrics }) => {
+  const startWorkflow = async (input: {
+    type: string;
+    workflowId: string;
+    args: unknown[];
+    vmId: string;
+  }): Promise<{ status: 200 | 202; body: z.infer<typeof vmStartedSchema> }> => {
+    try {
+      const handle = await temporal.workflow.start(input.type, {
+        workflowId: input.workflowId,
+        taskQueue: config.temporal.taskQueue,
+        args: input.args,
+        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+      });
+      metrics.workflowStarts.inc({ workflow_type: input.type });
+      return {
+        status: 202,
+        body: { workflowId: input.workflowId, runId: handle.firstExecutionRunId, vmId: input.vmId, existing: false },
+      };
+    } catch (err) {
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+      const existing = await temporal.workflow.getHandle(input.workflowId).describe();
+      return {
+        status: 200,
+        body: { workflowId: input.workflowId, runId: existing.runId, vmId: input.vmId, existing: true },
+      };
+    }
+  };
+
+  app.post(
+    '/v1/vms',
+    {
+      config: { role: 'operator' },
+      schema: {
+        summary: 'Create a VM: placement, disks, define and start run as the vmCreate workflow',
+        tags: ['vms'],
+        headers: idempotencyHeaders,
+        body: vmSpecSchema.extend({ requestId: requestIdSchema.optional() }),
+        response: {
+          200: vmStartedSchema,
+          202: vmStartedSchema,
+          400: errorBodySchema,
+          404: errorBodySchema,
+          409: errorBodySchema,
+        },
+      },
+    },
+    async (request, reply) => {
+      const { requestId: bodyRequestId, ...spec } = request.body;
+      const requestId = bodyRequestId ?? request.headers['idempotency-key'];
+      const vmId = requestId ? vmIdFromRequestId(requestId) : randomUUID();
+      if (spec.hostId) {
+        const host = await getHost(pool, spec.hostId);
+        if (!host) throw new NotFoundError(`body.hostId: host ${spec.hostId} does not exist`);
+        if (host.state !== 'up') throw new ConflictError(`body.hostId: host ${spec.hostId} is ${host.state}`);
+      }
+      const sameName = await getVmByName(pool, spec.name);
+      if (sameName && sameName.id !== vmId) {
+        throw new ConflictError(`body.name: a VM named ${spec.name} already exists (${sameName.id})`);
+      }
+      const workflowId = `vm-create-${vmId}`;
+      request.auditWorkflowId = workflowId;
+      request.auditTarget = vmId;
+      const input: VmCreateInput = { vmId, spec };
+      const started = await startWorkflow({ type: 'vmCreate', workflowId, args: [input], vmId });
+      return reply.status(started.status).send(started.body);
+    },
+  );
+
+  app.get(
+    '/v1/vms',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'VMs, optionally by host or state',
+        tags: ['vms'],
+        querystring: z.strictObject({ hostId: hostIdSchema.optional(), state: z.enum(VM_STATES).optional() }),
+        response: { 200: z.object({ vms: z.array(vmSchema) }) },
+      },
+    },
+    async (request) => {
+      const { hostId, state } = request.query;
+      return { vms: await listVms(pool, { ...(hostId ? { hostId } : {}), ...(state ? { state } : {}) }) };
+    },
+  );
+
+  app.get(
+    '/v1/vms/:id',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'One VM: its spec, host, state and the workflow holding it, if any',
+        tags: ['vms'],
+        params: vmIdParams,
+        response: { 200: vmSchema, 400: errorBodySchema, 404: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const vm = await getVm(pool, request.params.id);
+      if (!vm) throw new NotFoundError(`VM ${request.params.id} does not exist`);
+      return vm;
+    },
+  );
+
+  const operable = async (vmId: string, operation: Operation): Promise<VmRecord> => {
+    const vm = await getVm(pool, vmId);
+    if (!vm) throw new NotFoundError(`VM ${vmId} does not exist`);
+    if (vm.operationWorkflowId) {
+      throw new ConflictError(`VM ${vm.name} is busy with workflow ${vm.operationWorkflowId}`);
+    }
+    if (!ALLOWED_FROM[operation].includes(vm.state)) {
+      throw new ConflictError(`VM ${vm.name} is ${vm.state}; cannot ${operation} it`);
+    }
+    return vm;
+  };
+
+  const operationRoute = <B extends z.ZodType>(operation: Exclude<Operation, 'delete'>, body: B, summary: string) =>
+    app.post(
+      `/v1/vms/:id/${operation}`,
+      {
+        config: { role: 'operator' },
+        schema: {
+          summary,
+          tags: ['vms'],
+          params: vmIdParams,
+          headers: idempotencyHeaders,
+          body,
+          response: {
+            200: vmStartedSchema,
+            202: vmStartedSchema,
+            400: errorBodySchema,
+            404: errorBodySchema,
+            409: errorBodySchema,
+          },
+        },
+        // A POST without a body means "all defaults".
+        preValidation: async (request) => {
+          (request as { body: unknown }).body ??= {};
+        },
+      },
+      async (request, reply) => {
+        const vm = await operable(request.params.id, operation);
+        const key = request.headers['idempotency-key'] ?? randomUUID().slice(0, 8);
+        const workflowId = `vm-${operation}-${vm.id}-${key}`;
+        request.auditWorkflowId = workflowId;
+        const started = await startWorkflow({
+          type: WORKFLOW_BY_OPERATION[operation],
+          workflowId,
+          args: [{ vmId: vm.id, ...(request.body as object) }],
+          vmId: vm.id,
+        });
+        return reply.status(started.status).send(started.body);
+      },
+    );
+
+  operationRoute('start', z.strictObject({}), 'Start a stopped VM on its host');
+  operationRoute(
+    'stop',
+    z.strictObject({
+      force: z.boolean().optional(),
+      timeoutMs: z.number().int().min(0).max(600_000).optional(),
+    }),
+    'Stop a VM: ACPI shutdown, destroyed after timeoutMs (default 30 s), or at once with force',
+  );
+  operationRoute(
+    'reboot',
+    z.strictObject({ hard: z.boolean().optional() }),
+    'Reboot a running VM (hard: reset, for guests that ignore ACPI)',
+  );
+
+  app.delete(
+    '/v1/vms/:id',
+    {
+      config: { role: 'operator' },
+      schema: {
+        summary: 'Delete a VM: destroy and undefine its domain, remove its disks and its record',
+        tags: ['vms'],
+        params: vmIdParams,
+        headers: idempotencyHeaders,
+        response: {
+          200: vmStartedSchema,
+          202: vmStartedSchema,
+          400: errorBodySchema,
+          404: errorBodySchema,
+          409: errorBodySchema,
+        },
+      },
+    },
+    async (request, reply) => {
+      const vm = await operable(request.params.id, 'delete');
+      const key = request.headers['idempotency-key'] ?? randomUUID().slice(0, 8);
+      const workflowId = `vm-delete-${vm.id}-${key}`;
+      request.auditWorkflowId = workflowId;
+      const started = await startWorkflow({ type: 'vmDelete', workflowId, args: [{ vmId: vm.id }], vmId: vm.id });
+      return reply.status(started.status).send(started.body);
+    },
+  );
+
+  app.get(
+    '/v1/events',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'Host and VM events (lifecycle outcomes, host up/down, maintenance, drift), newest first',
+        tags: ['vms'],
+        querystring: z.strictObject({
+          hostId: hostIdSchema.optional(),
+          vmId: z.uuid().optional(),
+          limit: z.coerce.number().int().min(1).max(1000).default(100),
+        }),
+        response: {
+          200: z.object({
+            events: z.array(
+              z.object({
+                id: z.number(),
+                at: z.string(),
+                kind: z.string(),
+                hostId: z.string().optional(),
+                vmId: z.string().optional(),
+                workflowId: z.string().optional(),
+                message: z.string(),
+              }),
+            ),
+          }),
+        },
+      },
+    },
+    async (request) => {
+      const { hostId, vmId, limit } = request.query;
+      return { events: await listEvents(pool, { limit, ...(hostId ? { hostId } : {}), ...(vmId ? { vmId } : {}) }) };
+    },
+  );
+};
