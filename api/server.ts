@@ -6,7 +6,7 @@ import type { NovacronConfig } from '../config/schema';
 import { createLogger } from '../observability/logger';
 import { createMetrics } from '../observability/metrics';
 import { createPool } from '../store/pool';
-import { temporalTarget } from '../workers/temporal-clients';
+import { connectWithRetry, temporalTarget } from '../workers/temporal-clients';
 import { buildApp } from './app';
 
 export interface ApiServerHandle {
@@ -25,7 +25,12 @@ export async function startApiServer(input: { config: NovacronConfig; logger: Lo
     applicationName: 'novacron-api',
   });
   const target = temporalTarget(config);
-  const connection = await Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) });
+  const connection = await connectWithRetry({
+    what: `Temporal at ${target.address}`,
+    connect: () => Connection.connect({ address: target.address, ...(target.tls ? { tls: target.tls } : {}) }),
+    timeoutMs: 120_000,
+    onWait: (message) => logger.info(message),
+  });
   const temporal = new Client({ connection, namespace: target.namespace });
   const metrics = createMetrics({ service: 'api' });
   const built = await buildApp({

@@ -15,7 +15,7 @@ import { createPool } from '../store/pool';
 import { planBoot } from '../workflows/component-graph';
 import { CLUSTER_COMPONENTS } from '../workflows/cluster-components';
 import type { WorkflowMetricsSinks } from '../workflows/interceptors';
-import { temporalTarget } from './temporal-clients';
+import { connectWithRetry, temporalTarget } from './temporal-clients';
 import { loadWorkflowBundle } from './workflow-bundle';
 
 export interface ControlWorkerHandle {
@@ -26,6 +26,8 @@ export interface ControlWorkerHandle {
 }
 
 let runtimeInstalled = false;
+// Long enough for an embedded server's first start, short enough that a wrong address fails visibly.
+const TEMPORAL_CONNECT_TIMEOUT_MS = 120_000;
 
 export async function startControlWorker(input: {
   config: NovacronConfig;
@@ -56,7 +58,12 @@ export async function startControlWorker(input: {
 
   const target = temporalTarget(config);
   const connectionOptions = { address: target.address, ...(target.tls ? { tls: target.tls } : {}) };
-  const nativeConnection = await NativeConnection.connect(connectionOptions);
+  const nativeConnection = await connectWithRetry({
+    what: `Temporal at ${target.address}`,
+    connect: () => NativeConnection.connect(connectionOptions),
+    timeoutMs: TEMPORAL_CONNECT_TIMEOUT_MS,
+    onWait: (message) => logger.info(message),
+  });
   const clientConnection = await Connection.connect(connectionOptions);
 
   const workflowBundle = await loadWorkflowBundle({ log: (msg) => logger.info(msg) });

@@ -50,12 +50,36 @@ export async function startStack(input: {
   const { config } = input;
   const print = input.print ?? ((line: string) => process.stdout.write(`${line}\n`));
   const logger = createLogger({ service: 'stack', config });
+  const startedClock = Date.now();
+  // Processes that use the servers stop first, then the servers in reverse order of start: a worker must never
+  // outlive the Temporal server it polls (it would retry against a closed port until killed).
+  const stopServices: Array<() => Promise<void>> = [];
   const cleanups: Array<() => Promise<void>> = [];
   const stop = async () => {
-    for (const cleanup of cleanups.reverse())
-      await cleanup().catch((err: unknown) => logger.error({ err }, 'stop failed'));
-    cleanups.length = 0;
+    const report = (err: unknown) => logger.error({ err }, 'stop failed');
+    await Promise.all(stopServices.splice(0).map((stopService) => stopService().catch(report)));
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(report);
   };
+
+  // Temporal starts while PostgreSQL does, and the worker and API start as soon as PostgreSQL is up: their module
+  // loading overlaps the Temporal server's start, and they wait for it (connectWithRetry).
+  let temporalStarting: Promise<TemporalDevServer> | undefined;
+  let localHostsStarting: Promise<unknown> | undefined;
+  if (!config.temporal.address) {
+    print(`starting the embedded Temporal server on 127.0.0.1:${config.temporal.embedded.port}`);
+    temporalStarting = startTemporalDevServer({
+      port: config.temporal.embedded.port,
+      uiPort: config.temporal.embedded.uiPort,
+      dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
+      namespaces: [config.temporal.namespace],
+      onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
+    }).then((server) => {
+      cleanups.push(() => server.stop());
+      return server;
+    });
+    // Observed below; this only keeps an early PostgreSQL failure from leaving the rejection unhandled.
+    temporalStarting.catch(() => undefined);
+  }
 
   try {
     let databaseUrl = config.storage.databaseUrl;
@@ -85,39 +109,40 @@ export async function startStack(input: {
       print('');
     }
 
-    let webUiUrl: string | undefined;
-    let temporalAddress: string;
-    if (config.temporal.address) {
-      temporalAddress = config.temporal.address;
-    } else {
-      print(`starting the embedded Temporal server on 127.0.0.1:${config.temporal.embedded.port}`);
-      const server: TemporalDevServer = await startTemporalDevServer({
-        port: config.temporal.embedded.port,
-        uiPort: config.temporal.embedded.uiPort,
-        dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
-        namespaces: [config.temporal.namespace],
-        onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
-      });
-      cleanups.push(() => server.stop());
-      temporalAddress = server.address;
-      webUiUrl = server.uiUrl;
-    }
-    const readyClock = Date.now();
-
-    const childEnv: NodeJS.ProcessEnv = {
-      ...(input.env ?? process.env),
-      DATABASE_URL: databaseUrl,
-      TEMPORAL_ADDRESS: temporalAddress,
+    const announcedAddress =
+      config.temporal.address ??
+      (config.temporal.embedded.port !== 0 ? `127.0.0.1:${config.temporal.embedded.port}` : undefined);
+    const launchServices = (temporalAddress: string): SupervisedService[] => {
+      const childEnv: NodeJS.ProcessEnv = {
+        ...(input.env ?? process.env),
+        DATABASE_URL: databaseUrl,
+        TEMPORAL_ADDRESS: temporalAddress,
+      };
+      const services = [
+        superviseService({ name: 'control-worker', entry: 'workers/control-worker.ts', env: childEnv }, logger),
+        superviseService({ name: 'api', entry: 'api/server.ts', env: childEnv }, logger),
+      ];
+      stopServices.push(...services.map((service) => () => service.stop()));
+      return services;
     };
-    const services: SupervisedService[] = [
-      superviseService({ name: 'control-worker', entry: 'workers/control-worker.ts', env: childEnv }, logger),
-      superviseService({ name: 'api', entry: 'api/server.ts', env: childEnv }, logger),
-    ];
-    cleanups.push(async () => {
-      await Promise.all(services.map((s) => s.stop()));
+    if (announcedAddress) launchServices(announcedAddress);
+
+    const embedded = await temporalStarting;
+    const temporalAddress = embedded?.address ?? announcedAddress!;
+    const webUiUrl = embedded?.uiUrl;
+    const readyClock = Date.now();
+    if (!announcedAddress) launchServices(temporalAddress);
+    // Local hypervisors start while the cluster boots; neither waits for the other.
+    localHostsStarting = startLocalHostAgents({
+      config,
+      env: { ...(input.env ?? process.env), DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress },
+      logger,
+      print,
+    }).then((localHosts) => {
+      stopServices.push(() => localHosts.stop());
+      return localHosts;
     });
-    const localHosts = await startLocalHostAgents({ config, env: childEnv, logger, print });
-    cleanups.push(() => localHosts.stop());
+    localHostsStarting.catch(() => undefined);
 
     const effective: NovacronConfig = { ...config, temporal: { ...config.temporal, address: temporalAddress } };
     const target = temporalTarget(effective);
@@ -135,6 +160,7 @@ export async function startStack(input: {
     });
     // This start's own boot must finish; an earlier boot's record must not make us report ready.
     await init.result();
+    await localHostsStarting;
 
     const scheme = config.api.tls ? 'https' : 'http';
     const apiUrl = `${scheme}://${config.api.host}:${config.api.port}`;
@@ -145,7 +171,7 @@ export async function startStack(input: {
     const readyMs = Date.now() - readyClock;
 
     print('');
-    print(`NovaCron is ready (${readyMs} ms after Temporal was up)`);
+    print(`NovaCron is ready (${readyMs} ms after Temporal was up, ${Date.now() - startedClock} ms in all)`);
     print(`  API          ${apiUrl}   (OpenAPI: ${apiUrl}/openapi.json, metrics: ${apiUrl}/metrics)`);
     if (webUiUrl) print(`  Temporal UI  ${webUiUrl}/namespaces/${config.temporal.namespace}/workflows`);
     print(`  Temporal     ${temporalAddress} (namespace ${config.temporal.namespace})`);
@@ -155,6 +181,7 @@ export async function startStack(input: {
 
     return { apiUrl, temporalAddress, ...(webUiUrl ? { webUiUrl } : {}), databaseUrl, initWorkflowId, readyMs, stop };
   } catch (err) {
+    await Promise.allSettled([temporalStarting, localHostsStarting]);
     await stop();
     throw err;
   }
