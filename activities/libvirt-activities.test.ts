@@ -1,0 +1,162 @@
+/**
+ * The host activities' idempotence, heartbeats and cancellation, in MockActivityEnvironment over an in-memory
+ * libvirt: each libvirt error is the typed one the real driver raises (native/libvirt covers the mapping).
+ */
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  LibvirtErrorCode,
+  LibvirtInvalidStateError,
+  LibvirtNotFoundError,
+  type DiskImages,
+  type DomainState,
+  type LibvirtConnection,
+} from '../native/libvirt';
+import { createLibvirtActivities, type VmDisk } from './libvirt-activities';
+
+const VM_ID = '6f1c2a3e-1111-4222-8333-444455556666';
+
+/** A hypervisor whose guests have no OS: ACPI shutdown is accepted and ignored, as on the harness. */
+function fakeLibvirt(domains: Record<string, { uuid: string; state: DomainState }>) {
+  const calls: string[] = [];
+  const find = (name: string, op: string) => {
+    const domain = domains[name];
+    if (!domain) {
+      throw new LibvirtNotFoundError({
+        message: `failed to get domain '${name}'`,
+        code: LibvirtErrorCode.noDomain,
+        operation: op,
+      });
+    }
+    return domain;
+  };
+  const invalid = (op: string) =>
+    new LibvirtInvalidStateError({
+      message: 'Domain is already active',
+      code: LibvirtErrorCode.operationInvalid,
+      operation: op,
+    });
+  const conn = {
+    domainGetState: async ({ name }: { name: string }) => find(name, 'state').state,
+    domainLookupByName: async ({ name }: { name: string }) => ({ name, ...find(name, 'lookup') }),
+    domainCreate: async ({ name }: { name: string }) => {
+      calls.push(`create ${name}`);
+      const domain = find(name, 'start');
+      if (domain.state === 'running') throw invalid('start');
+      domain.state = 'running';
+    },
+    domainShutdown: async ({ name }: { name: string }) => void calls.push(`shutdown ${name}`),
+    domainDestroy: async ({ name }: { name: string }) => {
+      calls.push(`destroy ${name}`);
+      const domain = find(name, 'destroy');
+      if (domain.state !== 'running') throw invalid('destroy');
+      domain.state = 'shutoff';
+    },
+    domainUndefine: async ({ name }: { name: string }) => {
+      calls.push(`undefine ${name}`);
+      find(name, 'undefine');
+      delete domains[name];
+    },
+  };
+  return { conn: conn as unknown as LibvirtConnection, calls };
+}
+
+function activities(domains: Record<string, { uuid: string; state: DomainState }>, imageRoot = '/srv/images') {
+  const libvirt = fakeLibvirt(domains);
+  const created: string[] = [];
+  const images = {
+    create: async (input: { path: string }) => void created.push(input.path),
+  } as unknown as DiskImages;
+  const acts = createLibvirtActivities({ hostId: 'h1', conn: libvirt.conn, images, imageRoot, domainType: 'qemu' });
+  return { acts, calls: libvirt.calls, created };
+}
+
+test('start is idempotent: a retry finds the guest running and succeeds', async () => {
+  const { acts, calls } = activities({ web: { uuid: VM_ID, state: 'shutoff' } });
+  const env = new MockActivityEnvironment();
+  assert.deepEqual(await env.run(() => acts.startVmDomain({ vmId: VM_ID, name: 'web' })), { alreadyRunning: false });
+  assert.deepEqual(await env.run(() => acts.startVmDomain({ vmId: VM_ID, name: 'web' })), { alreadyRunning: true });
+  assert.deepEqual(calls, ['create web', 'create web']);
+});
+
+test('disks go under the VM directory in order, with a heartbeat per disk', async () => {
+  const { acts, created } = activities({});
+  const env = new MockActivityEnvironment();
+  const beats: unknown[] = [];
+  env.on('heartbeat', (d: unknown) => beats.push(d));
+  const disks = await env.run<[], VmDisk[], () => Promise<VmDisk[]>>(() =>
+    acts.createVmDisks({
+      vmId: VM_ID,
+      disks: [
+        { name: 'root', sizeMib: 16, format: 'qcow2' as const },
+        { name: 'data', sizeMib: 8, format: 'raw' as const },
+      ],
+    }),
+  );
+  assert.deepEqual(
+    disks.map((d) => [d.path, d.target]),
+    [
+      [`/srv/images/${VM_ID}/root.qcow2`, 'vda'],
+      [`/srv/images/${VM_ID}/data.raw`, 'vdb'],
+    ],
+  );
+  assert.deepEqual(
+    created,
+    disks.map((d) => d.path),
+  );
+  assert.deepEqual(beats, [{ disksDone: 1 }, { disksDone: 2 }]);
+});
+
+test('stop heartbeats while the guest ignores ACPI, then destroys it; a stopped guest is left alone', async () => {
+  const domains = { web: { uuid: VM_ID, state: 'running' as DomainState } };
+  const { acts, calls } = activities(domains);
+  const env = new MockActivityEnvironment();
+  let beats = 0;
+  env.on('heartbeat', () => beats++);
+  const result = await env.run(() => acts.stopVmDomain({ vmId: VM_ID, name: 'web', timeoutMs: 600 }));
+  assert.deepEqual(result, { outcome: 'destroyed' });
+  assert.ok(beats >= 2, `heartbeats while waiting: ${beats}`);
+  assert.deepEqual(calls, ['shutdown web', 'destroy web']);
+  assert.deepEqual(await env.run(() => acts.stopVmDomain({ vmId: VM_ID, name: 'web', timeoutMs: 600 })), {
+    outcome: 'already-off',
+  });
+});
+
+test('a cancelled stop stops waiting and destroys nothing', async () => {
+  const domains = { web: { uuid: VM_ID, state: 'running' as DomainState } };
+  const { acts, calls } = activities(domains);
+  const env = new MockActivityEnvironment();
+  env.once('heartbeat', () => env.cancel());
+  await assert.rejects(
+    env.run(() => acts.stopVmDomain({ vmId: VM_ID, name: 'web', timeoutMs: 60_000 })),
+    CancelledFailure,
+  );
+  assert.deepEqual(calls, ['shutdown web']);
+  assert.equal(domains.web.state, 'running');
+});
+
+test('delete removes domain and disks, repeats harmlessly, and never touches a namesake with another UUID', async () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'novacron-act-'));
+  mkdirSync(path.join(root, VM_ID));
+  writeFileSync(path.join(root, VM_ID, 'root.qcow2'), 'x');
+  const domains: Record<string, { uuid: string; state: DomainState }> = {
+    web: { uuid: VM_ID, state: 'running' },
+    other: { uuid: '00000000-0000-4000-8000-000000000000', state: 'running' },
+  };
+  const { acts } = activities(domains, root);
+  const env = new MockActivityEnvironment();
+  assert.deepEqual(await env.run(() => acts.deleteVmDomain({ vmId: VM_ID, name: 'web' })), { undefined: true });
+  assert.equal(domains.web, undefined);
+  assert.ok(!existsSync(path.join(root, VM_ID)));
+  assert.deepEqual(await env.run(() => acts.deleteVmDomain({ vmId: VM_ID, name: 'web' })), { undefined: false });
+  await assert.rejects(
+    env.run(() => acts.deleteVmDomain({ vmId: VM_ID, name: 'other' })),
+    (err: unknown) => err instanceof ApplicationFailure && err.nonRetryable && err.type === 'DomainNameConflict',
+  );
+  assert.equal(domains.other?.state, 'running');
+});
