@@ -148,6 +148,11 @@ async function waitForWorkflow(workflowId: string, timeoutMs = 120_000): Promise
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const response = await inject({ method: 'GET', url: `/v1/workflows/${workflowId}` });
+    // A 5xx here is a transient Temporal error (the server is shared with other test files); poll again.
+    if (response.statusCode >= 500 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      continue;
+    }
     assert.equal(response.statusCode, 200, response.body);
     const body = response.json<WorkflowView>();
     if (body.status !== 'RUNNING') {
@@ -174,7 +179,12 @@ async function waitForAll(workflowIds: string[], timeoutMs: number): Promise<voi
   while (open.size > 0) {
     assert.ok(Date.now() < deadline, `${open.size} workflows still running after ${timeoutMs} ms`);
     for (const workflowId of [...open]) {
-      const description = await client.workflow.getHandle(workflowId).describe();
+      // A busy dev server has transient answers (DEADLINE_EXCEEDED, a namespace cache miss): ask again next round.
+      const description = await client.workflow
+        .getHandle(workflowId)
+        .describe()
+        .catch(() => undefined);
+      if (!description) continue;
       const status = description.status.name;
       if (status === 'RUNNING') continue;
       assert.equal(status, 'COMPLETED', workflowId);
@@ -399,7 +409,8 @@ test('a guest changed behind NovaCron’s back is reported as drift within the s
   await hostB.domainDestroy({ name: 'drift-vm' });
   const mismatch = await waitForDrift((d) => d.vmId === started.vmId && d.kind === 'state-mismatch', since);
   assert.equal(mismatch.drift.expected, 'running');
-  assert.equal(mismatch.drift.actual, 'shutoff');
+  // Whatever the report caught: `shutdown` while libvirt tears the guest down, then `shutoff`.
+  assert.ok(mismatch.drift.actual === 'shutoff' || mismatch.drift.actual === 'shutdown', mismatch.drift.actual);
   assert.equal(mismatch.drift.action, 'alerted');
   assert.ok(mismatch.latencyMs <= STALENESS_BOUND_MS, `state drift after ${mismatch.latencyMs} ms`);
 
@@ -447,6 +458,8 @@ test('a guest changed behind NovaCron’s back is reported as drift within the s
 });
 
 test('a killed agent’s host is marked down once its lease expires, and a stale fencing token is refused', async () => {
+  // Under the load of the 50-VM test a 3 s lease can lapse and be re-acquired; start from a host that is up.
+  await waitForHostsUp(db.pool, ['host-3'], 60_000);
   const before = (await inject({ method: 'GET', url: '/v1/hosts/host-3' })).json<HostView>();
   assert.equal(before.state, 'up');
   const staleToken: number = before.lease.fencingToken;
