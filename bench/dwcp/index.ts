@@ -220,7 +220,6 @@ interface RunSpec {
   warmSender?: boolean;
   target: string;
   expectedSha256: string;
-  params?: Record<string, number | string>;
 }
 
 export interface DwcpBenchRun {
@@ -235,10 +234,9 @@ export interface DwcpBenchRun {
   verified: boolean;
   /** 1-minute load average when the run started: the machine is shared, and this shows how much. */
   loadAvg1: number;
-  params?: Record<string, number | string>;
   /** Every iteration's time; the other figures are from the median one. */
   secondsAll?: number[];
-  vs?: Record<string, { speedup: number; wireRatio: number; cpuRatio: number }>;
+  vs?: Record<string, { speedup: number; wireRatio: number }>;
 }
 
 async function sha256sum(file: string): Promise<string> {
@@ -282,7 +280,6 @@ async function measure(spec: RunSpec, logicalBytes: number, scratch: string): Pr
     receiverCpuSeconds: reportedCpu(receiver),
     verified,
     loadAvg1,
-    ...(spec.params ? { params: spec.params } : {}),
   };
 }
 
@@ -373,8 +370,6 @@ function addRatios(runs: DwcpBenchRun[]): void {
       vs[base] = {
         speedup: run.logicalMBps / baseline.logicalMBps,
         wireRatio: run.wireBytes / baseline.wireBytes,
-        cpuRatio:
-          (run.senderCpuSeconds + run.receiverCpuSeconds) / (baseline.senderCpuSeconds + baseline.receiverCpuSeconds),
       };
     }
     run.vs = vs;
@@ -569,7 +564,6 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
               ),
               target,
               expectedSha256: scenario === 'first' ? v1Sha : v2Sha,
-              params: settings,
               warmSender: true,
             };
           });
@@ -609,6 +603,8 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
     machine: { cpus: os.availableParallelism(), cpuModel, memoryGiB: Math.round(os.totalmem() / 2 ** 30) },
     dataset: { ...dataset, v1Path: path.basename(dataset.v1Path), v2Path: path.basename(dataset.v2Path) },
     links: LINKS.map((l) => ({ name: l.name, rateMbps: l.rateMbps ?? null })),
+    /** dwcp-datacenter and dwcp-internet run with these rows; dwcp-auto with probes[link].auto. */
+    modeParameters: { datacenter: MODE_PARAMETERS.datacenter, internet: MODE_PARAMETERS.internet },
     probes,
     runs,
   };
