@@ -45,6 +45,22 @@ export interface DomainInput {
 
 const MiB = 1024 * 1024;
 const POLL_MS = 250;
+// Well inside the workflows' 30 s heartbeat timeout: a virsh start of many guests at once can run for minutes.
+const HEARTBEAT_MS = 5000;
+
+/**
+ * Heartbeats while one long libvirt call runs. Without it a slow but healthy call looks like a dead agent after
+ * the heartbeat timeout, and the retry queues a second call behind the first on the domain's job lock.
+ */
+async function heartbeating<T>(step: string, work: Promise<T>): Promise<T> {
+  heartbeat({ step });
+  const timer = setInterval(() => heartbeat({ step }), HEARTBEAT_MS);
+  try {
+    return await work;
+  } finally {
+    clearInterval(timer);
+  }
+}
 
 function vmDir(imageRoot: string, vmId: string): string {
   return path.join(imageRoot, vmId);
@@ -97,7 +113,7 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
           imageRoot,
           domainType: deps.domainType,
         });
-        const defined = await conn.domainDefineXML({ xml });
+        const defined = await heartbeating('define', conn.domainDefineXML({ xml }));
         return { uuid: defined.uuid };
       } catch (err) {
         return permanentOnSpecErrors(err);
@@ -106,9 +122,12 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
 
     async startVmDomain(input: DomainInput): Promise<{ alreadyRunning: boolean }> {
       // Already running is what a retry after a lost completion sees.
-      const started = await tolerate(
-        conn.domainCreate({ name: input.name }).then(() => true),
-        isInvalidState,
+      const started = await heartbeating(
+        'start',
+        tolerate(
+          conn.domainCreate({ name: input.name }).then(() => true),
+          isInvalidState,
+        ),
       );
       return { alreadyRunning: started === undefined };
     },
@@ -163,9 +182,12 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
           );
         }
         if (state !== 'shutoff') {
-          await tolerate(conn.domainDestroy({ name: input.name }), (e) => isInvalidState(e) || isNotFound(e));
+          await heartbeating(
+            'destroy',
+            tolerate(conn.domainDestroy({ name: input.name }), (e) => isInvalidState(e) || isNotFound(e)),
+          );
         }
-        await tolerate(conn.domainUndefine({ name: input.name }), isNotFound);
+        await heartbeating('undefine', tolerate(conn.domainUndefine({ name: input.name }), isNotFound));
       }
       heartbeat({ step: 'disks' });
       await rm(vmDir(imageRoot, input.vmId), { recursive: true, force: true });
