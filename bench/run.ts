@@ -3,12 +3,14 @@
  * tests: they measure, side by side in one run, and report what they saw.
  */
 import path from 'node:path';
+import { runDwcpBench } from './dwcp';
 import { runBench as runInitBench } from './init';
 import { runBench as runLifecycleBench } from './lifecycle';
 
 const BENCHMARKS: Record<string, (input: { outDir: string }) => Promise<string>> = {
   init: runInitBench,
   lifecycle: runLifecycleBench,
+  dwcp: runDwcpBench,
 };
 
 async function main(): Promise<void> {
