@@ -55,7 +55,11 @@ export async function startStack(input: {
   // outlive the Temporal server it polls (it would retry against a closed port until killed).
   const stopServices: Array<() => Promise<void>> = [];
   const cleanups: Array<() => Promise<void>> = [];
+  let temporalStarting: Promise<TemporalDevServer> | undefined;
+  let localHostsStarting: Promise<unknown> | undefined;
   const stop = async () => {
+    // Anything still starting registers its own stop when it is up; wait for that first.
+    await Promise.allSettled([temporalStarting, localHostsStarting]);
     const report = (err: unknown) => logger.error({ err }, 'stop failed');
     await Promise.all(stopServices.splice(0).map((stopService) => stopService().catch(report)));
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(report);
@@ -63,8 +67,6 @@ export async function startStack(input: {
 
   // Temporal starts while PostgreSQL does, and the worker and API start as soon as PostgreSQL is up: their module
   // loading overlaps the Temporal server's start, and they wait for it (connectWithRetry).
-  let temporalStarting: Promise<TemporalDevServer> | undefined;
-  let localHostsStarting: Promise<unknown> | undefined;
   if (!config.temporal.address) {
     print(`starting the embedded Temporal server on 127.0.0.1:${config.temporal.embedded.port}`);
     temporalStarting = startTemporalDevServer({
@@ -132,7 +134,8 @@ export async function startStack(input: {
     const webUiUrl = embedded?.uiUrl;
     const readyClock = Date.now();
     if (!announcedAddress) launchServices(temporalAddress);
-    // Local hypervisors start while the cluster boots; neither waits for the other.
+    // Local hypervisors are not part of readiness: a libvirtd's first start probes QEMU for tens of seconds, so
+    // hosts join in the background and register themselves when their agents are up.
     localHostsStarting = startLocalHostAgents({
       config,
       env: { ...(input.env ?? process.env), DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress },
@@ -140,6 +143,8 @@ export async function startStack(input: {
       print,
     }).then((localHosts) => {
       stopServices.push(() => localHosts.stop());
+      if (localHosts.hostIds.length > 0)
+        print(`local hypervisors up: ${localHosts.hostIds.join(', ')} (see /v1/hosts)`);
       return localHosts;
     });
     localHostsStarting.catch(() => undefined);
@@ -160,7 +165,6 @@ export async function startStack(input: {
     });
     // This start's own boot must finish; an earlier boot's record must not make us report ready.
     await init.result();
-    await localHostsStarting;
 
     const scheme = config.api.tls ? 'https' : 'http';
     const apiUrl = `${scheme}://${config.api.host}:${config.api.port}`;
@@ -181,7 +185,6 @@ export async function startStack(input: {
 
     return { apiUrl, temporalAddress, ...(webUiUrl ? { webUiUrl } : {}), databaseUrl, initWorkflowId, readyMs, stop };
   } catch (err) {
-    await Promise.allSettled([temporalStarting, localHostsStarting]);
     await stop();
     throw err;
   }
