@@ -12,26 +12,12 @@ import { loadConfig } from '../../config/load-config';
 import { startTemporalDevServer } from '../../native/temporal';
 import { startEmbeddedPostgres } from '../../store/embedded-postgres';
 import { freePort } from '../../test/support/ports';
+import { summarize } from '../stats';
 import { startControlWorker } from '../../workers/control-worker';
 import { startStack } from '../../workers/stack';
 import type { BootReport } from '../../workflows/initialize-cluster';
 
 const ITERATIONS = Number(process.env.NOVACRON_BENCH_ITERATIONS ?? 15);
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-function summary(values: number[]) {
-  return {
-    n: values.length,
-    p50: percentile(values, 50),
-    p90: percentile(values, 90),
-    min: Math.min(...values),
-    max: Math.max(...values),
-  };
-}
 
 async function measureStackReady(scratch: string, label: string): Promise<number> {
   const config = loadConfig({
@@ -109,8 +95,8 @@ export async function runBench(input: { outDir: string }): Promise<string> {
         }
       }
     }
-    const parallel = summary(samples['level-parallel'].wallMs);
-    const sequential = summary(samples.sequential.wallMs);
+    const parallel = summarize(samples['level-parallel'].wallMs);
+    const sequential = summarize(samples.sequential.wallMs);
     process.stdout.write(
       `  initializeCluster wall time p50: level-parallel ${parallel.p50} ms, sequential ${sequential.p50} ms\n`,
     );
@@ -130,8 +116,8 @@ export async function runBench(input: { outDir: string }): Promise<string> {
       components,
       initializeClusterWallMs: { levelParallel: parallel, sequential },
       initializeClusterReportMs: {
-        levelParallel: summary(samples['level-parallel'].reportMs),
-        sequential: summary(samples.sequential.reportMs),
+        levelParallel: summarize(samples['level-parallel'].reportMs),
+        sequential: summarize(samples.sequential.reportMs),
       },
       sequentialOverParallelP50: Number((sequential.p50 / parallel.p50).toFixed(2)),
       stackReadyAfterTemporalMs: { firstStart: stackFirst, restart: stackRestart },

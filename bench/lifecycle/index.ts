@@ -23,6 +23,7 @@ import {
 import { startTemporalDevServer } from '../../native/temporal';
 import { startEmbeddedPostgres } from '../../store/embedded-postgres';
 import { freePort } from '../../test/support/ports';
+import { summarize } from '../stats';
 import { startControlWorker } from '../../workers/control-worker';
 import { startHostAgent } from '../../workers/host-agent';
 import type { VmCreateInput, VmCreateResult } from '../../workflows/vm-create';
@@ -30,21 +31,6 @@ import { vmSpecSchema } from '../../workflows/vm-spec';
 
 const ITERATIONS = Number(process.env.NOVACRON_BENCH_ITERATIONS ?? 15);
 const MiB = 1024 * 1024;
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
-
-function summary(values: number[]) {
-  return {
-    n: values.length,
-    p50: percentile(values, 50),
-    p99: percentile(values, 99),
-    min: Math.min(...values),
-    max: Math.max(...values),
-  };
-}
 
 export async function runBench(input: { outDir: string }): Promise<string> {
   assertHypervisorBinaries();
@@ -141,8 +127,8 @@ export async function runBench(input: { outDir: string }): Promise<string> {
       );
     }
 
-    const workflow = summary(orchestrated);
-    const direct = summary(raw);
+    const workflow = summarize(orchestrated);
+    const direct = summarize(raw);
     const result = {
       benchmark: 'lifecycle',
       at: new Date().toISOString(),
@@ -159,7 +145,7 @@ export async function runBench(input: { outDir: string }): Promise<string> {
         raw: direct,
         note: 'workflow: vmCreate start to result (place + fenced row, disk, define, start, record) via Temporal and a host agent; raw: qemu-img create + virsh define + virsh start from the same process',
       },
-      workflowStepMs: Object.fromEntries(Object.entries(steps).map(([name, values]) => [name, summary(values)])),
+      workflowStepMs: Object.fromEntries(Object.entries(steps).map(([name, values]) => [name, summarize(values)])),
       overheadRatioP50: Number((workflow.p50 / direct.p50).toFixed(2)),
       overheadRatioP99: Number((workflow.p99 / direct.p99).toFixed(2)),
       overheadMsP50: workflow.p50 - direct.p50,
