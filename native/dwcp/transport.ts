@@ -1388,6 +1388,17 @@ export class DwcpReceiver {
     return this.register(new StreamReceiveTransfer(input, this.ctx));
   }
 
+  /**
+   * Stops an expected transfer: its promise rejects with DwcpCancelledError and the sender is told, so it stops too.
+   * The partial file and journal stay, so registering the same transfer id again resumes it. False if unknown.
+   */
+  cancel(transferId: string, reason = 'cancelled by the receiver'): boolean {
+    const transfer = this.transfers.get(transferId);
+    if (transfer === undefined) return false;
+    transfer.fail(new DwcpCancelledError(reason), true);
+    return true;
+  }
+
   async close(): Promise<void> {
     for (const transfer of this.transfers.values()) transfer.fail(new DwcpCancelledError('receiver closed'), true);
     await new Promise<void>((resolve) => {
