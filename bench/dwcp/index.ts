@@ -7,6 +7,11 @@
  *
  * Needs root (namespaces, tc, apt-get for missing tools). Writes bench/results/dwcp-<date>.json and the table in
  * docs/dwcp.md.
+ *
+ * Focused runs while iterating (bench/run.ts takes only benchmark names, so the filters are environment variables):
+ * NOVACRON_DWCP_LINKS=loopback NOVACRON_DWCP_TOOLS=raw-tcp,rsync,dwcp-datacenter NOVACRON_DWCP_SCENARIOS=first
+ * NOVACRON_BENCH_ITERATIONS=1 npm run bench -- dwcp. A filtered run writes bench/results/tmp/dwcp-partial-<date>.json
+ * and leaves the committed results and docs alone, since it is not the full comparison.
  */
 import { execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -31,6 +36,26 @@ const ADDR_A = '10.213.7.1';
 const ADDR_B = '10.213.7.2';
 const CAP_MBPS = 100;
 const ITERATIONS = Math.max(1, Number(process.env.NOVACRON_BENCH_ITERATIONS ?? 3));
+
+/** A comma-separated filter from the environment; undefined (no filter) when unset or empty. */
+export function parseFilter(value: string | undefined): Set<string> | undefined {
+  const names = (value ?? '')
+    .split(',')
+    .map((n) => n.trim())
+    .filter((n) => n !== '');
+  return names.length === 0 ? undefined : new Set(names);
+}
+
+const FILTERS = {
+  links: parseFilter(process.env.NOVACRON_DWCP_LINKS),
+  tools: parseFilter(process.env.NOVACRON_DWCP_TOOLS),
+  scenarios: parseFilter(process.env.NOVACRON_DWCP_SCENARIOS),
+};
+const FILTERED = Object.values(FILTERS).some((f) => f !== undefined);
+
+function selected(filter: Set<string> | undefined, name: string): boolean {
+  return filter === undefined || filter.has(name);
+}
 
 interface Link {
   name: string;
@@ -407,7 +432,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
 
   await setupNamespaces();
   try {
-    for (const link of LINKS) {
+    for (const link of LINKS.filter((l) => selected(FILTERS.links, l.name))) {
       const peerConfig = (role: string, extra: Record<string, unknown>) => ({
         role,
         caPath: pki.caPath,
@@ -472,10 +497,15 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
         if (scenario === 'delta') await cp(dataset.v1Path, target);
       };
       const specs: (() => Promise<RunSpec>)[] = [];
-      const add = (make: (p: number) => Promise<RunSpec> | RunSpec): void => {
-        specs.push(async () => make(port++));
+      const add = (
+        tool: string,
+        scenario: 'first' | 'delta',
+        make: (p: number) => Promise<RunSpec> | RunSpec,
+      ): void => {
+        if (selected(FILTERS.tools, tool) && selected(FILTERS.scenarios, scenario))
+          specs.push(async () => make(port++));
       };
-      add((p) => ({
+      add('raw-tcp', 'first', (p) => ({
         link,
         tool: 'raw-tcp',
         scenario: 'first',
@@ -485,7 +515,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
         target,
         expectedSha256: v1Sha,
       }));
-      add((p) => ({
+      add('zstd-1-nc', 'first', (p) => ({
         link,
         tool: 'zstd-1-nc',
         scenario: 'first',
@@ -496,7 +526,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
         expectedSha256: v1Sha,
       }));
       for (const scenario of ['first', 'delta'] as const) {
-        add(async (p) => {
+        add('rsync', scenario, async (p) => {
           const conf = path.join(scratch, 'rsyncd.conf');
           const stopFile = path.join(scratch, 'rsync.stop');
           await rm(stopFile, { force: true });
@@ -536,7 +566,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
       ];
       for (const [name, params] of dwcpModes) {
         for (const scenario of ['first', 'delta'] as const) {
-          add((p) => {
+          add(`dwcp-${name}`, scenario, (p) => {
             const transferId = randomUUID();
             const settings = {
               streams: params.streams,
@@ -608,6 +638,18 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
     probes,
     runs,
   };
+  if (FILTERED) {
+    const file = path.join(input.outDir, 'tmp', `dwcp-partial-${date}.json`);
+    await writeFile(
+      file,
+      compactJson({
+        ...results,
+        filters: Object.fromEntries(Object.entries(FILTERS).map(([k, v]) => [k, v === undefined ? null : [...v]])),
+      }),
+    );
+    log(`\n${renderTable(runs)}`);
+    return file;
+  }
   await mkdir(input.outDir, { recursive: true });
   const file = path.join(input.outDir, `dwcp-${date}.json`);
   await writeFile(file, compactJson(results));
