@@ -1,5 +1,6 @@
 /** Activity factories. Workers build the clients once and pass them in; workflows import these only as types. */
 import { createClusterInitActivities, type ClusterInitDeps } from './cluster-init-activities';
+import { createImageControlActivities } from './image-control-activities';
 import { createInventoryActivities } from './inventory-activities';
 
 export type ActivityDeps = ClusterInitDeps;
@@ -8,6 +9,7 @@ export function createControlActivities(deps: ActivityDeps) {
   return {
     ...createClusterInitActivities(deps),
     ...createInventoryActivities(deps),
+    ...createImageControlActivities(deps),
   };
 }
 

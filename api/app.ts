@@ -24,6 +24,7 @@ import { auditRoutes } from './routes/audit';
 import { clusterRoutes } from './routes/cluster';
 import { healthRoutes } from './routes/health';
 import { hostRoutes } from './routes/hosts';
+import { imageRoutes } from './routes/images';
 import { tokenRoutes } from './routes/tokens';
 import { vmRoutes } from './routes/vms';
 import { workflowRoutes } from './routes/workflows';
@@ -139,6 +140,7 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
   await app.register(workflowRoutes, { temporal: deps.temporal });
   await app.register(hostRoutes, { pool, metrics });
   await app.register(vmRoutes, { config, temporal: deps.temporal, pool, metrics });
+  await app.register(imageRoutes, { config, temporal: deps.temporal, pool, metrics });
   await app.register(tokenRoutes, { pool });
   await app.register(auditRoutes, { pool });
   app.get('/openapi.json', { config: { role: 'viewer' }, schema: { hide: true } }, async () => app.swagger());

@@ -38,6 +38,8 @@ export const WORKFLOW_TYPES = [
   'vmReboot',
   'vmDelete',
   'fleetMonitor',
+  'registerImage',
+  'replicateImage',
 ] as const;
 
 export const workflowStartedSchema = z.object({

@@ -111,6 +111,8 @@ export const configSchema = z.strictObject({
           streams: z.number().int().min(1).max(64).default(4),
           chunkSizeKib: z.number().int().min(4).max(16384).default(1024),
           mutualTls: z.boolean().default(true),
+          /** Caps each image transfer's wire rate, so replication leaves room for guests' traffic. Unset: no cap. */
+          rateLimitMbps: z.number().positive().max(1_000_000).optional(),
         })
         .prefault({}),
       compression: z
@@ -207,6 +209,14 @@ export const configSchema = z.strictObject({
       zone: z.string().regex(SAFE_ID_PATTERN).default('local-a'),
       /** Guest disks live under here; defaults to <dataDir>/images/<hostId>. */
       imageRoot: z.string().min(1).optional(),
+      /** The DWCP receiver's port (images and migration streams from peers); 0 picks a free one. */
+      dwcpPort: port.default(7480),
+      dwcpListenHost: z.string().min(1).default('0.0.0.0'),
+      /**
+       * Holds ca/ca.crt and <hostId>.crt/.key, as `novacron certs` writes them. Defaults to <dataDir>/pki; a missing
+       * host certificate is issued from ca/ca.key when that is present (a development fleet on one machine).
+       */
+      pkiDir: z.string().min(1).optional(),
     })
     .prefault({}),
 });

@@ -21,6 +21,8 @@ export interface HostRegistration {
 
 export interface HostRecord extends HostRegistration {
   state: HostState;
+  /** host:port of the agent's DWCP receiver, once an agent with one has registered. */
+  dwcpEndpoint?: string;
   stateChangedAt: string;
   registeredAt: string;
   lease?: { holder: string; fencingToken: number; expiresAt: string; alive: boolean };
@@ -55,6 +57,14 @@ export async function registerHost(pool: Pool, host: HostRegistration): Promise<
       host.imageRoot,
     ],
   );
+}
+
+/** Records where the agent's DWCP receiver listens; the port may be ephemeral, so it is known only after listen. */
+export async function setHostDwcpEndpoint(pool: Pool, input: { hostId: string; endpoint: string }): Promise<void> {
+  await pool.query('UPDATE hosts SET dwcp_endpoint = $2, updated_at = now() WHERE id = $1', [
+    input.hostId,
+    input.endpoint,
+  ]);
 }
 
 /**
@@ -184,6 +194,7 @@ interface HostRow {
   disk_mib: string;
   labels: Record<string, string>;
   image_root: string | null;
+  dwcp_endpoint: string | null;
   state: HostState;
   state_changed_at: Date;
   registered_at: Date;
@@ -202,7 +213,7 @@ interface HostRow {
 }
 
 const HOST_SELECT = `
-  SELECT h.id, h.address, h.libvirt_uri, h.cpus, h.memory_mib, h.disk_mib, h.labels, h.image_root, h.state,
+  SELECT h.id, h.address, h.libvirt_uri, h.cpus, h.memory_mib, h.disk_mib, h.labels, h.image_root, h.dwcp_endpoint, h.state,
     h.state_changed_at, h.registered_at, l.holder, l.fencing_token, l.expires_at, l.expires_at > now() AS lease_alive,
     r.lease_token AS inv_token, r.seq AS inv_seq, r.observed_at AS inv_observed_at,
     jsonb_array_length(r.domains) AS inv_domains,
@@ -227,6 +238,7 @@ function toHost(row: HostRow): HostRecord {
     labels: row.labels,
     imageRoot: row.image_root ?? '',
     state: row.state,
+    ...(row.dwcp_endpoint ? { dwcpEndpoint: row.dwcp_endpoint } : {}),
     stateChangedAt: row.state_changed_at.toISOString(),
     registeredAt: row.registered_at.toISOString(),
     ...(row.holder && row.fencing_token && row.expires_at

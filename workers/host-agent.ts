@@ -3,8 +3,12 @@
  * config), holds the host's lease in PostgreSQL as its heartbeat, reports the libvirt inventory with a version that
  * only grows, and polls `host-<hostId>` with the libvirt activities.
  *
- * Config: agent.hostId (required), agent.libvirtUri, agent.address, agent.region, agent.zone, agent.imageRoot, as
- * NOVACRON_AGENT_* variables or in a config file; DATABASE_URL and TEMPORAL_ADDRESS as for every process.
+ * It also runs the host's DWCP receiver (mutual TLS, certificate from agent.pkiDir) for images and migration
+ * streams from peers, and the image activities that use it.
+ *
+ * Config: agent.hostId (required), agent.libvirtUri, agent.address, agent.region, agent.zone, agent.imageRoot,
+ * agent.dwcpPort, agent.dwcpListenHost, agent.pkiDir, as NOVACRON_AGENT_* variables or in a config file;
+ * DATABASE_URL and TEMPORAL_ADDRESS as for every process.
  */
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
@@ -12,14 +16,24 @@ import { mkdir, statfs } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { createImageActivities } from '../activities/image-activities';
 import { createLibvirtActivities } from '../activities/libvirt-activities';
 import { ConfigError, loadConfig } from '../config/load-config';
 import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
+import { DwcpReceiver, DwcpWorkerPool } from '../native/dwcp';
 import { detectDomainType, DiskImages, LibvirtConnection } from '../native/libvirt';
 import { createLogger, temporalLoggerFrom } from '../observability/logger';
-import { acquireHostLease, databaseNow, recordInventory, registerHost, renewHostLease } from '../store/hosts';
+import {
+  acquireHostLease,
+  databaseNow,
+  recordInventory,
+  registerHost,
+  renewHostLease,
+  setHostDwcpEndpoint,
+} from '../store/hosts';
 import { migrate } from '../store/migrate';
 import { createPool } from '../store/pool';
+import { ensureHostTls } from './host-pki';
 import { temporalTarget } from './temporal-clients';
 
 export interface HostAgentHandle {
@@ -71,12 +85,38 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     let token = await acquireHostLease(pool, { hostId, holder, ttlMs });
     logger.info({ hostId, token, ttlMs }, 'host lease acquired');
 
+    const pkiDir = path.resolve(config.agent.pkiDir ?? path.join(config.system.dataDir, 'pki'));
+    const pki = await ensureHostTls({ pkiDir, hostId, address: config.agent.address });
+    if (pki.issued) logger.info({ hostId, cert: pki.certificate.certPath }, 'issued this host its DWCP certificate');
+    const dwcpPool = new DwcpWorkerPool();
+    stopped.unshift(() => dwcpPool.close());
+    const receiver = await DwcpReceiver.start({
+      tls: pki.tls,
+      host: config.agent.dwcpListenHost,
+      port: config.agent.dwcpPort,
+      pool: dwcpPool,
+      onAuthFailure: (err) => logger.warn({ err, hostId }, 'DWCP peer refused: bad certificate'),
+    });
+    stopped.unshift(() => receiver.close());
+    const dwcpEndpoint = `${config.agent.address.includes(':') ? `[${config.agent.address}]` : config.agent.address}:${receiver.port}`;
+    await setHostDwcpEndpoint(pool, { hostId, endpoint: dwcpEndpoint });
+
+    const images = new DiskImages({ imageRoot });
     const activities = createLibvirtActivities({
       hostId,
       conn,
-      images: new DiskImages({ imageRoot }),
+      images,
       imageRoot,
       domainType: detectDomainType(),
+    });
+    const imageActivities = createImageActivities({
+      hostId,
+      imageRoot,
+      config,
+      images,
+      receiver,
+      tls: pki.tls,
+      pool: dwcpPool,
     });
     const target = temporalTarget(config);
     const connection = await NativeConnection.connect({
@@ -89,9 +129,11 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       connection,
       namespace: target.namespace,
       taskQueue,
-      activities,
+      activities: { ...activities, ...imageActivities },
       identity: `host-agent@${hostId}:${process.pid}`,
       shutdownGraceTime: '5s',
+      // Cancellation reaches an activity with its heartbeat, and heartbeats carry transfer progress: keep both prompt.
+      maxHeartbeatThrottleInterval: '2 seconds',
     });
 
     let fenced = false;
@@ -133,7 +175,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       for (const stop of stopped) await stop().catch(() => undefined);
       if (fenced) logger.error({ hostId }, 'host agent stopped: fenced off');
     });
-    logger.info({ hostId, taskQueue, uri: config.agent.libvirtUri, imageRoot }, 'host agent polling');
+    logger.info({ hostId, taskQueue, uri: config.agent.libvirtUri, imageRoot, dwcpEndpoint }, 'host agent polling');
     return {
       hostId,
       taskQueue,

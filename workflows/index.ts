@@ -4,3 +4,4 @@ export { vmCreate } from './vm-create';
 export { vmStart, vmStop, vmReboot, vmDelete } from './vm-operations';
 export { vmProgressQuery } from './vm-progress';
 export { fleetMonitor, fleetStatusQuery } from './host-fleet-monitor';
+export { registerImage, replicateImage, imageProgressQuery } from './image-workflows';

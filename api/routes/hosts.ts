@@ -26,6 +26,7 @@ const hostSchema = z.object({
   diskMib: z.number(),
   labels: z.record(z.string(), z.string()),
   imageRoot: z.string(),
+  dwcpEndpoint: z.string().optional(),
   state: z.enum(HOST_STATES),
   stateChangedAt: z.string(),
   registeredAt: z.string(),

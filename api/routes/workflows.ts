@@ -1,6 +1,6 @@
 /** Follow, list and cancel any NovaCron workflow; these are how long operations are watched from the API. */
 import { WorkflowFailedError, type Client, type WorkflowExecutionDescription } from '@temporalio/client';
-import { ApplicationFailure, TemporalFailure } from '@temporalio/common';
+import { ApplicationFailure, defaultPayloadConverter, TemporalFailure } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { ConflictError } from '../errors';
@@ -15,6 +15,8 @@ const PROGRESS_QUERIES: Partial<Record<string, string>> = {
   vmReboot: 'vmProgress',
   vmDelete: 'vmProgress',
   fleetMonitor: 'fleetStatus',
+  registerImage: 'imageProgress',
+  replicateImage: 'imageProgress',
 };
 
 const failureSchema = z.object({
@@ -74,7 +76,19 @@ function pendingActivities(description: WorkflowExecutionDescription): Array<z.i
     attempt: a.attempt ?? 0,
     maximumAttempts: a.maximumAttempts ?? 0,
     ...(a.lastFailure?.message ? { lastFailure: a.lastFailure.message } : {}),
+    ...heartbeatOf(a.heartbeatDetails?.payloads),
   }));
+}
+
+/** The newest heartbeat of a long activity is its live progress (a transfer's bytes, a hash's position). */
+function heartbeatOf(payloads: Parameters<typeof defaultPayloadConverter.fromPayload>[0][] | null | undefined) {
+  const first = payloads?.[0];
+  if (!first) return {};
+  try {
+    return { heartbeatDetails: defaultPayloadConverter.fromPayload(first) };
+  } catch {
+    return {};
+  }
 }
 
 export interface WorkflowRoutesOptions {

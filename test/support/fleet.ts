@@ -24,6 +24,13 @@ export const TEST_FLEET_OVERRIDES = {
   },
 };
 
+/** One development CA per test process, so every agent a test starts trusts the others' DWCP certificates. */
+let testPkiDir: string | undefined;
+function sharedPkiDir(): string {
+  testPkiDir ??= scratchDir('pki');
+  return testPkiDir;
+}
+
 export function startAgentProcess(input: {
   hypervisor: LocalHypervisor;
   databaseUrl: string;
@@ -41,6 +48,8 @@ export function startAgentProcess(input: {
       NOVACRON_AGENT_HOST_ID: input.hypervisor.hostId,
       NOVACRON_AGENT_LIBVIRT_URI: input.hypervisor.uri,
       NOVACRON_AGENT_IMAGE_ROOT: input.imageRoot,
+      NOVACRON_AGENT_DWCP_PORT: '0',
+      NOVACRON_AGENT_PKI_DIR: sharedPkiDir(),
       ...input.env,
     }),
   );

@@ -1,0 +1,388 @@
+/**
+ * Host-side image activities, on the `host-<hostId>` queue: inspect an image in the host's library, probe the link
+ * to a peer, and move an image between hosts with DWCP. The receiving host registers the transfer and waits for
+ * it (`receiveImage`) while the sending host runs it (`transferImage`); both heartbeat their progress and both stop
+ * when the workflow is cancelled.
+ */
+import { ApplicationFailure, cancellationSignal, heartbeat } from '@temporalio/activity';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { NovacronConfig } from '../config/schema';
+import {
+  chunkingParams,
+  classifyMode,
+  DwcpCancelledError,
+  DwcpError,
+  isZeroChunk,
+  measureCompression,
+  probeLink,
+  resolveTransferParameters,
+  sendFile,
+  type DwcpMode,
+  type DwcpReceiver,
+  type DwcpWorkerPool,
+  type TlsMaterial,
+  type TransferParameters,
+  type TransferProgress,
+} from '../native/dwcp';
+import type { DiskImages } from '../native/libvirt';
+import { imageFileName, type ImageFormat } from '../store/images';
+
+export interface ImageActivityDeps {
+  hostId: string;
+  imageRoot: string;
+  config: NovacronConfig;
+  images: DiskImages;
+  receiver: DwcpReceiver;
+  tls: TlsMaterial;
+  pool: DwcpWorkerPool;
+}
+
+export interface ImageRef {
+  imageId: string;
+  format: ImageFormat;
+}
+
+export interface InspectedImage {
+  path: string;
+  sizeBytes: number;
+  sha256: string;
+}
+
+export interface LinkProbeInput {
+  targetHostId: string;
+  /** host:port of the target's DWCP receiver. */
+  endpoint: string;
+  durationMs?: number;
+}
+
+export interface LinkProbeReport {
+  sourceHostId: string;
+  targetHostId: string;
+  rttMs: number;
+  bandwidthMbps: number;
+  probeBytes: number;
+  streams: number;
+  mode: DwcpMode;
+}
+
+export interface ReceiveImageInput extends ImageRef {
+  transferId: string;
+  sha256: string;
+  sourceHostId: string;
+}
+
+export interface ReceiveImageResult {
+  path: string;
+  /** The target already held the verified image: nothing crossed the wire. */
+  alreadyPresent: boolean;
+  wireBytes: number;
+  durationMs: number;
+}
+
+export interface TransferImageInput extends ImageRef {
+  transferId: string;
+  sha256: string;
+  targetHostId: string;
+  endpoint: string;
+  probe: Pick<LinkProbeReport, 'rttMs' | 'bandwidthMbps'>;
+}
+
+/** What the transfer heartbeats carry; GET /v1/workflows/:id shows the newest one. */
+export interface TransferHeartbeat {
+  phase: 'calibrating' | 'sending' | 'receiving' | 'waiting-for-sender';
+  logicalBytes: number;
+  totalBytes: number;
+  wireBytes: number;
+  chunksDone: number;
+  chunksTotal?: number;
+}
+
+export interface TransferImageResult {
+  mode: DwcpMode;
+  parameters: TransferParameters;
+  logicalBytes: number;
+  wireBytes: number;
+  durationMs: number;
+  attempts: number;
+  chunks: { total: number; data: number; refs: number; zero: number; resumed: number; resent: number };
+}
+
+const HEARTBEAT_MS = 2000;
+const PARTIAL_SUFFIXES = ['.dwcp-partial', '.dwcp-journal'];
+
+/** DWCP decides what is worth retrying; Temporal gets the same answer under a stable failure type. */
+function toActivityFailure(err: unknown): never {
+  if (err instanceof DwcpCancelledError) throw err;
+  if (err instanceof DwcpError) {
+    const type = `Dwcp${err.code.charAt(0)}${err.code
+      .slice(1)
+      .toLowerCase()
+      .replace(/_(\w)/g, (_, c: string) => c.toUpperCase())}`;
+    if (err.retryable) throw ApplicationFailure.retryable(err.message, type);
+    throw ApplicationFailure.nonRetryable(err.message, type);
+  }
+  throw err;
+}
+
+async function sha256File(filePath: string, onBytes: (bytes: number) => void): Promise<string> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of createReadStream(filePath, { highWaterMark: 4 * 1024 * 1024 })) {
+    hash.update(chunk as Buffer);
+    bytes += (chunk as Buffer).length;
+    onBytes(bytes);
+  }
+  return hash.digest('hex');
+}
+
+/** Heartbeats the newest details every HEARTBEAT_MS, so a quiet phase (a peer still hashing) is not a dead agent. */
+function heartbeatTicker(initial: TransferHeartbeat) {
+  let latest = initial;
+  heartbeat(latest);
+  const timer = setInterval(() => heartbeat(latest), HEARTBEAT_MS);
+  return {
+    update(next: Partial<TransferHeartbeat>) {
+      latest = { ...latest, ...next };
+    },
+    stop: () => clearInterval(timer),
+  };
+}
+
+export function createImageActivities(deps: ImageActivityDeps) {
+  const { hostId, imageRoot } = deps;
+  const libraryPath = (ref: ImageRef) => path.join(imageRoot, imageFileName(ref));
+  const modeOverride = deps.config.dwcp.mode === 'auto' ? undefined : deps.config.dwcp.mode;
+  const { rateLimitMbps } = deps.config.dwcp.transport;
+
+  /** zstd speed on this host's CPU for this image's data; zero blocks would make it look absurdly fast. */
+  const calibrate = async (sourcePath: string) => {
+    const handle = await open(sourcePath, 'r');
+    try {
+      const { size } = await handle.stat();
+      const blocks: Buffer[] = [];
+      for (let at = 0; at < size && blocks.length < 8; at += 16 * 1024 * 1024) {
+        const block = Buffer.alloc(1024 * 1024);
+        const { bytesRead } = await handle.read(block, 0, block.length, at);
+        const data = block.subarray(0, bytesRead);
+        if (bytesRead > 0 && !isZeroChunk(data)) blocks.push(data);
+      }
+      if (blocks.length === 0) return undefined;
+      return {
+        ...(await measureCompression({ pool: deps.pool, sample: Buffer.concat(blocks) })),
+        workers: deps.pool.size,
+      };
+    } finally {
+      await handle.close();
+    }
+  };
+
+  const transferParameters = async (input: TransferImageInput, sourcePath: string): Promise<TransferParameters> => {
+    const { compression } = deps.config.dwcp;
+    const base = { ...input.probe, ...(modeOverride ? { override: modeOverride } : {}) };
+    if (compression.algorithm === 'none') return { ...resolveTransferParameters(base), compressionLevel: 0 };
+    if (compression.level !== 'auto')
+      return { ...resolveTransferParameters(base), compressionLevel: compression.level };
+    const measured = await calibrate(sourcePath);
+    return resolveTransferParameters(
+      measured
+        ? { ...base, cpuMBpsAtLevel1: measured.mbps, ratioAtLevel1: measured.ratio, workers: measured.workers }
+        : base,
+    );
+  };
+
+  return {
+    /** Size and sha256 of an image a user placed in this host's library; the format must be what qemu-img sees. */
+    async inspectImage(input: ImageRef): Promise<InspectedImage> {
+      const imagePath = libraryPath(input);
+      const info = await deps.images.info({ path: imagePath });
+      if (!info) {
+        throw ApplicationFailure.nonRetryable(
+          `no image file at ${imagePath} on host ${hostId} (put it there first)`,
+          'ImageFileMissing',
+        );
+      }
+      if (info.format !== input.format) {
+        throw ApplicationFailure.nonRetryable(
+          `${imagePath} is ${info.format}, not ${input.format}`,
+          'ImageFormatMismatch',
+        );
+      }
+      const { size } = await stat(imagePath);
+      heartbeat({ hashedBytes: 0, totalBytes: size });
+      let lastBeat = Date.now();
+      const sha256 = await sha256File(imagePath, (hashedBytes) => {
+        if (Date.now() - lastBeat < HEARTBEAT_MS) return;
+        lastBeat = Date.now();
+        heartbeat({ hashedBytes, totalBytes: size });
+      });
+      return { path: imagePath, sizeBytes: size, sha256 };
+    },
+
+    async probeLink(input: LinkProbeInput): Promise<LinkProbeReport> {
+      const { host, port } = parseEndpoint(input.endpoint);
+      heartbeat({ phase: 'probing' });
+      const streams = 2;
+      const result = await probeLink({
+        host,
+        port,
+        tls: deps.tls,
+        streams,
+        durationMs: input.durationMs ?? 1000,
+        signal: cancellationSignal(),
+      }).catch(toActivityFailure);
+      return {
+        sourceHostId: hostId,
+        targetHostId: input.targetHostId,
+        rttMs: result.rttMs,
+        bandwidthMbps: result.bandwidthMbps,
+        probeBytes: result.bytes,
+        streams,
+        mode: classifyMode({ ...result, ...(modeOverride ? { override: modeOverride } : {}) }),
+      };
+    },
+
+    /**
+     * The receiving side: registers the transfer with this host's DWCP receiver and waits for the verified file.
+     * Other images in the library are offered as bases, so content the host already has never crosses the wire.
+     * A retry after an agent restart registers the same transfer id and resumes from the journal; a cancel
+     * stops the sender and removes the partial file.
+     */
+    async receiveImage(input: ReceiveImageInput): Promise<ReceiveImageResult> {
+      const targetPath = libraryPath(input);
+      const started = Date.now();
+      const existing = await stat(targetPath).catch(() => undefined);
+      if (
+        existing?.isFile() &&
+        (await sha256File(targetPath, () => heartbeat({ phase: 'verifying' }))) === input.sha256
+      ) {
+        return { path: targetPath, alreadyPresent: true, wireBytes: 0, durationMs: Date.now() - started };
+      }
+      const libraryDir = path.dirname(targetPath);
+      const baseImages = (await readdir(libraryDir).catch(() => [] as string[]))
+        .filter((name) => !PARTIAL_SUFFIXES.some((suffix) => name.endsWith(suffix)))
+        .map((name) => path.join(libraryDir, name))
+        .filter((candidate) => candidate !== targetPath);
+      const ticker = heartbeatTicker({
+        phase: 'waiting-for-sender',
+        logicalBytes: 0,
+        totalBytes: 0,
+        wireBytes: 0,
+        chunksDone: 0,
+      });
+      const signal = cancellationSignal();
+      const onCancel = () => deps.receiver.cancel(input.transferId, 'image replication cancelled');
+      signal.addEventListener('abort', onCancel, { once: true });
+      try {
+        await mkdir(libraryDir, { recursive: true });
+        const result = await deps.receiver.expectFile({
+          transferId: input.transferId,
+          targetPath,
+          baseImages,
+          peerHostId: input.sourceHostId,
+          onProgress: (p: TransferProgress) =>
+            ticker.update({
+              phase: 'receiving',
+              logicalBytes: p.logicalBytes,
+              wireBytes: p.wireBytes,
+              chunksDone: p.chunksDone,
+              ...(p.chunksTotal !== undefined ? { chunksTotal: p.chunksTotal } : {}),
+            }),
+        });
+        if (result.sha256 !== input.sha256) {
+          await rm(targetPath, { force: true });
+          throw ApplicationFailure.nonRetryable(
+            `received content has sha256 ${result.sha256}, the image is ${input.sha256}: the source file changed`,
+            'ImageContentMismatch',
+          );
+        }
+        return {
+          path: targetPath,
+          alreadyPresent: false,
+          wireBytes: result.wireBytes,
+          durationMs: Date.now() - started,
+        };
+      } catch (err) {
+        if (signal.aborted) {
+          await Promise.all(PARTIAL_SUFFIXES.map((suffix) => rm(`${targetPath}${suffix}`, { force: true })));
+        }
+        return toActivityFailure(err);
+      } finally {
+        signal.removeEventListener('abort', onCancel);
+        ticker.stop();
+      }
+    },
+
+    /** The sending side: streams the library file to the target's receiver with the link's mode parameters. */
+    async transferImage(input: TransferImageInput): Promise<TransferImageResult> {
+      const sourcePath = libraryPath(input);
+      const { size } = await stat(sourcePath).catch(() => {
+        throw ApplicationFailure.nonRetryable(`no image file at ${sourcePath} on host ${hostId}`, 'ImageFileMissing');
+      });
+      const ticker = heartbeatTicker({
+        phase: 'calibrating',
+        logicalBytes: 0,
+        totalBytes: size,
+        wireBytes: 0,
+        chunksDone: 0,
+      });
+      try {
+        const parameters = await transferParameters(input, sourcePath);
+        ticker.update({ phase: 'sending' });
+        const { host, port } = parseEndpoint(input.endpoint);
+        const result = await sendFile({
+          host,
+          port,
+          tls: deps.tls,
+          transferId: input.transferId,
+          sourcePath,
+          streams: parameters.streams,
+          compressionLevel: parameters.compressionLevel,
+          maxInFlightChunks: parameters.maxInFlightChunks,
+          ...(rateLimitMbps !== undefined ? { maxBytesPerSecond: (rateLimitMbps * 1e6) / 8 } : {}),
+          chunking: chunkingParams({ avgBytes: parameters.chunkAvgBytes }),
+          pool: deps.pool,
+          signal: cancellationSignal(),
+          onProgress: (p) =>
+            ticker.update({
+              logicalBytes: p.logicalBytes,
+              wireBytes: p.wireBytes,
+              chunksDone: p.chunksDone,
+              ...(p.chunksTotal !== undefined ? { chunksTotal: p.chunksTotal } : {}),
+            }),
+        }).catch(toActivityFailure);
+        if (result.sha256 !== input.sha256) {
+          throw ApplicationFailure.nonRetryable(
+            `${sourcePath} now has sha256 ${result.sha256}, the image is ${input.sha256}`,
+            'ImageContentMismatch',
+          );
+        }
+        return {
+          mode: parameters.mode,
+          parameters,
+          logicalBytes: result.logicalBytes,
+          wireBytes: result.wireBytes,
+          durationMs: result.durationMs,
+          attempts: result.attempts,
+          chunks: result.chunks,
+        };
+      } finally {
+        ticker.stop();
+      }
+    },
+  };
+}
+
+export type ImageActivities = ReturnType<typeof createImageActivities>;
+
+/** host:port, with IPv6 in brackets. */
+export function parseEndpoint(endpoint: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(endpoint);
+  const port = Number(match?.[3]);
+  if (!match || port < 1 || port > 65535) {
+    throw ApplicationFailure.nonRetryable(`invalid DWCP endpoint ${endpoint}`, 'InvalidEndpoint');
+  }
+  return { host: match[1] ?? match[2]!, port };
+}
