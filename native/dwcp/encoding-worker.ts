@@ -1,6 +1,6 @@
 /**
- * Entry point of a DwcpWorkerPool thread: runs one task per message and posts the result back, moving large
- * buffers instead of copying them.
+ * Entry point of a DwcpWorkerPool thread: runs one task per message and posts the result back (and, for tasks that
+ * report parts, each part as it is ready), moving large buffers instead of copying them.
  */
 import { parentPort } from 'node:worker_threads';
 import { postWorkerMessage, reviveBuffers, runWorkerTask, type WorkerRequest, type WorkerResponse } from './encoding';
@@ -11,7 +11,10 @@ if (port === null) throw new Error('encoding-worker must run as a worker thread'
 port.on('message', (request: WorkerRequest) => {
   let response: WorkerResponse;
   try {
-    response = { id: request.id, ok: true, result: runWorkerTask(reviveBuffers(request.task)) };
+    const result = runWorkerTask(reviveBuffers(request.task), (part) =>
+      postWorkerMessage({ post: (m, t) => port.postMessage(m, t), message: { id: request.id, part } }),
+    );
+    response = { id: request.id, ok: true, result };
   } catch (err) {
     const error = err instanceof Error ? err : new Error(String(err));
     const code = 'code' in error && typeof error.code === 'string' ? error.code : undefined;

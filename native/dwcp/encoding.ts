@@ -12,7 +12,7 @@ import { compress, decompress } from 'zstd-napi';
 import { INCOMPRESSIBLE_RATIO, isZeroChunk, looksIncompressible, type ChunkingParams } from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
-import { scanFileSync, type Manifest } from './manifest';
+import { scanFileParts, scanFileSync, type Manifest, type ManifestPart, type ScanSummary } from './manifest';
 
 /** Level 0 means "do not compress" here; zstd itself would read 0 as its default level 3. */
 export const COMPRESSION_OFF = 0;
@@ -123,6 +123,7 @@ export function defaultWorkerCount(): number {
 /** Tasks a pool worker runs; each maps to a result type below. */
 export type WorkerTask =
   | { kind: 'scan'; path: string; chunking: ChunkingParams }
+  | { kind: 'scanParts'; path: string; chunking: ChunkingParams }
   | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number }
   | { kind: 'encode'; data: Buffer; level: number }
   | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expectedHash?: Buffer }
@@ -132,6 +133,8 @@ export type WorkerTask =
 
 export interface WorkerResults {
   scan: Manifest;
+  /** The entries themselves arrive as parts while the task runs (DwcpWorkerPool.runWithParts). */
+  scanParts: ScanSummary;
   encodeFile: EncodedChunk;
   encode: EncodedChunk;
   /** `data` is undefined when the decoded content does not match expectedHash. */
@@ -146,15 +149,29 @@ export interface WorkerRequest {
   task: WorkerTask;
 }
 
+/** Tasks that report parts of their result before they finish, and what a part is. */
+export interface WorkerParts {
+  scanParts: ManifestPart;
+}
+
 export type WorkerResponse =
+  | { id: number; part: WorkerParts[keyof WorkerParts] }
   | { id: number; ok: true; result: WorkerResults[WorkerTask['kind']] }
   | { id: number; ok: false; error: { name: string; message: string; code?: string } };
 
-/** Runs a task in the calling thread; the worker entry point and tests share it. */
-export function runWorkerTask(task: WorkerTask): WorkerResults[WorkerTask['kind']] {
+/**
+ * Runs a task in the calling thread; the worker entry point and tests share it. `onPart` receives the parts of a
+ * task that reports them (scanParts); other tasks never call it.
+ */
+export function runWorkerTask(
+  task: WorkerTask,
+  onPart: (part: WorkerParts[keyof WorkerParts]) => void = () => undefined,
+): WorkerResults[WorkerTask['kind']] {
   switch (task.kind) {
     case 'scan':
       return scanFileSync(task);
+    case 'scanParts':
+      return scanFileParts({ ...task, onPart });
     case 'encodeFile':
       return encodeChunk({ data: readRangeSync(task.path, task.offset, task.length), level: task.level });
     case 'encode':
@@ -276,6 +293,7 @@ export function postWorkerMessage(input: {
 interface PendingTask {
   id: number;
   task: WorkerTask;
+  onPart: ((part: WorkerParts[keyof WorkerParts]) => void) | undefined;
   resolve: (value: WorkerResults[WorkerTask['kind']]) => void;
   reject: (err: unknown) => void;
 }
@@ -303,11 +321,30 @@ export class DwcpWorkerPool {
 
   /** Buffers in `task` are moved to the worker, not copied: the caller must not use them afterwards. */
   run<K extends WorkerTask['kind']>(task: Extract<WorkerTask, { kind: K }>): Promise<WorkerResults[K]> {
+    return this.enqueue(task, undefined);
+  }
+
+  /**
+   * Runs a task that reports parts before it finishes; `onPart` gets them in order, on this thread, before the
+   * returned promise settles. A throwing `onPart` does not stop the task: handle failures inside it.
+   */
+  runWithParts<K extends keyof WorkerParts>(
+    task: Extract<WorkerTask, { kind: K }>,
+    onPart: (part: WorkerParts[K]) => void,
+  ): Promise<WorkerResults[K]> {
+    return this.enqueue(task, onPart);
+  }
+
+  private enqueue<K extends WorkerTask['kind']>(
+    task: Extract<WorkerTask, { kind: K }>,
+    onPart: ((part: WorkerParts[keyof WorkerParts]) => void) | undefined,
+  ): Promise<WorkerResults[K]> {
     if (this.closed) return Promise.reject(new DwcpIoError('worker pool is closed'));
     return new Promise<WorkerResults[K]>((resolve, reject) => {
       this.queue.push({
         id: this.nextId++,
         task,
+        onPart,
         resolve: resolve as (value: WorkerResults[WorkerTask['kind']]) => void,
         reject,
       });
@@ -335,6 +372,10 @@ export class DwcpWorkerPool {
     worker.unref();
     worker.on('message', (message: WorkerResponse) => {
       const pending = slot.busy;
+      if ('part' in message) {
+        if (pending !== undefined && pending.id === message.id) pending.onPart?.(reviveBuffers(message.part));
+        return;
+      }
       slot.busy = undefined;
       worker.unref();
       if (pending !== undefined && pending.id === message.id) {

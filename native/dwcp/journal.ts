@@ -7,12 +7,16 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { z } from 'zod';
 
+/**
+ * v2: the receiver opens the journal when the sender says hello, before any of the manifest has arrived, so the
+ * header names what is known then (transfer, size, chunking). Whether the journaled chunks still hold the content
+ * the sender now describes is settled at END: a resumed transfer re-reads the whole result and checks its sha256.
+ */
 const HeaderSchema = z.object({
-  v: z.literal(1),
+  v: z.literal(2),
   transferId: z.string(),
-  manifestDigest: z.string(),
   size: z.number().int().nonnegative(),
-  chunkCount: z.number().int().nonnegative(),
+  chunking: z.string(),
 });
 export type JournalHeader = Omit<z.infer<typeof HeaderSchema>, 'v'>;
 
@@ -56,7 +60,7 @@ export class TransferJournal {
         for (const line of lines.slice(1, -1)) {
           const record = RecordSchema.safeParse(safeJson(line));
           if (!record.success) break;
-          for (const [index, offset] of record.data) if (index < input.header.chunkCount) done.set(index, offset);
+          for (const [index, offset] of record.data) done.set(index, offset);
           validBytes += Buffer.byteLength(line) + 1;
         }
         await handle.truncate(validBytes);
@@ -67,7 +71,7 @@ export class TransferJournal {
     if (reset) {
       await handle?.close();
       handle = await open(input.path, 'w+');
-      await handle.write(`${JSON.stringify({ v: 1, ...input.header })}\n`);
+      await handle.write(`${JSON.stringify({ v: 2, ...input.header })}\n`);
       await handle.sync();
     }
     if (handle === undefined) throw new Error('journal handle missing');
@@ -121,10 +125,5 @@ function safeJson(line: string): unknown {
 }
 
 function sameHeader(a: JournalHeader, b: JournalHeader): boolean {
-  return (
-    a.transferId === b.transferId &&
-    a.manifestDigest === b.manifestDigest &&
-    a.size === b.size &&
-    a.chunkCount === b.chunkCount
-  );
+  return a.transferId === b.transferId && a.size === b.size && a.chunking === b.chunking;
 }

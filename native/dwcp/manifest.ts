@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { chunkingKey, isZeroChunk, nextChunkLength, type ChunkingParams } from './chunking';
-import { DwcpProtocolError } from './errors';
+import { DwcpIoError, DwcpProtocolError } from './errors';
 
 export const MANIFEST_ENTRY_BYTES = 45;
 const FLAG_ZERO = 1;
@@ -78,19 +78,39 @@ export function validateManifest(input: { manifest: Manifest }): void {
 
 const SCAN_BLOCK_BYTES = 8 * 1024 * 1024;
 
+/** A run of consecutive manifest entries, starting at chunk `first`. */
+export interface ManifestPart {
+  first: number;
+  entries: Buffer;
+}
+
+export interface ScanSummary {
+  size: number;
+  /** sha256 of the whole file, computed in the same sequential pass as the chunk hashes. */
+  sha256: string;
+  chunkCount: number;
+}
+
 /**
- * Reads a file once, cutting it into chunks and hashing each chunk and the whole file. Synchronous on purpose: it
- * runs inside a worker thread, where blocking is the point.
+ * Reads a file once, cutting it into chunks and hashing each chunk and the whole file, and hands out the entries of
+ * each block's complete chunks as soon as that block is cut: a sender can ship the first parts of the manifest (and
+ * the chunks they describe) while the rest of the file is still being hashed. Synchronous on purpose: it runs inside
+ * a worker thread, where blocking is the point.
  */
-export function scanFileSync(input: { path: string; chunking: ChunkingParams }): Manifest {
+export function scanFileParts(input: {
+  path: string;
+  chunking: ChunkingParams;
+  onPart: (part: ManifestPart) => void;
+}): ScanSummary {
   const fd = openSync(input.path, 'r');
   try {
     const expectedSize = fstatSync(fd).size;
     const whole = createHash('sha256');
     const params = input.chunking;
-    const parts: Buffer[] = [];
     let offset = 0;
     let count = 0;
+    let partFirst = 0;
+    let part: Buffer[] = [];
     // Zero chunks come in a handful of lengths; their hashes are computed once.
     const zeroHashes = new Map<number, Buffer>();
     const add = (chunk: Buffer): void => {
@@ -105,9 +125,15 @@ export function scanFileSync(input: { path: string; chunking: ChunkingParams }):
         if (zero) zeroHashes.set(chunk.length, hash);
       }
       hash.copy(entry, 13);
-      parts.push(entry);
+      part.push(entry);
       offset += chunk.length;
       count++;
+    };
+    const emit = (): void => {
+      if (part.length === 0) return;
+      input.onPart({ first: partFirst, entries: Buffer.concat(part) });
+      partFirst = count;
+      part = [];
     };
     // One buffer, refilled behind the uncut tail: chunks are hashed where they lie, so nothing is copied but the
     // tail (less than one maximum chunk) once per block.
@@ -130,16 +156,50 @@ export function scanFileSync(input: { path: string; chunking: ChunkingParams }):
       }
       buffer.copyWithin(0, start, filled);
       filled -= start;
+      emit();
     }
-    if (offset !== expectedSize) throw new Error(`${input.path} changed size while it was scanned`);
-    return {
-      size: offset,
-      sha256: whole.digest('hex'),
-      chunkCount: count,
-      entries: Buffer.concat(parts),
-      chunking: input.chunking,
-    };
+    if (offset !== expectedSize) throw new DwcpIoError(`${input.path} changed size while it was scanned`);
+    return { size: offset, sha256: whole.digest('hex'), chunkCount: count };
   } finally {
     closeSync(fd);
+  }
+}
+
+/** The whole manifest of a file in one piece (the receiver's chunk index uses this for its base images). */
+export function scanFileSync(input: { path: string; chunking: ChunkingParams }): Manifest {
+  const parts: Buffer[] = [];
+  const summary = scanFileParts({ ...input, onPart: (part) => parts.push(part.entries) });
+  return { ...summary, entries: Buffer.concat(parts), chunking: input.chunking };
+}
+
+/**
+ * Manifest entries that arrive in parts: one buffer that doubles when full, so a million-chunk manifest is not
+ * re-concatenated for every part.
+ */
+export class ManifestBuilder {
+  private buffer = Buffer.alloc(0);
+  chunkCount = 0;
+
+  /** The entries so far, as a view (valid until the next append). */
+  get entries(): Buffer {
+    return this.buffer.subarray(0, this.chunkCount * MANIFEST_ENTRY_BYTES);
+  }
+
+  /** Writes `entries` starting at chunk `first` (overwriting what was there), growing the count if needed. */
+  put(first: number, entries: Buffer): void {
+    if (entries.length % MANIFEST_ENTRY_BYTES !== 0) throw new DwcpProtocolError('manifest part is not whole entries');
+    const end = first * MANIFEST_ENTRY_BYTES + entries.length;
+    if (end > this.buffer.length) {
+      const grown = Buffer.alloc(Math.max(end, this.buffer.length * 2, 64 * MANIFEST_ENTRY_BYTES));
+      this.buffer.copy(grown, 0, 0, this.chunkCount * MANIFEST_ENTRY_BYTES);
+      this.buffer = grown;
+    }
+    entries.copy(this.buffer, first * MANIFEST_ENTRY_BYTES);
+    this.chunkCount = Math.max(this.chunkCount, end / MANIFEST_ENTRY_BYTES);
+  }
+
+  /** Forgets entries from `count` on (a new attempt's manifest turned out shorter). */
+  truncate(count: number): void {
+    this.chunkCount = Math.min(this.chunkCount, count);
   }
 }

@@ -3,11 +3,14 @@
  * manifest. One transfer runs as numbered attempts; each attempt opens N connections, stream 0 first:
  *
  * 1. sender → HELLO {kind, attempt, streamIndex, streams, file?}; receiver → HELLO {ok, nextIndex?, completed?}
- * 2. file kind, stream 0 only: sender → MANIFEST parts and MANIFEST_END {chunkCount, sha256, manifestDigest};
- *    receiver → NEED (zstd of one ChunkState byte per chunk). The HELLO comes before the sender's scan, so the
- *    receiver indexes its base images while the sender hashes its source.
+ * 2. file kind, stream 0 only: sender → MANIFEST parts (chunkIndex = the part's first chunk) as its scan cuts
+ *    them, then MANIFEST_END {chunkCount, sha256, manifestDigest}; the receiver answers each part with a NEED
+ *    (same chunkIndex, zstd of one ChunkState byte per chunk of the part). The HELLO comes before the sender's
+ *    scan, so the receiver indexes its base images while the sender hashes its source, and chunks of early parts
+ *    travel while later parts are still being hashed.
  * 3. CHUNK / CHUNK_REF / ZERO frames on any stream; receiver → ACK or NACK {reason} for each
- * 4. sender → END {sha256, size, chunkCount} on stream 0; receiver verifies the whole content → END {sha256}
+ * 4. sender → END {sha256, size, chunkCount} on stream 0; receiver checks that every chunk is in place and the
+ *    manifest matched its digest (and re-hashes the whole file when it resumed from a journal) → END {sha256}
  *
  * A later attempt's stream-0 HELLO supersedes every connection of earlier attempts, and the receiver's answer to it
  * (journal, stream position) is what makes resuming send only the missing chunks.

@@ -23,6 +23,11 @@ export interface SendWorkload {
   prepare(index: number): Promise<EncodeFrameInput>;
   onAck(index: number): void;
   onNack(index: number, reason: NackReason): void;
+  /**
+   * A NEED frame (the receiver's answer to one manifest part) read from a connection; chunks it asks for become
+   * available to `pull`. Only file transfers get these.
+   */
+  onNeed?(frame: Frame): void;
 }
 
 export interface SendEngineInput {
@@ -38,7 +43,8 @@ export interface SendEngineInput {
   onFrameSent: (input: { index: number; frame: EncodeFrameInput }) => void;
 }
 
-class Notifier {
+/** Wakes everyone waiting for the next change. */
+export class Notifier {
   private waiters: (() => void)[] = [];
 
   wait(): Promise<void> {
@@ -73,7 +79,7 @@ export class SendEngine {
   }
 
   /** Sends every chunk and waits for all acknowledgements; then sends END and returns the receiver's END reply. */
-  async run(buildEnd: () => EncodeFrameInput): Promise<Frame> {
+  async run(buildEnd: () => EncodeFrameInput | Promise<EncodeFrameInput>): Promise<Frame> {
     const readers = this.sockets.map((s) => this.read(s));
     const onAbort = (): void => this.fail(new DwcpCancelledError('transfer cancelled'));
     if (this.input.signal?.aborted) onAbort();
@@ -85,7 +91,9 @@ export class SendEngine {
       const reply = new Promise<Frame>((resolve) => {
         this.endReply = resolve;
       });
-      await control.socket.send(buildEnd());
+      const end = await buildEnd();
+      this.check();
+      await control.socket.send(end);
       for (;;) {
         const settled = await Promise.race([reply, this.changed.wait().then(() => undefined)]);
         this.check();
@@ -96,6 +104,11 @@ export class SendEngine {
       for (const s of this.sockets) s.socket.destroy();
       await Promise.allSettled(readers);
     }
+  }
+
+  /** Tells the pump that `pull` may have something new (chunks became known outside the engine's own reads). */
+  wake(): void {
+    this.changed.notify();
   }
 
   private check(): void {
@@ -197,6 +210,11 @@ export class SendEngine {
             this.changed.notify();
             break;
           }
+          case FrameType.NEED:
+            if (this.input.workload.onNeed === undefined) throw new DwcpProtocolError('NEED in a stream transfer');
+            this.input.workload.onNeed(frame);
+            this.changed.notify();
+            break;
           case FrameType.END:
             this.endReply?.(frame);
             this.changed.notify();

@@ -21,7 +21,7 @@ import type tls from 'node:tls';
 import { compress, decompress } from 'zstd-napi';
 import type { TlsMaterial } from './certs';
 import { ChunkIndex } from './chunk-index';
-import { chunkingParams, type ChunkingParams } from './chunking';
+import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
 import { createTlsServer, dialTls, FrameSocket, peerCommonName, type Dialer } from './connection';
 import { DwcpWorkerPool, decodeChunk } from './encoding';
 import {
@@ -46,7 +46,15 @@ import {
   type Frame,
 } from './framing';
 import { TransferJournal } from './journal';
-import { MANIFEST_ENTRY_BYTES, manifestDigest, manifestEntry, validateManifest, type Manifest } from './manifest';
+import {
+  MANIFEST_ENTRY_BYTES,
+  ManifestBuilder,
+  manifestDigest,
+  manifestEntry,
+  validateManifest,
+  type Manifest,
+  type ScanSummary,
+} from './manifest';
 import { serveProbe } from './mode';
 import {
   ChunkState,
@@ -63,7 +71,7 @@ import {
   type ManifestEnd,
   type NackReason,
 } from './protocol';
-import { SendEngine, type SendWorkload } from './send-engine';
+import { Notifier, SendEngine, type SendWorkload } from './send-engine';
 
 export interface TransferProgress {
   /** Bytes of the logical content that the receiver has (including resumed, deduplicated and zero chunks). */
@@ -134,9 +142,6 @@ export interface SendStreamInput extends SenderOptions {
 const DEFAULT_CHUNKING = chunkingParams({ avgBytes: 64 * 1024 });
 const DEFAULT_STREAM_CHUNK_BYTES = 256 * 1024;
 const HELLO_TIMEOUT_MS = 30_000;
-/** The receiver may index base images before it answers the manifest, and the sender scans before sending it. */
-const NEED_TIMEOUT_MS = 30 * 60_000;
-const MANIFEST_TIMEOUT_MS = 30 * 60_000;
 
 /** State of one send call that outlives its attempts. */
 class SenderContext {
@@ -299,8 +304,88 @@ async function openDataSockets(input: {
 }
 
 /**
- * Sends a file: scans it into a content-defined chunk manifest, lets the receiver say which chunks it lacks, and
- * sends only those, resuming across reconnects and receiver restarts.
+ * The sender's scan of its source, shared by every attempt of one send: manifest parts become available while later
+ * parts are still being cut and hashed in a worker, and the whole-file sha256 comes out of the same pass.
+ */
+class SourceScan {
+  readonly manifest = new ManifestBuilder();
+  private summary: ScanSummary | undefined;
+  private failure: DwcpError | undefined;
+  private readonly changed = new Notifier();
+  private readonly chunking: ChunkingParams;
+
+  constructor(input: { pool: DwcpWorkerPool; path: string; chunking: ChunkingParams; size: number }) {
+    this.chunking = input.chunking;
+    input.pool
+      .runWithParts({ kind: 'scanParts', path: input.path, chunking: input.chunking }, (part) => {
+        this.manifest.put(part.first, part.entries);
+        this.changed.notify();
+      })
+      .then((summary) => {
+        if (summary.size !== input.size) throw new DwcpIoError(`${input.path} changed size during the transfer`);
+        this.summary = summary;
+      })
+      .catch((err: unknown) => {
+        this.failure = DwcpError.fromNative(err, `scanning ${input.path}`);
+      })
+      .finally(() => this.changed.notify());
+  }
+
+  /** Entries known so far; waits for more unless the scan has finished. Undefined once `from` is the end. */
+  async entriesFrom(from: number): Promise<{ first: number; entries: Buffer } | undefined> {
+    for (;;) {
+      if (this.failure !== undefined) throw this.failure;
+      if (this.manifest.chunkCount > from) {
+        return { first: from, entries: Buffer.from(this.manifest.entries.subarray(from * MANIFEST_ENTRY_BYTES)) };
+      }
+      if (this.summary !== undefined) return undefined;
+      await this.changed.wait();
+    }
+  }
+
+  get chunkCount(): number | undefined {
+    return this.summary?.chunkCount;
+  }
+
+  async done(): Promise<{ manifest: Manifest; digest: string }> {
+    while (this.summary === undefined) {
+      if (this.failure !== undefined) throw this.failure;
+      await this.changed.wait();
+    }
+    const manifest: Manifest = { ...this.summary, entries: this.manifest.entries, chunking: this.chunking };
+    return { manifest, digest: manifestDigest({ manifest }) };
+  }
+}
+
+/**
+ * Streams the manifest on the control connection as the scan produces it, then MANIFEST_END. Parts are capped so a
+ * frame stays well under the payload limit.
+ */
+async function streamManifest(input: { socket: FrameSocket; scan: SourceScan; transferId: string }): Promise<void> {
+  let next = 0;
+  for (;;) {
+    const part = await input.scan.entriesFrom(next);
+    if (part === undefined) break;
+    const maxBytes = MANIFEST_PART_ENTRIES * MANIFEST_ENTRY_BYTES;
+    for (let at = 0; at < part.entries.length; at += maxBytes) {
+      await input.socket.send({
+        type: FrameType.MANIFEST,
+        transferId: input.transferId,
+        chunkIndex: part.first + at / MANIFEST_ENTRY_BYTES,
+        payload: part.entries.subarray(at, at + maxBytes),
+      });
+    }
+    next = part.first + part.entries.length / MANIFEST_ENTRY_BYTES;
+  }
+  const { manifest, digest } = await input.scan.done();
+  const end: ManifestEnd = { chunkCount: manifest.chunkCount, sha256: manifest.sha256, manifestDigest: digest };
+  await input.socket.send({ type: FrameType.MANIFEST_END, transferId: input.transferId, payload: jsonPayload(end) });
+}
+
+/**
+ * Sends a file: scans it into a content-defined chunk manifest, streaming the manifest to the receiver part by
+ * part; the receiver answers each part with the chunks it lacks, and those are sent while later parts are still
+ * being hashed. Resumes across reconnects and receiver restarts.
  */
 export async function sendFile(input: SendFileInput): Promise<SendResult> {
   const ctx = new SenderContext(input);
@@ -314,16 +399,8 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       },
     );
     // The scan starts before the first connection, and the receiver indexes its base images meanwhile.
-    const scanning = ctx.pool.run({ kind: 'scan', path: input.sourcePath, chunking });
-    scanning.catch(() => undefined);
-    let scanned: { manifest: Manifest; digest: string } | undefined;
-    const scan = async (): Promise<{ manifest: Manifest; digest: string }> => {
-      if (scanned !== undefined) return scanned;
-      const manifest = await scanning;
-      if (manifest.size !== size) throw new DwcpIoError(`${input.sourcePath} changed size during the transfer`);
-      scanned = { manifest, digest: manifestDigest({ manifest }) };
-      return scanned;
-    };
+    const scan = new SourceScan({ pool: ctx.pool, path: input.sourcePath, chunking, size });
+    const manifest = scan.manifest;
     const stats: ChunkStats = { total: 0, data: 0, refs: 0, zero: 0, resumed: 0, resent: 0 };
     let logicalBytes = 0;
     let chunksDone = 0;
@@ -335,38 +412,61 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       });
       const sockets = [control.socket];
       try {
-        const { manifest, digest } = await scan();
-        stats.total = manifest.chunkCount;
         if (control.reply.completed !== undefined) {
-          if (control.reply.completed !== manifest.sha256)
+          const { manifest: whole } = await scan.done();
+          if (control.reply.completed !== whole.sha256)
             throw new DwcpChecksumError('receiver completed with another sha256');
-          logicalBytes = manifest.size;
-          chunksDone = manifest.chunkCount;
+          logicalBytes = whole.size;
+          chunksDone = whole.chunkCount;
           return;
         }
-        await sendManifest({ socket: control.socket, manifest, digest, transferId: input.transferId });
-        const states = await receiveNeed({ socket: control.socket, manifest });
+        // Data connections join before the manifest starts, so a receiver that refuses the first part (disk full)
+        // reports it on connections the engine is already reading.
+        sockets.push(...(await openDataSockets({ ctx, attempt, kind: TransferKind.FILE })));
 
         stats.zero = 0;
         stats.resumed = 0;
         logicalBytes = 0;
         chunksDone = 0;
+        let states = new Uint8Array(0);
+        /** Chunks the receiver's NEED parts have answered so far. */
+        let answered = 0;
+        let manifestSent = false;
         const queue: number[] = [];
-        for (let i = 0; i < manifest.chunkCount; i++) {
-          const entry = manifestEntry({ manifest, index: i });
-          if (states[i] === ChunkState.DONE) {
-            if (entry.zero) stats.zero++;
-            else stats.resumed++;
-            logicalBytes += entry.length;
-            chunksDone++;
-          } else {
-            queue.push(i);
-          }
-        }
-        sockets.push(...(await openDataSockets({ ctx, attempt, kind: TransferKind.FILE })));
+        let queueHead = 0;
 
         const workload: SendWorkload = {
-          pull: () => Promise.resolve('end'),
+          pull: () => {
+            if (queueHead < queue.length) return Promise.resolve(queue[queueHead++]!);
+            queue.length = 0;
+            queueHead = 0;
+            const total = scan.chunkCount;
+            return Promise.resolve(manifestSent && total !== undefined && answered === total ? 'end' : 'wait');
+          },
+          onNeed: (frame) => {
+            const part = new Uint8Array(decompress(frame.payload));
+            if (frame.chunkIndex !== answered || answered + part.length > manifest.chunkCount) {
+              throw new DwcpProtocolError(`NEED for chunks ${frame.chunkIndex}+${part.length} is out of order`);
+            }
+            if (states.length < answered + part.length) {
+              const grown = new Uint8Array(Math.max(answered + part.length, states.length * 2));
+              grown.set(states);
+              states = grown;
+            }
+            states.set(part, answered);
+            for (let i = answered; i < answered + part.length; i++) {
+              if (states[i] === ChunkState.DONE) {
+                const entry = manifestEntry({ manifest, index: i });
+                if (entry.zero) stats.zero++;
+                else stats.resumed++;
+                logicalBytes += entry.length;
+                chunksDone++;
+              } else {
+                queue.push(i);
+              }
+            }
+            answered += part.length;
+          },
           prepare: async (index) => {
             const entry = manifestEntry({ manifest, index });
             const base = {
@@ -405,7 +505,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
             ctx.acks++;
             logicalBytes += manifestEntry({ manifest, index }).length;
             chunksDone++;
-            ctx.progress({ logicalBytes, chunksDone, chunksTotal: manifest.chunkCount });
+            ctx.progress({ logicalBytes, chunksDone, chunksTotal: scan.chunkCount });
           },
           onNack: (index, reason: NackReason) => {
             if (reason === 'ref-miss') states[index] = ChunkState.SEND;
@@ -415,33 +515,45 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         const engine = new SendEngine({
           sockets,
           workload,
-          queue,
+          queue: [],
           maxInFlight: input.maxInFlightChunks ?? 16 * ctx.streams,
           maxRetriesPerChunk: input.maxRetriesPerChunk ?? 5,
           throttle: ctx.throttle,
           signal: input.signal,
           onFrameSent: () => undefined,
         });
-        const reply = await engine.run(() => ({
-          type: FrameType.END,
-          transferId: input.transferId,
-          payload: jsonPayload({
-            sha256: manifest.sha256,
-            size: manifest.size,
-            chunkCount: manifest.chunkCount,
-          } satisfies End),
-        }));
+        streamManifest({ socket: control.socket, scan, transferId: input.transferId }).then(
+          () => {
+            manifestSent = true;
+            engine.wake();
+          },
+          (err: unknown) => engine.fail(DwcpError.fromNative(err, 'manifest')),
+        );
+        const reply = await engine.run(async () => {
+          const { manifest: whole } = await scan.done();
+          return {
+            type: FrameType.END,
+            transferId: input.transferId,
+            payload: jsonPayload({
+              sha256: whole.sha256,
+              size: whole.size,
+              chunkCount: whole.chunkCount,
+            } satisfies End),
+          };
+        });
         const end = parseJsonPayload({ frame: reply, schema: EndReplySchema });
-        if (end.sha256 !== manifest.sha256) throw new DwcpChecksumError('receiver reports a different sha256');
+        const { manifest: whole } = await scan.done();
+        if (end.sha256 !== whole.sha256) throw new DwcpChecksumError('receiver reports a different sha256');
       } finally {
         for (const s of sockets) s.destroy();
       }
     });
-    const { manifest } = await scan();
-    ctx.progress({ logicalBytes, chunksDone, chunksTotal: manifest.chunkCount, force: true });
+    const { manifest: whole } = await scan.done();
+    stats.total = whole.chunkCount;
+    ctx.progress({ logicalBytes, chunksDone, chunksTotal: whole.chunkCount, force: true });
     return {
       transferId: input.transferId,
-      sha256: manifest.sha256,
+      sha256: whole.sha256,
       logicalBytes,
       wireBytes: ctx.wireBytes,
       wireBytesReceived: ctx.wireBytesReceived,
@@ -452,35 +564,6 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
   } finally {
     await ctx.close();
   }
-}
-
-async function sendManifest(input: {
-  socket: FrameSocket;
-  manifest: Manifest;
-  digest: string;
-  transferId: string;
-}): Promise<void> {
-  const { manifest } = input;
-  for (let first = 0; first < manifest.chunkCount; first += MANIFEST_PART_ENTRIES) {
-    const last = Math.min(manifest.chunkCount, first + MANIFEST_PART_ENTRIES);
-    await input.socket.send({
-      type: FrameType.MANIFEST,
-      transferId: input.transferId,
-      chunkIndex: first,
-      payload: manifest.entries.subarray(first * MANIFEST_ENTRY_BYTES, last * MANIFEST_ENTRY_BYTES),
-    });
-  }
-  const end: ManifestEnd = { chunkCount: manifest.chunkCount, sha256: manifest.sha256, manifestDigest: input.digest };
-  await input.socket.send({ type: FrameType.MANIFEST_END, transferId: input.transferId, payload: jsonPayload(end) });
-}
-
-async function receiveNeed(input: { socket: FrameSocket; manifest: Manifest }): Promise<Uint8Array> {
-  const frame = await input.socket.receive({ timeoutMs: NEED_TIMEOUT_MS });
-  if (frame.type === FrameType.ERROR) throw DwcpError.fromRemote(parseJsonPayload({ frame, schema: ErrorBodySchema }));
-  if (frame.type !== FrameType.NEED) throw new DwcpProtocolError(`expected NEED, got frame type ${frame.type}`);
-  const states = new Uint8Array(decompress(frame.payload));
-  if (states.length !== input.manifest.chunkCount) throw new DwcpProtocolError('NEED does not match the manifest');
-  return states;
 }
 
 /** Cuts an async byte source into owned buffers of `size` bytes (the last may be shorter). */
@@ -792,7 +875,12 @@ abstract class ReceiveTransfer {
   /** Reads frames from one connection, handing chunks to `onChunk` with bounded concurrency. */
   protected serve(
     socket: FrameSocket,
-    handlers: { onChunk: (frame: Frame) => Promise<void>; onEnd: (frame: Frame) => Promise<void> },
+    handlers: {
+      onChunk: (frame: Frame) => Promise<void>;
+      onEnd: (frame: Frame) => Promise<void>;
+      /** MANIFEST and MANIFEST_END frames, handled one at a time in arrival order (file transfers only). */
+      onManifest?: (frame: Frame) => Promise<void>;
+    },
   ): void {
     const running = new Set<Promise<void>>();
     const loop = async (): Promise<void> => {
@@ -809,6 +897,11 @@ abstract class ReceiveTransfer {
             void task.finally(() => running.delete(task));
             break;
           }
+          case FrameType.MANIFEST:
+          case FrameType.MANIFEST_END:
+            if (handlers.onManifest === undefined) throw new DwcpProtocolError('manifest in a stream transfer');
+            await handlers.onManifest(frame);
+            break;
           case FrameType.END:
             await Promise.all(running);
             await handlers.onEnd(frame);
@@ -870,11 +963,34 @@ abstract class ReceiveTransfer {
   protected abstract release(): Promise<void>;
 }
 
+/** What the receiver knows of the manifest stream of the current attempt. */
+interface ManifestStream {
+  /** Entries received in this attempt (the manifest restarts from chunk 0 with every attempt). */
+  received: number;
+  /** Offset just past the last received entry. */
+  nextOffset: number;
+  end: ManifestEnd | undefined;
+  /** Base images indexed with the attempt's chunking; awaited before the first NEED. */
+  indexing: Promise<void>;
+}
+
 class FileReceiveTransfer extends ReceiveTransfer {
   private readonly input: ExpectFileInput;
-  private manifest: Manifest | undefined;
-  private digest: string | undefined;
-  private states: Uint8Array = new Uint8Array(0);
+  private readonly manifest = new ManifestBuilder();
+  private chunking: ChunkingParams | undefined;
+  private size = 0;
+  private stream: ManifestStream | undefined;
+  /** One byte a chunk: 1 when it is on disk (or a hole for a zero chunk). Grows with the manifest. */
+  private done = new Uint8Array(0);
+  /** Chunks the journal of an earlier receiver process recorded, by index → offset. */
+  private journaled = new Map<number, number>();
+  /**
+   * True when some content on disk was not verified by this process as it arrived (it resumed from an earlier
+   * process's journal, or a new attempt described a chunk differently): END then re-hashes the whole file.
+   */
+  private verifyWholeFile = false;
+  /** Bytes of chunks asked for (SEND or REF) but not yet written: what the free-space check must leave room for. */
+  private outstandingBytes = 0;
   private journal: TransferJournal | undefined;
   private partial: FileHandle | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
@@ -898,7 +1014,7 @@ class FileReceiveTransfer extends ReceiveTransfer {
   async attach(socket: FrameSocket, hello: Hello): Promise<void> {
     if (hello.kind !== TransferKind.FILE) throw new DwcpProtocolError('this transfer expects a file');
     if (hello.streamIndex > 0) {
-      if (this.manifest === undefined) throw new DwcpProtocolError('data stream before the manifest');
+      if (this.stream === undefined) throw new DwcpProtocolError('data stream before the control stream');
       this.joinAttempt(socket, hello);
       await socket.send({
         type: FrameType.HELLO,
@@ -911,86 +1027,52 @@ class FileReceiveTransfer extends ReceiveTransfer {
     const file = hello.file;
     if (file === undefined) throw new DwcpProtocolError('file HELLO without file description');
     this.beginAttempt(socket, hello);
+    const chunking = chunkingParams(file.chunking);
+    await this.open(file.size, chunking);
+    // Index base images while the sender is still scanning its source: both read a whole image.
+    const indexing = this.indexBases(chunking);
+    indexing.catch(() => undefined);
+    this.stream = { received: 0, nextOffset: 0, end: undefined, indexing };
+    this.logicalBytes = 0;
+    this.chunksDone = 0;
+    this.outstandingBytes = 0;
     await socket.send({
       type: FrameType.HELLO,
       transferId: this.transferId,
       payload: jsonPayload({ ok: true } satisfies HelloReply),
     });
-
-    const chunking = chunkingParams(file.chunking);
-    // Index base images while the sender is still scanning its source: both read a whole image.
-    const indexing = this.indexBases(chunking);
-    indexing.catch(() => undefined);
-    const parts: Buffer[] = [];
-    let end: ManifestEnd | undefined;
-    while (end === undefined) {
-      const frame = await socket.receive({ timeoutMs: parts.length === 0 ? MANIFEST_TIMEOUT_MS : HELLO_TIMEOUT_MS });
-      if (!frame.checksumOk) throw new DwcpProtocolError('manifest part failed its checksum');
-      if (frame.type === FrameType.MANIFEST) parts.push(frame.payload);
-      else if (frame.type === FrameType.MANIFEST_END) end = parseJsonPayload({ frame, schema: ManifestEndSchema });
-      else throw new DwcpProtocolError(`expected MANIFEST, got frame type ${frame.type}`);
-    }
-    const manifest: Manifest = {
-      size: file.size,
-      sha256: end.sha256,
-      chunkCount: end.chunkCount,
-      entries: Buffer.concat(parts),
-      chunking,
-    };
-    if (manifestDigest({ manifest }) !== end.manifestDigest) {
-      throw new DwcpProtocolError('manifest does not match its digest');
-    }
-    validateManifest({ manifest });
-
-    await this.open(manifest, end.manifestDigest);
-    await indexing;
-    const states = await this.planChunks();
-    await socket.send({
-      type: FrameType.NEED,
-      transferId: this.transferId,
-      encoding: ChunkEncoding.ZSTD,
-      payload: compress(states),
-    });
     this.serveChunks(socket);
   }
 
-  /** Opens (or reuses) the partial target and its journal; a journal for another manifest means starting over. */
-  private async open(manifest: Manifest, digest: string): Promise<void> {
-    if (this.digest === digest && this.partial !== undefined) return;
+  /**
+   * Opens (or keeps) the partial target and its journal for this size and chunking. A journal written by another
+   * process makes its chunks candidates for DONE, and makes END re-hash the whole file; no matching journal means
+   * a fresh sparse file, all holes.
+   */
+  private async open(size: number, chunking: ChunkingParams): Promise<void> {
+    const key = chunkingKey(chunking);
+    if (this.partial !== undefined && this.size === size && this.chunking && chunkingKey(this.chunking) === key) return;
     await this.release();
     await mkdir(path.dirname(this.input.targetPath), { recursive: true });
     const partial = await open(this.partialPath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
     const { journal, done, reset } = await TransferJournal.open({
       path: this.journalPath,
-      header: {
-        transferId: this.transferId,
-        manifestDigest: digest,
-        size: manifest.size,
-        chunkCount: manifest.chunkCount,
-      },
+      header: { transferId: this.transferId, size, chunking: key },
       data: partial,
     });
-    // Without a matching journal nothing in the partial file can be trusted; a fresh sparse file is all holes.
-    if (reset) await partial.truncate(0);
-    await partial.truncate(manifest.size);
+    // Without journaled chunks nothing in the partial file can be trusted; a fresh sparse file is all holes.
+    const fresh = reset || done.size === 0;
+    if (fresh) await partial.truncate(0);
+    await partial.truncate(size);
     this.partial = partial;
     this.journal = journal;
-    this.manifest = manifest;
-    this.digest = digest;
-    this.states = new Uint8Array(manifest.chunkCount);
-    this.stats.total = manifest.chunkCount;
-    this.logicalBytes = 0;
-    this.chunksDone = 0;
-    for (let i = 0; i < manifest.chunkCount; i++) {
-      const entry = manifestEntry({ manifest, index: i });
-      if (done.has(i) || entry.zero) {
-        this.states[i] = ChunkState.DONE;
-        this.logicalBytes += entry.length;
-        this.chunksDone++;
-        if (entry.zero) this.stats.zero++;
-        else this.stats.resumed++;
-      }
-    }
+    this.size = size;
+    this.chunking = chunking;
+    this.manifest.truncate(0);
+    this.done = new Uint8Array(0);
+    this.journaled = done;
+    this.verifyWholeFile = !fresh;
+    this.stats.total = 0;
     this.flushTimer = setInterval(() => this.flushJournal(true), this.ctx.journalIntervalMs);
     this.flushTimer.unref();
   }
@@ -1006,49 +1088,145 @@ class FileReceiveTransfer extends ReceiveTransfer {
     }
   }
 
-  /** Decides each missing chunk: copy from the chunk index (REF) or ask for the data (SEND). */
-  private async planChunks(): Promise<Uint8Array> {
-    const manifest = this.manifest;
-    if (manifest === undefined) throw new DwcpProtocolError('no manifest');
-    const plan = new Uint8Array(manifest.chunkCount);
-    let neededBytes = 0;
-    for (let i = 0; i < manifest.chunkCount; i++) {
-      if (this.states[i] === ChunkState.DONE) {
-        plan[i] = ChunkState.DONE;
+  private onManifest(socket: FrameSocket, frame: Frame): Promise<void> {
+    if (!frame.checksumOk) throw new DwcpProtocolError('manifest part failed its checksum');
+    return frame.type === FrameType.MANIFEST ? this.onManifestPart(socket, frame) : this.onManifestEnd(frame);
+  }
+
+  /**
+   * Takes one manifest part: checks that it continues the file, plans each chunk (DONE: on disk, a hole, or in
+   * the journal; REF: the chunk index has it; SEND), checks free space for what it asks for, and answers NEED.
+   */
+  private async onManifestPart(socket: FrameSocket, frame: Frame): Promise<void> {
+    const stream = this.stream;
+    const chunking = this.chunking;
+    if (stream === undefined || chunking === undefined || stream.end !== undefined) {
+      throw new DwcpProtocolError('manifest part outside a manifest');
+    }
+    if (frame.chunkIndex !== stream.received || frame.payload.length % MANIFEST_ENTRY_BYTES !== 0) {
+      throw new DwcpProtocolError(`manifest part at chunk ${frame.chunkIndex} does not continue the manifest`);
+    }
+    const first = frame.chunkIndex;
+    const count = frame.payload.length / MANIFEST_ENTRY_BYTES;
+    const part = { entries: frame.payload, chunkCount: count };
+    let offset = stream.nextOffset;
+    for (let j = 0; j < count; j++) {
+      const entry = manifestEntry({ manifest: part, index: j });
+      if (entry.offset !== offset || entry.length <= 0 || entry.length > chunking.maxBytes) {
+        throw new DwcpProtocolError(`manifest entry ${first + j} does not continue the file`);
+      }
+      offset += entry.length;
+    }
+    if (offset > this.size) throw new DwcpProtocolError('manifest runs past the end of the file');
+    await stream.indexing;
+    if (this.stream !== stream) throw new DwcpConnectionError('a newer attempt took over');
+
+    // A chunk this process already has stays DONE only if the new attempt describes it the same way.
+    const known = Math.min(this.manifest.chunkCount, first + count) - first;
+    for (let j = 0; j < known; j++) {
+      const i = first + j;
+      const before = this.manifest.entries.subarray(i * MANIFEST_ENTRY_BYTES, (i + 1) * MANIFEST_ENTRY_BYTES);
+      const now = frame.payload.subarray(j * MANIFEST_ENTRY_BYTES, (j + 1) * MANIFEST_ENTRY_BYTES);
+      if (!before.equals(now) && this.done[i] === 1) {
+        this.done[i] = 0;
+        this.verifyWholeFile = true;
+      }
+    }
+    this.manifest.put(first, frame.payload);
+    if (this.done.length < first + count) {
+      const grown = new Uint8Array(Math.max(first + count, this.done.length * 2));
+      grown.set(this.done);
+      this.done = grown;
+    }
+
+    const plan = new Uint8Array(count);
+    let asked = 0;
+    for (let j = 0; j < count; j++) {
+      const i = first + j;
+      const entry = manifestEntry({ manifest: this.manifest, index: i });
+      if (this.done[i] !== 1) {
+        if (entry.zero) {
+          this.done[i] = 1;
+          this.stats.zero++;
+        } else if (this.journaled.get(i) === entry.offset) {
+          this.done[i] = 1;
+          this.stats.resumed++;
+        }
+      }
+      if (this.done[i] === 1) {
+        plan[j] = ChunkState.DONE;
+        this.logicalBytes += entry.length;
+        this.chunksDone++;
         continue;
       }
-      const entry = manifestEntry({ manifest, index: i });
-      plan[i] = this.ctx.chunkIndex.lookup(entry.hash) === undefined ? ChunkState.SEND : ChunkState.REF;
-      neededBytes += entry.length;
+      plan[j] = this.ctx.chunkIndex.lookup(entry.hash) === undefined ? ChunkState.SEND : ChunkState.REF;
+      asked += entry.length;
     }
-    if (this.input.checkFreeSpace ?? true) {
+    stream.received = first + count;
+    stream.nextOffset = offset;
+    this.outstandingBytes += asked;
+    if (asked > 0 && (this.input.checkFreeSpace ?? true)) {
       const fsInfo = await statfs(path.dirname(this.partialPath));
       const available = fsInfo.bavail * fsInfo.bsize;
-      if (neededBytes > available) {
+      if (this.outstandingBytes > available) {
         throw new DwcpDiskFullError(
-          `${path.dirname(this.partialPath)} has ${available} bytes free, the transfer needs ${neededBytes}`,
+          `${path.dirname(this.partialPath)} has ${available} bytes free, the transfer needs ${this.outstandingBytes}`,
         );
       }
     }
-    return plan;
+    await socket.send({
+      type: FrameType.NEED,
+      transferId: this.transferId,
+      chunkIndex: first,
+      encoding: ChunkEncoding.ZSTD,
+      payload: compress(plan),
+    });
+  }
+
+  /** The manifest is complete: it must cover the file exactly and match the digest the sender computed. */
+  private onManifestEnd(frame: Frame): Promise<void> {
+    const stream = this.stream;
+    const chunking = this.chunking;
+    if (stream === undefined || chunking === undefined || stream.end !== undefined) {
+      throw new DwcpProtocolError('MANIFEST_END outside a manifest');
+    }
+    const end = parseJsonPayload({ frame, schema: ManifestEndSchema });
+    if (end.chunkCount !== stream.received) throw new DwcpProtocolError('MANIFEST_END does not match its parts');
+    this.manifest.truncate(end.chunkCount);
+    const manifest: Manifest = {
+      size: this.size,
+      sha256: end.sha256,
+      chunkCount: end.chunkCount,
+      entries: this.manifest.entries,
+      chunking,
+    };
+    validateManifest({ manifest });
+    if (manifestDigest({ manifest }) !== end.manifestDigest) {
+      throw new DwcpProtocolError('manifest does not match its digest');
+    }
+    stream.end = end;
+    this.stats.total = end.chunkCount;
+    return Promise.resolve();
   }
 
   private serveChunks(socket: FrameSocket): void {
     this.serve(socket, {
       onChunk: (frame) => this.handleChunk(socket, frame),
       onEnd: (frame) => this.finish(socket, frame),
+      onManifest: (frame) => this.onManifest(socket, frame),
     });
   }
 
   private async handleChunk(socket: FrameSocket, frame: Frame): Promise<void> {
-    const manifest = this.manifest;
-    if (manifest === undefined) throw new DwcpProtocolError('chunk before manifest');
-    const entry = manifestEntry({ manifest, index: frame.chunkIndex });
+    if (frame.chunkIndex >= (this.stream?.received ?? 0)) {
+      throw new DwcpProtocolError(`chunk ${frame.chunkIndex} before its manifest part`);
+    }
+    const entry = manifestEntry({ manifest: this.manifest, index: frame.chunkIndex });
     if (entry.offset !== frame.offset || entry.length !== frame.rawLength) {
       throw new DwcpProtocolError(`chunk ${entry.index} does not match the manifest`);
     }
     if (!frame.checksumOk) return this.nack(socket, entry.index, 'checksum');
-    if (this.states[entry.index] === ChunkState.DONE) return this.ack(socket, entry.index);
+    if (this.done[entry.index] === 1) return this.ack(socket, entry.index);
 
     let data: Buffer | undefined;
     if (frame.type === FrameType.ZERO) {
@@ -1083,9 +1261,11 @@ class FileReceiveTransfer extends ReceiveTransfer {
       data = decoded.data;
     }
     if (this.finished) return;
+    // Verified against the manifest's sha256 just above, in memory: this is the check END relies on.
     if (data !== undefined) await this.write(data, entry.offset);
-    if (this.states[entry.index] !== ChunkState.DONE) {
-      this.states[entry.index] = ChunkState.DONE;
+    if (this.done[entry.index] !== 1) {
+      this.done[entry.index] = 1;
+      this.outstandingBytes -= entry.length;
       if (frame.type === FrameType.CHUNK_REF) this.stats.refs++;
       else if (frame.type === FrameType.ZERO) this.stats.zero++;
       else this.stats.data++;
@@ -1094,7 +1274,11 @@ class FileReceiveTransfer extends ReceiveTransfer {
       this.journal?.record(entry.index, entry.offset);
       this.flushJournal(false);
     }
-    this.progress({ logicalBytes: this.logicalBytes, chunksDone: this.chunksDone, chunksTotal: manifest.chunkCount });
+    this.progress({
+      logicalBytes: this.logicalBytes,
+      chunksDone: this.chunksDone,
+      chunksTotal: this.stream?.end?.chunkCount,
+    });
     await this.ack(socket, entry.index);
   }
 
@@ -1120,22 +1304,33 @@ class FileReceiveTransfer extends ReceiveTransfer {
     }
   }
 
+  /**
+   * The end-to-end check. Every chunk this process wrote was checked against the manifest's sha256 in memory
+   * before the write, zero chunks are holes of a file this process created empty, and the manifest matched the
+   * digest over its entries and the sender's whole-file sha256 (computed in the same pass as the chunk hashes).
+   * So the file's sha256 is the manifest's, without reading the file again. When some content came from an
+   * earlier process (journal) or an earlier description of the file, the whole file is re-hashed instead.
+   */
   private async finish(socket: FrameSocket, frame: Frame): Promise<void> {
-    const manifest = this.manifest;
+    const manifestEnd = this.stream?.end;
     const journal = this.journal;
     const partial = this.partial;
-    if (manifest === undefined || journal === undefined || partial === undefined)
-      throw new DwcpProtocolError('END before manifest');
+    if (manifestEnd === undefined || journal === undefined || partial === undefined)
+      throw new DwcpProtocolError('END before the manifest');
     const end = parseJsonPayload({ frame, schema: EndSchema });
-    if (this.states.some((s) => s !== ChunkState.DONE)) throw new DwcpProtocolError('END before every chunk arrived');
+    if (this.done.subarray(0, manifestEnd.chunkCount).some((d) => d !== 1)) {
+      throw new DwcpProtocolError('END before every chunk arrived');
+    }
     await journal.flush();
-    const { sha256 } = await this.ctx.pool.run({ kind: 'hashFile', path: this.partialPath });
-    if (sha256 !== manifest.sha256 || end.sha256 !== manifest.sha256) {
+    const sha256 = this.verifyWholeFile
+      ? (await this.ctx.pool.run({ kind: 'hashFile', path: this.partialPath })).sha256
+      : manifestEnd.sha256;
+    if (sha256 !== manifestEnd.sha256 || end.sha256 !== manifestEnd.sha256) {
       // A whole-file mismatch means the chunk-level checks were fooled; keep nothing from this attempt.
       await this.release();
       await rm(this.journalPath, { force: true });
       await rm(this.partialPath, { force: true });
-      this.fail(new DwcpChecksumError(`received content has sha256 ${sha256}, expected ${manifest.sha256}`), true);
+      this.fail(new DwcpChecksumError(`received content has sha256 ${sha256}, expected ${manifestEnd.sha256}`), true);
       return;
     }
     await partial.sync();
@@ -1151,7 +1346,7 @@ class FileReceiveTransfer extends ReceiveTransfer {
     this.progress({
       logicalBytes: this.logicalBytes,
       chunksDone: this.chunksDone,
-      chunksTotal: manifest.chunkCount,
+      chunksTotal: manifestEnd.chunkCount,
       force: true,
     });
     this.result.resolve({
@@ -1171,7 +1366,6 @@ class FileReceiveTransfer extends ReceiveTransfer {
     const partial = this.partial;
     this.journal = undefined;
     this.partial = undefined;
-    this.digest = undefined;
     // Keep whatever progress was made durable, so a later expectFile of the same transfer resumes from it.
     await journal?.flush().catch(() => undefined);
     await journal?.close().catch(() => undefined);
