@@ -4,7 +4,7 @@
  * it (`receiveImage`) while the sending host runs it (`transferImage`); both heartbeat their progress and both stop
  * when the workflow is cancelled.
  */
-import { ApplicationFailure, cancellationSignal, heartbeat } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure, cancellationSignal, heartbeat } from '@temporalio/activity';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
@@ -113,15 +113,21 @@ export interface TransferImageResult {
 const HEARTBEAT_MS = 2000;
 const PARTIAL_SUFFIXES = ['.dwcp-partial', '.dwcp-journal'];
 
-/** DWCP decides what is worth retrying; Temporal gets the same answer under a stable failure type. */
+/**
+ * DWCP decides what is worth retrying; Temporal gets the same answer under a stable failure type. Once this
+ * activity was cancelled, whatever the transfer failed with is reported as that cancellation.
+ */
 function toActivityFailure(err: unknown): never {
-  if (err instanceof DwcpCancelledError) throw err;
+  const signal = cancellationSignal();
+  if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new CancelledFailure('cancelled');
   if (err instanceof DwcpError) {
+    // A peer that cancelled or closed (an agent shutting down) may be back on the next attempt.
+    const retryable = err.retryable || err instanceof DwcpCancelledError;
     const type = `Dwcp${err.code.charAt(0)}${err.code
       .slice(1)
       .toLowerCase()
       .replace(/_(\w)/g, (_, c: string) => c.toUpperCase())}`;
-    if (err.retryable) throw ApplicationFailure.retryable(err.message, type);
+    if (retryable) throw ApplicationFailure.retryable(err.message, type);
     throw ApplicationFailure.nonRetryable(err.message, type);
   }
   throw err;

@@ -6,6 +6,7 @@
 import {
   ActivityCancellationType,
   CancellationScope,
+  CancelledFailure,
   defineQuery,
   isCancellation,
   proxyActivities,
@@ -32,7 +33,6 @@ const PERMANENT_FAILURES = [
   'DwcpChecksum',
   'DwcpAuth',
   'DwcpDiskFull',
-  'DwcpCancelled',
   'DwcpTimeout',
   'DwcpIo',
 ];
@@ -232,7 +232,9 @@ export async function replicateImage(input: ReplicateImageInput): Promise<Replic
       steps: progress.steps,
     };
   } catch (err) {
-    progress.status = isCancellation(err) ? 'cancelled' : 'failed';
+    // Cancelled means cancelled, whichever way the two cancelled activities happened to end.
+    const cancelled = isCancellation(err) || CancellationScope.current().consideredCancelled;
+    progress.status = cancelled ? 'cancelled' : 'failed';
     await CancellationScope.nonCancellable(() =>
       control.finishImageReplica({
         imageId: plan.image.id,
@@ -240,9 +242,10 @@ export async function replicateImage(input: ReplicateImageInput): Promise<Replic
         workflowId,
         state: 'failed',
         message: `image ${plan.image.id} replication to ${plan.targetHostId} ${progress.status}: ${failureText(err)}`,
-        error: isCancellation(err) ? 'cancelled' : failureText(err),
+        error: cancelled ? 'cancelled' : failureText(err),
       }),
     );
+    if (cancelled && !isCancellation(err)) throw new CancelledFailure('image replication cancelled');
     throw err;
   }
 }

@@ -10,6 +10,7 @@ import { createCertificateAuthority, issueHostCertificate } from '../../native/d
 import { runStackFromCli } from '../../workers/stack';
 import { ApiClient, CliError } from './api-client';
 import { FLEET_USAGE, runFleetCli } from './fleet-commands';
+import { IMAGE_USAGE, runImageCli } from './image-commands';
 
 const USAGE = `usage: novacron <command> [options]
 
@@ -31,6 +32,7 @@ commands:
                                               a private CA in DIR/ca (made once) and a certificate per host
                                               for DWCP mTLS, the API's HTTPS and Temporal mTLS
 ${FLEET_USAGE}
+${IMAGE_USAGE}
 
 options:
   --api URL     the API base URL (default $NOVACRON_API_URL or http://127.0.0.1:8080)
@@ -138,9 +140,12 @@ function parseDuration(text: string): number {
 }
 
 export async function runCli(argv: string[], out: Output = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
-  // Hosts and VMs parse their own options: they have many, and none of the other commands'.
+  // Hosts, VMs and images parse their own options: they have many, and none of the other commands'.
   if ((argv[0] === 'host' || argv[0] === 'vm') && !argv.includes('--help') && !argv.includes('-h')) {
     return runFleetCli(argv, out);
+  }
+  if ((argv[0] === 'image' || argv[0] === 'link') && !argv.includes('--help') && !argv.includes('-h')) {
+    return runImageCli(argv, out);
   }
   let parsed;
   try {

@@ -1,0 +1,266 @@
+/**
+ * Image library end to end: two harness hypervisors with a host agent process each (each running its DWCP
+ * receiver with a certificate from one development CA), a control worker, the API (inject), the real Temporal
+ * server and PostgreSQL. Images move between the agents over real mutual-TLS TCP.
+ */
+import type { Client, Connection } from '@temporalio/client';
+import type { InjectOptions } from 'fastify';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import pino from 'pino';
+import { buildApp, type BuiltApp } from '../../api/app';
+import type { NovacronConfig } from '../../config/schema';
+import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt';
+import { createMetrics } from '../../observability/metrics';
+import { startControlWorker, type ControlWorkerHandle } from '../../workers/control-worker';
+import type { ReplicateImageResult } from '../../workflows/image-workflows';
+import { startAgentProcess, TEST_FLEET_OVERRIDES, waitForHostsUp } from '../support/fleet';
+import type { ChildHandle } from '../support/processes';
+import { createTestDatabase, scratchDir, temporalClient, testConfig, type TestDatabase } from '../support/services';
+import { bearer, mintToken } from '../support/tokens';
+
+const HOSTS = ['host-1', 'host-2'];
+const MiB = 1024 * 1024;
+/** Slow enough that a 48 MiB transfer runs for seconds: progress can be watched and the transfer cancelled. */
+const RATE_LIMIT_MBPS = 80;
+
+let db: TestDatabase;
+let config: NovacronConfig;
+let hypervisors: LocalHypervisors;
+let imageRoots: Record<string, string>;
+const agents: ChildHandle[] = [];
+let worker: ControlWorkerHandle;
+let built: BuiltApp;
+let client: Client;
+let connection: Connection;
+let operatorToken: string;
+
+function inject(options: InjectOptions) {
+  return built.app.inject({ ...options, headers: { ...bearer(operatorToken), ...options.headers } });
+}
+
+before(async () => {
+  assertHypervisorBinaries();
+  db = await createTestDatabase();
+  operatorToken = await mintToken(db.pool, { roles: ['operator'] });
+  hypervisors = await startLocalHypervisors({ count: HOSTS.length, baseDir: scratchDir('hv') });
+  const images = scratchDir('images');
+  imageRoots = Object.fromEntries(HOSTS.map((id) => [id, path.join(images, id)]));
+  config = testConfig({ databaseUrl: db.url, overrides: TEST_FLEET_OVERRIDES });
+  ({ client, connection } = await temporalClient());
+  worker = await startControlWorker({ config, logger: pino({ level: 'silent' }) });
+  built = await buildApp({
+    config,
+    temporal: client,
+    pool: db.pool,
+    metrics: createMetrics({ service: 'image-test' }),
+    logger: pino({ level: 'error' }),
+  });
+  for (const hypervisor of hypervisors.hosts) {
+    agents.push(
+      startAgentProcess({
+        hypervisor,
+        databaseUrl: db.url,
+        imageRoot: imageRoots[hypervisor.hostId]!,
+        env: { NOVACRON_DWCP_TRANSPORT_RATE_LIMIT_MBPS: String(RATE_LIMIT_MBPS) },
+      }),
+    );
+  }
+  await waitForHostsUp(db.pool, HOSTS, 90_000);
+});
+
+after(async () => {
+  for (const agent of agents) {
+    if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGTERM');
+    await agent.exited;
+  }
+  await built?.close();
+  await worker?.shutdown();
+  await connection?.close();
+  await hypervisors?.stop();
+  await db?.drop();
+});
+
+function libraryPath(hostId: string, imageId: string): string {
+  return path.join(imageRoots[hostId]!, 'library', `${imageId}.raw`);
+}
+
+/** A raw image: `dataBytes` of random content at the start, a sparse zero tail after it. */
+async function writeImage(input: { hostId: string; imageId: string; data: Buffer; sizeBytes: number }) {
+  const file = libraryPath(input.hostId, input.imageId);
+  await mkdir(path.dirname(file), { recursive: true });
+  const handle = await open(file, 'w');
+  await handle.write(input.data, 0, input.data.length, 0);
+  await handle.truncate(input.sizeBytes);
+  await handle.close();
+  return file;
+}
+
+async function sha256Of(file: string): Promise<string> {
+  return createHash('sha256')
+    .update(await readFile(file))
+    .digest('hex');
+}
+
+interface Started {
+  workflowId: string;
+  imageId: string;
+  existing: boolean;
+}
+
+interface ImageView {
+  id: string;
+  sha256: string;
+  sizeBytes: number;
+  replicas: Array<{ hostId: string; state: string; error?: string }>;
+}
+
+interface WorkflowView {
+  status: string;
+  progress?: { link?: { mode: string }; steps: Array<{ name: string }> };
+  pendingActivities: Array<{
+    activityType: string;
+    heartbeatDetails?: { phase: string; logicalBytes: number; totalBytes: number; wireBytes: number };
+  }>;
+  failure?: { message: string; type?: string };
+}
+
+async function post(url: string, payload: object, expected = 202): Promise<Started> {
+  const response = await inject({ method: 'POST', url, payload });
+  assert.equal(response.statusCode, expected, response.body);
+  return response.json<Started>();
+}
+
+async function register(imageId: string, hostId = 'host-1'): Promise<ImageView> {
+  const started = await post('/v1/images', { id: imageId, hostId });
+  await client.workflow.getHandle(started.workflowId).result();
+  const response = await inject({ method: 'GET', url: `/v1/images/${imageId}` });
+  assert.equal(response.statusCode, 200, response.body);
+  return response.json<ImageView>();
+}
+
+async function replicate(imageId: string, hostId: string): Promise<ReplicateImageResult> {
+  const started = await post(`/v1/images/${imageId}/replicate`, { hostId });
+  return client.workflow.getHandle(started.workflowId).result() as Promise<ReplicateImageResult>;
+}
+
+const baseData = randomBytes(8 * MiB);
+
+test('bad requests are refused with the field named, and nothing is written', async () => {
+  const cases: Array<[InjectOptions, number, RegExp]> = [
+    [{ method: 'POST', url: '/v1/images', payload: { id: 'Bad Id', hostId: 'host-1' } }, 400, /body\.id/],
+    [
+      { method: 'POST', url: '/v1/images', payload: { id: 'x', hostId: 'host-1', format: 'vmdk' } },
+      400,
+      /body\.format/,
+    ],
+    [{ method: 'POST', url: '/v1/images', payload: { id: 'x', hostId: 'nope' } }, 404, /body\.hostId/],
+    [{ method: 'POST', url: '/v1/images/none/replicate', payload: { hostId: 'host-2' } }, 404, /image none/],
+    [{ method: 'POST', url: '/v1/images/none/replicate', payload: { hostId: '../etc' } }, 400, /body\.hostId/],
+    [{ method: 'POST', url: '/v1/images/none/replicate', payload: { hostId: 'host-2', x: 1 } }, 400, /x/],
+    [{ method: 'GET', url: '/v1/links?limit=0' }, 400, /limit/],
+  ];
+  for (const [request, status, message] of cases) {
+    const response = await inject(request);
+    assert.equal(response.statusCode, status, `${request.method} ${request.url}: ${response.body}`);
+    assert.match(response.json<{ message: string }>().message, message);
+  }
+  const rows = await db.pool.query(
+    'SELECT (SELECT count(*) FROM images) AS images, (SELECT count(*) FROM link_probes) AS probes',
+  );
+  assert.deepEqual(rows.rows[0], { images: '0', probes: '0' });
+});
+
+test('registering a file that is not on the host fails the workflow with a clear cause and records nothing', async () => {
+  const started = await post('/v1/images', { id: 'missing', hostId: 'host-1' });
+  await assert.rejects(client.workflow.getHandle(started.workflowId).result());
+  const view = (await inject({ method: 'GET', url: `/v1/workflows/${started.workflowId}` })).json<WorkflowView>();
+  assert.equal(view.status, 'FAILED');
+  assert.equal(view.failure?.type, 'ImageFileMissing');
+  assert.match(view.failure?.message ?? '', /no image file at .*missing\.raw on host host-1/);
+  assert.equal((await inject({ method: 'GET', url: '/v1/images/missing' })).statusCode, 404);
+});
+
+test('an image registered on one host replicates to another byte for byte, with the link probe stored', async () => {
+  const file = await writeImage({ hostId: 'host-1', imageId: 'base', data: baseData, sizeBytes: 32 * MiB });
+  const image = await register('base');
+  assert.equal(image.sha256, await sha256Of(file));
+  assert.equal(image.sizeBytes, 32 * MiB);
+  assert.deepEqual(
+    image.replicas.map((r) => [r.hostId, r.state]),
+    [['host-1', 'ready']],
+  );
+
+  const result = await replicate('base', 'host-2');
+  assert.equal(result.alreadyPresent, false);
+  assert.equal(await sha256Of(libraryPath('host-2', 'base')), image.sha256);
+  assert.ok(result.transfer!.chunks.zero > 0, 'the zero tail is skipped, not sent');
+  assert.ok(result.transfer!.wireBytes < 12 * MiB, `wire bytes ${result.transfer!.wireBytes} for 8 MiB of data`);
+
+  const after = (await inject({ method: 'GET', url: '/v1/images/base' })).json<ImageView>();
+  assert.deepEqual(
+    after.replicas.map((r) => [r.hostId, r.state]),
+    [
+      ['host-1', 'ready'],
+      ['host-2', 'ready'],
+    ],
+  );
+  const links = (await inject({ method: 'GET', url: '/v1/links?sourceHostId=host-1' })).json<{
+    probes: Array<{ targetHostId: string; rttMs: number; bandwidthMbps: number; mode: string }>;
+  }>();
+  assert.equal(links.probes.length, 1);
+  assert.equal(links.probes[0]!.targetHostId, 'host-2');
+  assert.ok(links.probes[0]!.bandwidthMbps > 0 && links.probes[0]!.rttMs >= 0);
+  assert.equal(result.link?.mode, links.probes[0]!.mode);
+
+  const again = await replicate('base', 'host-2');
+  assert.equal(again.alreadyPresent, true, 'a ready replica is not copied again');
+});
+
+test('a new version sends only its changed chunks when the target holds the old one', async () => {
+  const changed = Buffer.from(baseData);
+  randomBytes(512 * 1024).copy(changed, 3 * MiB);
+  await writeImage({ hostId: 'host-1', imageId: 'base-v2', data: changed, sizeBytes: 32 * MiB });
+  const image = await register('base-v2');
+  const result = await replicate('base-v2', 'host-2');
+  assert.equal(await sha256Of(libraryPath('host-2', 'base-v2')), image.sha256);
+  assert.ok(result.transfer!.chunks.refs > 0, 'unchanged chunks are copied from base on the target');
+  assert.ok(
+    result.transfer!.wireBytes < 2 * MiB,
+    `wire bytes ${result.transfer!.wireBytes} for a 512 KiB change in 8 MiB of data`,
+  );
+});
+
+test('a replication shows its progress while it runs, and cancelling it stops both hosts and leaves nothing', async () => {
+  await writeImage({ hostId: 'host-1', imageId: 'large', data: randomBytes(48 * MiB), sizeBytes: 48 * MiB });
+  await register('large');
+  const started = await post('/v1/images/large/replicate', { hostId: 'host-2' });
+  let seen: WorkflowView['pendingActivities'][number]['heartbeatDetails'];
+  let view: WorkflowView | undefined;
+  for (let i = 0; i < 300 && !seen; i++) {
+    view = (await inject({ method: 'GET', url: `/v1/workflows/${started.workflowId}` })).json<WorkflowView>();
+    const sending = view.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails;
+    if (sending && sending.logicalBytes > 0 && sending.logicalBytes < sending.totalBytes) seen = sending;
+    else await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(seen, `no partial progress seen; last view ${JSON.stringify(view)}`);
+  assert.equal(seen.phase, 'sending');
+  assert.equal(seen.totalBytes, 48 * MiB);
+  assert.ok(view?.progress?.link?.mode, 'the progress query names the link mode');
+
+  const cancel = await inject({ method: 'POST', url: `/v1/workflows/${started.workflowId}/cancel` });
+  assert.ok([200, 202].includes(cancel.statusCode), cancel.body);
+  await assert.rejects(client.workflow.getHandle(started.workflowId).result());
+  assert.equal((await client.workflow.getHandle(started.workflowId).describe()).status.name, 'CANCELLED');
+
+  const image = (await inject({ method: 'GET', url: '/v1/images/large' })).json<ImageView>();
+  const replica = image.replicas.find((r) => r.hostId === 'host-2');
+  assert.deepEqual([replica?.state, replica?.error], ['failed', 'cancelled']);
+  assert.equal(existsSync(libraryPath('host-2', 'large')), false);
+  const leftovers = (await readdir(path.dirname(libraryPath('host-2', 'large')))).filter((f) => f.startsWith('large'));
+  assert.deepEqual(leftovers, [], 'no partial file or journal is left on the target');
+});
