@@ -13,6 +13,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 import { buildApp, type BuiltApp } from '../../api/app';
+import { runCli } from '../../api/cli/main';
 import type { NovacronConfig } from '../../config/schema';
 import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt';
 import { createMetrics } from '../../observability/metrics';
@@ -263,4 +264,31 @@ test('a replication shows its progress while it runs, and cancelling it stops bo
   assert.equal(existsSync(libraryPath('host-2', 'large')), false);
   const leftovers = (await readdir(path.dirname(libraryPath('host-2', 'large')))).filter((f) => f.startsWith('large'));
   assert.deepEqual(leftovers, [], 'no partial file or journal is left on the target');
+});
+
+test('the CLI follows a replication with byte counts, lists images and probes, and refuses bad usage in one line', async () => {
+  const api = await built.app.listen({ host: '127.0.0.1', port: 0 });
+  process.env.NOVACRON_API_TOKEN = operatorToken;
+  const lines: string[] = [];
+  const out = (line: string) => lines.push(line);
+
+  assert.equal(await runCli(['image', 'replicate', 'large', '--to', 'host-2', '--wait', '--api', api], out), 0);
+  assert.match(lines.join('\n'), /sending [\d.]+ MiB of 48\.0 MiB \(\d+%\), [\d.]+ MiB on the wire/);
+  assert.equal(lines.at(-1), 'COMPLETED');
+
+  lines.length = 0;
+  assert.equal(await runCli(['image', 'list', '--api', api], out), 0);
+  assert.match(lines.join('\n'), /^base\s+raw\s+32\.0 MiB\s+[0-9a-f]{12}\s+on host-1, host-2$/m);
+  assert.match(lines.join('\n'), /^large\s+raw\s+48\.0 MiB\s+[0-9a-f]{12}\s+on host-1, host-2$/m);
+
+  lines.length = 0;
+  assert.equal(await runCli(['link', 'list', '--from', 'host-1', '--api', api], out), 0);
+  assert.ok(lines.length >= 3, lines.join('\n'));
+  assert.match(lines[0]!, /host-1 -> host-2 {2}rtt [\d.]+ ms {2}\d+ Mbit\/s {2}(datacenter|hybrid|internet)$/);
+
+  await assert.rejects(runCli(['image', 'replicate', 'base', '--api', api], out), /needs --to H/);
+  await assert.rejects(
+    runCli(['image', 'replicate', 'none', '--to', 'host-2', '--api', api], out),
+    /404: image none does not exist/,
+  );
 });
