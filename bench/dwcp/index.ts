@@ -477,6 +477,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
       const calibration = (await runPeer({ ns: link.senderNs, config: peerConfig('calibrate', {}) })) as {
         mbps: number;
         ratio: number;
+        hashMBps: number;
         workers: number;
       };
       const auto = resolveTransferParameters({
@@ -484,6 +485,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
         bandwidthMbps: probe.bandwidthMbps,
         cpuMBpsAtLevel1: calibration.mbps,
         ratioAtLevel1: calibration.ratio,
+        hashMBps: calibration.hashMBps,
         workers: calibration.workers,
       });
       probes[link.name] = { ...probe, classified: classifyMode(probe), calibration, auto };

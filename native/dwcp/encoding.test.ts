@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,7 @@ import {
 } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
-import { manifestEntry } from './manifest';
+import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
 
 const text = Buffer.from('a fairly compressible line of text, repeated\n'.repeat(1500));
 
@@ -62,6 +62,20 @@ test('the level rule: off when the link outruns the CPU, strong when the link is
   assert.ok(mid.expectedMBps > 125, 'compression must beat the bare link to be chosen');
 });
 
+test('the level rule counts the hashing every byte costs: a CPU-driven fast link gets no compression', () => {
+  // 400 MB/s of link with two workers at 400 MB/s of zstd: level 1 looks like a win when compression is the only CPU
+  // cost, and is not once 300 MB/s of chunking + sha256 per worker is paid on the same cores.
+  const fast = { bandwidthMbps: 3200, cpuMBpsAtLevel1: 400, workers: 2, ratioAtLevel1: 0.45 };
+  assert.equal(chooseCompressionLevel(fast).level, 1);
+  const withHashing = chooseCompressionLevel({ ...fast, hashMBps: 300 });
+  assert.equal(withHashing.level, COMPRESSION_OFF);
+  assert.ok(Math.abs(withHashing.expectedMBps - 400) < 1e-9, 'off delivers the link rate while hashing keeps up');
+  // Hashing slower than the link caps the uncompressed rate at W * H.
+  assert.ok(Math.abs(chooseCompressionLevel({ ...fast, hashMBps: 100 }).expectedMBps - 200) < 1e-9);
+  // A 1 Gbit/s link still gains from compression with the same CPU.
+  assert.ok(chooseCompressionLevel({ ...fast, bandwidthMbps: 1000, hashMBps: 300 }).level >= 1);
+});
+
 test('the worker pool scans, encodes, verifies and hashes off the main thread', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'dwcp-encoding-'));
   const pool = new DwcpWorkerPool({ size: 2 });
@@ -95,7 +109,26 @@ test('the worker pool scans, encodes, verifies and hashes off the main thread', 
     const { sha256 } = await pool.run({ kind: 'hashFile', path: file });
     assert.equal(sha256, manifest.sha256);
     const speed = await measureCompression({ pool, sample: text, durationMs: 50 });
-    assert.ok(speed.mbps > 1 && speed.ratio < 0.2);
+    assert.ok(speed.mbps > 1 && speed.ratio < 0.2 && speed.hashMBps > 1);
+    // The streamed scan hands out parts in order; together they are the one-shot manifest.
+    const parts: { first: number; entries: Buffer }[] = [];
+    const big = path.join(dir, 'big.bin');
+    const bigContent = Buffer.concat([randomBytes(9 * 1024 * 1024), Buffer.alloc(4 * 1024 * 1024), text]);
+    await writeFile(big, bigContent);
+    const bigChunking = chunkingParams({ avgBytes: 64 * 1024 });
+    const summary = await pool.runWithParts({ kind: 'scanParts', path: big, chunking: bigChunking }, (part) =>
+      parts.push(part),
+    );
+    const oneShot = await pool.run({ kind: 'scan', path: big, chunking: bigChunking });
+    assert.ok(parts.length >= 2, `${parts.length} parts`);
+    let next = 0;
+    for (const part of parts) {
+      assert.equal(part.first, next);
+      next += part.entries.length / MANIFEST_ENTRY_BYTES;
+    }
+    assert.equal(summary.chunkCount, next);
+    assert.deepEqual(Buffer.concat(parts.map((p) => p.entries)), oneShot.entries);
+    assert.equal(summary.sha256, createHash('sha256').update(bigContent).digest('hex'));
     await assert.rejects(pool.run({ kind: 'hashFile', path: path.join(dir, 'missing') }), DwcpIoError);
   } finally {
     await pool.close();

@@ -9,7 +9,14 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
 import { compress, decompress } from 'zstd-napi';
-import { INCOMPRESSIBLE_RATIO, isZeroChunk, looksIncompressible, type ChunkingParams } from './chunking';
+import {
+  INCOMPRESSIBLE_RATIO,
+  chunkLengths,
+  chunkingParams,
+  isZeroChunk,
+  looksIncompressible,
+  type ChunkingParams,
+} from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
 import { scanFileParts, scanFileSync, type Manifest, type ManifestPart, type ScanSummary } from './manifest';
@@ -95,6 +102,11 @@ export interface CompressionChoice {
  * (compressed/raw), level l delivers min(W * C1 * speed(l), L / (r1 * size(l))) logical MB/s, and no compression
  * delivers L. Take the level with the best figure; a higher level must win by more than 5% to be worth its CPU.
  * So fast links with slow CPUs get no or light compression, and slow links get the strongest affordable level.
+ *
+ * When `hashMBps` is given (the per-worker speed of the work every byte costs whatever the level: chunking and
+ * sha256), the workers' time per byte is that work plus compression, so level l's CPU figure becomes
+ * W / (1 / (C1 * speed(l)) + 1 / H) and no compression is capped at W * H. Without this term a link that is itself
+ * driven by the same CPUs (loopback, or a 10 Gbit/s NIC on two cores) looks like it gains from zstd when it loses.
  */
 export function chooseCompressionLevel(input: {
   bandwidthMbps: number;
@@ -102,14 +114,20 @@ export function chooseCompressionLevel(input: {
   workers: number;
   ratioAtLevel1?: number;
   maxLevel?: number;
+  hashMBps?: number;
 }): CompressionChoice {
   const link = input.bandwidthMbps / 8;
   const ratio = Math.min(1, Math.max(0.01, input.ratioAtLevel1 ?? 0.5));
   const maxLevel = input.maxLevel ?? 12;
-  let best: CompressionChoice = { level: COMPRESSION_OFF, expectedMBps: link };
+  const hashSecondsPerMB = input.hashMBps === undefined || input.hashMBps <= 0 ? 0 : 1 / input.hashMBps;
+  const cpuFor = (compressMBps: number | undefined): number => {
+    const seconds = (compressMBps === undefined ? 0 : 1 / compressMBps) + hashSecondsPerMB;
+    return seconds === 0 ? Number.POSITIVE_INFINITY : input.workers / seconds;
+  };
+  let best: CompressionChoice = { level: COMPRESSION_OFF, expectedMBps: Math.min(link, cpuFor(undefined)) };
   for (const profile of ZSTD_LEVEL_PROFILE) {
     if (profile.level > maxLevel) break;
-    const cpu = input.workers * input.cpuMBpsAtLevel1 * profile.speed;
+    const cpu = cpuFor(input.cpuMBpsAtLevel1 * profile.speed);
     const expected = Math.min(cpu, link / (ratio * profile.size));
     if (expected > best.expectedMBps * 1.05) best = { level: profile.level, expectedMBps: expected };
   }
@@ -141,7 +159,14 @@ export interface WorkerResults {
   decode: { data: Buffer | undefined };
   readVerified: { data: Buffer | undefined };
   hashFile: { sha256: string };
-  calibrate: { mbps: number; ratio: number };
+  calibrate: Calibration;
+}
+
+/** Level-1 zstd speed and ratio, and the speed of chunking plus sha256 (the work every byte costs), per worker. */
+export interface Calibration {
+  mbps: number;
+  ratio: number;
+  hashMBps: number;
 }
 
 export interface WorkerRequest {
@@ -233,17 +258,39 @@ function hashFileSync(file: string): string {
   }
 }
 
-function calibrate(sample: Buffer, durationMs: number): { mbps: number; ratio: number } {
-  const started = process.hrtime.bigint();
-  let bytes = 0;
+function calibrate(sample: Buffer, durationMs: number): Calibration {
+  const timed = (work: () => void): number => {
+    const started = process.hrtime.bigint();
+    let bytes = 0;
+    do {
+      work();
+      bytes += sample.length;
+    } while (Number(process.hrtime.bigint() - started) / 1e6 < durationMs / 2);
+    return bytes / 1e6 / (Number(process.hrtime.bigint() - started) / 1e9);
+  };
   let packed = 0;
-  do {
+  let compressed = 0;
+  const mbps = timed(() => {
     packed += compress(sample, { compressionLevel: 1 }).length;
-    bytes += sample.length;
-  } while (Number(process.hrtime.bigint() - started) / 1e6 < durationMs);
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  return { mbps: bytes / 1e6 / seconds, ratio: packed / bytes };
+    compressed += sample.length;
+  });
+  // What a send costs per byte without compression: cutting chunks (datacenter size) and hashing each and the whole.
+  const params = CALIBRATION_CHUNKING;
+  const hashMBps = timed(() => {
+    const whole = createHash('sha256').update(sample);
+    let at = 0;
+    for (const length of chunkLengths({ data: sample, params })) {
+      createHash('sha256')
+        .update(sample.subarray(at, at + length))
+        .digest();
+      at += length;
+    }
+    whole.digest();
+  });
+  return { mbps, ratio: packed / compressed, hashMBps };
 }
+
+const CALIBRATION_CHUNKING = chunkingParams({ avgBytes: 128 * 1024 });
 
 /**
  * Prepares a message for postMessage: every byte array moves to the other thread instead of being cloned. A view
@@ -428,11 +475,14 @@ function workerError(error: { name: string; message: string; code?: string }): E
   return DwcpError.fromNative(Object.assign(new Error(error.message), { code: error.code }), 'worker task');
 }
 
-/** Measures level-1 compression speed and ratio on a sample of the real data, in a pool worker. */
+/**
+ * Measures level-1 compression speed and ratio, and the chunking + hashing speed, on a sample of the real data in a
+ * pool worker (half of `durationMs` each).
+ */
 export async function measureCompression(input: {
   pool: DwcpWorkerPool;
   sample: Buffer;
   durationMs?: number;
-}): Promise<{ mbps: number; ratio: number }> {
+}): Promise<Calibration> {
   return input.pool.run({ kind: 'calibrate', sample: Buffer.from(input.sample), durationMs: input.durationMs ?? 200 });
 }

@@ -45,7 +45,9 @@ export interface ModeParameters {
 }
 
 /**
- * Datacenter links are fast and CPU is the bottleneck: few streams, big chunks, light compression. Internet links
+ * Datacenter links are fast and CPU is the bottleneck: few streams, big chunks, and no compression by default
+ * (above a few Gbit/s chunking, hashing and TLS already keep the cores busy, and zstd only adds to that; between 1
+ * and ~2.5 Gbit/s the level rule picks light compression once the CPU has been measured). Internet links
  * are slow and lossy: more streams to fill the bandwidth-delay product and survive per-flow loss, small chunks so
  * dedup finds more, and strong compression because every byte saved is worth more than the CPU spent on it.
  */
@@ -56,7 +58,7 @@ export const MODE_PARAMETERS = {
     maxStreams: 8,
     chunkAvgBytes: 128 * 1024,
     streamChunkBytes: 1024 * 1024,
-    compressionLevel: 1,
+    compressionLevel: 0,
     maxCompressionLevel: 3,
     maxInFlightChunks: 32,
   },
@@ -114,6 +116,8 @@ export function resolveTransferParameters(input: {
   override?: DwcpMode;
   cpuMBpsAtLevel1?: number;
   ratioAtLevel1?: number;
+  /** Per-worker chunking + sha256 speed (measureCompression's hashMBps); see chooseCompressionLevel. */
+  hashMBps?: number;
   workers?: number;
 }): TransferParameters {
   const mode = classifyMode(input);
@@ -127,6 +131,7 @@ export function resolveTransferParameters(input: {
           workers: input.workers ?? 1,
           maxLevel: row.maxCompressionLevel,
           ...(input.ratioAtLevel1 !== undefined ? { ratioAtLevel1: input.ratioAtLevel1 } : {}),
+          ...(input.hashMBps !== undefined ? { hashMBps: input.hashMBps } : {}),
         }).level;
   return {
     mode,
