@@ -3,11 +3,18 @@
  * version of the target). Chunk hashes are content addresses, so one index serves every chunking: a file is indexed
  * once per chunking that a sender asks for, and a lookup never returns content that does not match (readers verify
  * the hash again before using a location, in case the file changed since it was indexed).
+ *
+ * Scanning an image costs a full read and hash, so a file's chunk list is also kept in a sidecar next to it
+ * (`<file>.dwcp-index.<chunking>`), keyed by size and mtime: a receiver that restarts, or a target that a finished
+ * transfer just wrote, is indexed without reading the image. A sidecar is only a hint, like the index itself: a
+ * stale one costs ref-misses (the sender then sends the data), never wrong content.
  */
-import { stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { z } from 'zod';
 import { chunkingKey, type ChunkingParams } from './chunking';
 import type { DwcpWorkerPool } from './encoding';
-import { manifestEntry } from './manifest';
+import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
 
 export interface ChunkLocation {
   path: string;
@@ -15,27 +22,141 @@ export interface ChunkLocation {
   length: number;
 }
 
+const SidecarHeaderSchema = z.object({
+  v: z.literal(1),
+  size: z.number().int().nonnegative(),
+  mtimeMs: z.number(),
+  chunking: z.string(),
+  chunkCount: z.number().int().nonnegative(),
+  entriesSha256: z.string(),
+});
+
+/** Where the sidecar of `file` for `chunking` lives. */
+export function sidecarPath(file: string, chunking: ChunkingParams): string {
+  return `${file}.dwcp-index.${chunkingKey(chunking).replaceAll('/', '-')}`;
+}
+
+/**
+ * Writes the sidecar for `file` (whose manifest entries are `entries`), stamped with the file's current size and
+ * mtime. Written to a temporary name and renamed, so a reader never sees half of one. Best effort: a read-only
+ * directory just means no sidecar.
+ */
+export async function writeSidecar(input: {
+  file: string;
+  chunking: ChunkingParams;
+  entries: Buffer;
+}): Promise<boolean> {
+  const target = sidecarPath(input.file, input.chunking);
+  const temporary = `${target}.tmp-${process.pid}`;
+  try {
+    const info = await stat(input.file);
+    const header = {
+      v: 1,
+      size: info.size,
+      mtimeMs: info.mtimeMs,
+      chunking: chunkingKey(input.chunking),
+      chunkCount: input.entries.length / MANIFEST_ENTRY_BYTES,
+      entriesSha256: createHash('sha256').update(input.entries).digest('hex'),
+    } satisfies z.infer<typeof SidecarHeaderSchema>;
+    await writeFile(temporary, Buffer.concat([Buffer.from(`${JSON.stringify(header)}\n`), input.entries]));
+    await rename(temporary, target);
+    return true;
+  } catch {
+    await rm(temporary, { force: true }).catch(() => undefined);
+    return false;
+  }
+}
+
+/** The entries of a sidecar that still describes `file` as it is now, or undefined. */
+export async function readSidecar(input: {
+  file: string;
+  chunking: ChunkingParams;
+  size: number;
+  mtimeMs: number;
+}): Promise<Buffer | undefined> {
+  let data: Buffer;
+  try {
+    data = await readFile(sidecarPath(input.file, input.chunking));
+  } catch {
+    return undefined;
+  }
+  const newline = data.indexOf(10);
+  if (newline < 0) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data.subarray(0, newline).toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  const header = SidecarHeaderSchema.safeParse(parsed);
+  if (!header.success) return undefined;
+  const entries = data.subarray(newline + 1);
+  const h = header.data;
+  if (
+    h.size !== input.size ||
+    h.mtimeMs !== input.mtimeMs ||
+    h.chunking !== chunkingKey(input.chunking) ||
+    entries.length !== h.chunkCount * MANIFEST_ENTRY_BYTES ||
+    createHash('sha256').update(entries).digest('hex') !== h.entriesSha256
+  ) {
+    return undefined;
+  }
+  return entries;
+}
+
 export class ChunkIndex {
   private readonly locations = new Map<string, ChunkLocation>();
   /** path + chunking → the file's size and mtime when it was indexed. */
   private readonly indexed = new Map<string, string>();
   private readonly pool: DwcpWorkerPool;
+  private readonly sidecars: boolean;
 
-  constructor(input: { pool: DwcpWorkerPool }) {
+  constructor(input: { pool: DwcpWorkerPool; sidecars?: boolean }) {
     this.pool = input.pool;
+    this.sidecars = input.sidecars ?? true;
   }
 
   get size(): number {
     return this.locations.size;
   }
 
-  /** Indexes `path` with `chunking` unless it was already indexed that way and has not changed since. */
+  /**
+   * Indexes `path` with `chunking` unless it was already indexed that way and has not changed since: from memory,
+   * then from a current sidecar, and only then by scanning the file (which writes the sidecar for next time).
+   */
   async addFile(input: { path: string; chunking: ChunkingParams }): Promise<number> {
     const info = await stat(input.path);
     const key = `${input.path}\0${chunkingKey(input.chunking)}`;
     const version = `${info.size}:${info.mtimeMs}`;
     if (this.indexed.get(key) === version) return 0;
-    const manifest = await this.pool.run({ kind: 'scan', path: input.path, chunking: input.chunking });
+    let entries = this.sidecars
+      ? await readSidecar({ file: input.path, chunking: input.chunking, size: info.size, mtimeMs: info.mtimeMs })
+      : undefined;
+    if (entries === undefined) {
+      entries = (await this.pool.run({ kind: 'index', path: input.path, chunking: input.chunking })).entries;
+      if (this.sidecars) await writeSidecar({ file: input.path, chunking: input.chunking, entries });
+    }
+    const added = this.addEntries({ path: input.path, entries });
+    this.indexed.set(key, version);
+    return added;
+  }
+
+  /**
+   * Adds a file whose manifest is already known (a target a transfer just verified and wrote), and keeps its
+   * sidecar, so the next version of it is indexed without a scan.
+   */
+  async addKnownFile(input: { path: string; chunking: ChunkingParams; entries: Buffer }): Promise<number> {
+    const info = await stat(input.path);
+    // Whatever was indexed at this path before described the content the new file replaced.
+    for (const [hash, location] of this.locations) if (location.path === input.path) this.locations.delete(hash);
+    const added = this.addEntries(input);
+    this.indexed.set(`${input.path}\0${chunkingKey(input.chunking)}`, `${info.size}:${info.mtimeMs}`);
+    if (this.sidecars) await writeSidecar({ file: input.path, chunking: input.chunking, entries: input.entries });
+    return added;
+  }
+
+  private addEntries(input: { path: string; entries: Buffer }): number {
+    const manifest = { entries: input.entries, chunkCount: input.entries.length / MANIFEST_ENTRY_BYTES };
     let added = 0;
     for (let index = 0; index < manifest.chunkCount; index++) {
       const entry = manifestEntry({ manifest, index });
@@ -45,7 +166,6 @@ export class ChunkIndex {
       if (!this.locations.has(hash)) added++;
       this.locations.set(hash, { path: input.path, offset: entry.offset, length: entry.length });
     }
-    this.indexed.set(key, version);
     return added;
   }
 

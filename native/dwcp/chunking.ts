@@ -101,16 +101,20 @@ function findCut(
   small: number,
   large: number,
 ): number {
-  const normal = Math.min(limit, params.avgBytes);
+  // The hottest loop of a send (every byte of data passes through it): positions are absolute and the table is a
+  // local, which V8 runs about a quarter faster than the indexed-from-start form with fallbacks.
+  const gear = GEAR;
+  const normal = start + Math.min(limit, params.avgBytes);
+  const end = start + limit;
   let hash = 0;
-  let i = params.minBytes;
-  for (; i < normal; i++) {
-    hash = ((hash << 1) + (GEAR[data[start + i]!] ?? 0)) | 0;
-    if ((hash & small) === 0) return i + 1;
+  let p = start + params.minBytes;
+  for (; p < normal; p++) {
+    hash = ((hash << 1) + gear[data[p]!]!) | 0;
+    if ((hash & small) === 0) return p - start + 1;
   }
-  for (; i < limit; i++) {
-    hash = ((hash << 1) + (GEAR[data[start + i]!] ?? 0)) | 0;
-    if ((hash & large) === 0) return i + 1;
+  for (; p < end; p++) {
+    hash = ((hash << 1) + gear[data[p]!]!) | 0;
+    if ((hash & large) === 0) return p - start + 1;
   }
   return 0;
 }

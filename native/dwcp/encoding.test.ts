@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -108,6 +108,49 @@ test('the worker pool scans, encodes, verifies and hashes off the main thread', 
     assert.equal(wrong.data, undefined);
     const { sha256 } = await pool.run({ kind: 'hashFile', path: file });
     assert.equal(sha256, manifest.sha256);
+    // Verified writes: a chunk lands only when it matches its hash, and only in a file that exists.
+    const copy = path.join(dir, 'copy.bin');
+    await writeFile(copy, Buffer.alloc(content.length));
+    for (const { entry } of results) {
+      const target = { path: copy, offset: entry.offset };
+      const hash = Buffer.from(entry.hash);
+      const source = { path: file, offset: entry.offset, length: entry.length };
+      if (entry.index % 2 === 0) {
+        // The first encoding's payload moved to a worker with the decode above; encode afresh.
+        const encoded = await pool.run({ kind: 'encodeFile', ...source, level: 3 });
+        const written = await pool.run({ kind: 'decodeInto', ...encoded, expectedHash: hash, target });
+        assert.equal(written.written, true);
+      } else {
+        assert.equal((await pool.run({ kind: 'copyVerified', ...source, expectedHash: hash, target })).written, true);
+        const read = await pool.run({ kind: 'readVerified', ...source, expectedHash: hash });
+        assert.ok(read.data !== undefined && read.data.length === entry.length);
+      }
+    }
+    assert.deepEqual(await readFile(copy), content);
+    const first = results[0]!.entry;
+    const mismatch = await pool.run({
+      kind: 'copyVerified',
+      path: file,
+      offset: first.offset + 1,
+      length: first.length,
+      expectedHash: Buffer.from(first.hash),
+      target: { path: copy, offset: 0 },
+    });
+    assert.equal(mismatch.written, false);
+    assert.deepEqual(await readFile(copy), content, 'a mismatching chunk is not written');
+    await assert.rejects(
+      pool.run({
+        kind: 'copyVerified',
+        path: file,
+        offset: first.offset,
+        length: first.length,
+        expectedHash: Buffer.from(first.hash),
+        target: { path: path.join(dir, 'gone.bin'), offset: 0 },
+      }),
+      DwcpIoError,
+    );
+    const indexed = await pool.run({ kind: 'index', path: file, chunking: chunkingParams({ avgBytes: 16 * 1024 }) });
+    assert.deepEqual(indexed.entries, manifest.entries);
     const speed = await measureCompression({ pool, sample: text, durationMs: 50 });
     assert.ok(speed.mbps > 1 && speed.ratio < 0.2 && speed.hashMBps > 1);
     // The streamed scan hands out parts in order; together they are the one-shot manifest.

@@ -3,7 +3,7 @@
  * CPU speed, and the worker pool that runs compression and hashing off the event loop.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -145,7 +145,17 @@ export type WorkerTask =
   | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number }
   | { kind: 'encode'; data: Buffer; level: number }
   | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expectedHash?: Buffer }
+  | {
+      kind: 'decodeInto';
+      encoding: ChunkEncoding;
+      payload: Buffer;
+      rawLength: number;
+      expectedHash: Buffer;
+      target: FileRange;
+    }
   | { kind: 'readVerified'; path: string; offset: number; length: number; expectedHash: Buffer }
+  | { kind: 'copyVerified'; path: string; offset: number; length: number; expectedHash: Buffer; target: FileRange }
+  | { kind: 'index'; path: string; chunking: ChunkingParams }
   | { kind: 'hashFile'; path: string }
   | { kind: 'calibrate'; sample: Buffer; durationMs: number };
 
@@ -157,7 +167,12 @@ export interface WorkerResults {
   encode: EncodedChunk;
   /** `data` is undefined when the decoded content does not match expectedHash. */
   decode: { data: Buffer | undefined };
+  /** `written` is false when the content did not match expectedHash (nothing was written then). */
+  decodeInto: { written: boolean };
   readVerified: { data: Buffer | undefined };
+  copyVerified: { written: boolean };
+  /** A file's chunk entries without the whole-file sha256, for the receiver's chunk index. */
+  index: { entries: Buffer; chunkCount: number };
   hashFile: { sha256: string };
   calibrate: Calibration;
 }
@@ -172,6 +187,15 @@ export interface Calibration {
 export interface WorkerRequest {
   id: number;
   task: WorkerTask;
+}
+
+/**
+ * Where a verified chunk goes: an existing file (never created here, so a write after the receiver removed a failed
+ * partial file fails instead of recreating it) and the offset in it.
+ */
+export interface FileRange {
+  path: string;
+  offset: number;
 }
 
 /** Tasks that report parts of their result before they finish, and what a part is. */
@@ -211,9 +235,32 @@ export function runWorkerTask(
       }
       return { data: matchesHash(data, task.expectedHash) ? data : undefined };
     }
+    case 'decodeInto': {
+      let data: Buffer;
+      try {
+        data = decodeChunk(task);
+      } catch (err) {
+        if (err instanceof DwcpChecksumError) return { written: false };
+        throw err;
+      }
+      if (!matchesHash(data, task.expectedHash)) return { written: false };
+      writeRangeSync(task.target, data);
+      return { written: true };
+    }
     case 'readVerified': {
       const data = readRangeSync(task.path, task.offset, task.length);
       return { data: matchesHash(data, task.expectedHash) ? data : undefined };
+    }
+    case 'copyVerified': {
+      const data = readRangeSync(task.path, task.offset, task.length);
+      if (!matchesHash(data, task.expectedHash)) return { written: false };
+      writeRangeSync(task.target, data);
+      return { written: true };
+    }
+    case 'index': {
+      const parts: Buffer[] = [];
+      const { chunkCount } = scanFileParts({ ...task, hashWholeFile: false, onPart: (p) => parts.push(p.entries) });
+      return { entries: Buffer.concat(parts), chunkCount };
     }
     case 'hashFile':
       return { sha256: hashFileSync(task.path) };
@@ -238,6 +285,19 @@ function readRangeSync(file: string, offset: number, length: number): Buffer {
       filled += n;
     }
     return out;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Writes all of `data` at target.offset; sync because it runs in a worker, where the thread is free to block. */
+function writeRangeSync(target: FileRange, data: Buffer): void {
+  const fd = openSync(target.path, fsConstants.O_WRONLY);
+  try {
+    let written = 0;
+    while (written < data.length) {
+      written += writeSync(fd, data, written, data.length - written, target.offset + written);
+    }
   } finally {
     closeSync(fd);
   }

@@ -101,7 +101,10 @@ export function scanFileParts(input: {
   path: string;
   chunking: ChunkingParams;
   onPart: (part: ManifestPart) => void;
+  /** False skips the whole-file sha256 (sha256 is then empty): a chunk index needs only the chunk hashes. */
+  hashWholeFile?: boolean;
 }): ScanSummary {
+  const hashWholeFile = input.hashWholeFile ?? true;
   const fd = openSync(input.path, 'r');
   try {
     const expectedSize = fstatSync(fd).size;
@@ -144,7 +147,7 @@ export function scanFileParts(input: {
       if (!eof) {
         const n = readSync(fd, buffer, filled, buffer.length - filled, null);
         if (n === 0) eof = true;
-        whole.update(buffer.subarray(filled, filled + n));
+        if (hashWholeFile) whole.update(buffer.subarray(filled, filled + n));
         filled += n;
       }
       let start = 0;
@@ -159,7 +162,7 @@ export function scanFileParts(input: {
       emit();
     }
     if (offset !== expectedSize) throw new DwcpIoError(`${input.path} changed size while it was scanned`);
-    return { size: offset, sha256: whole.digest('hex'), chunkCount: count };
+    return { size: offset, sha256: hashWholeFile ? whole.digest('hex') : '', chunkCount: count };
   } finally {
     closeSync(fd);
   }

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Duplex, Readable, Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
+import { ChunkIndex, sidecarPath } from './chunk-index';
 import { chunkingParams } from './chunking';
 import { dialTls, type Dialer } from './connection';
 import { DwcpWorkerPool } from './encoding';
@@ -106,6 +107,48 @@ test('sending over an existing older target transfers only the delta', async () 
   await received;
   assert.equal(await sha256File({ path: target }), expected);
   assert.ok(sent.chunks.data <= 3, `${sent.chunks.data} chunks sent as data`);
+});
+
+test('a received target keeps a chunk-index sidecar: a restarted receiver indexes it without a scan', async () => {
+  const target = path.join(dir, 'out', 'sidecar.img');
+  const v1 = noiseContent({ bytes: 2 * 1024 * 1024, seed: 31 });
+  const source1 = path.join(dir, 'sidecar-v1.img');
+  await writeTestFile({ path: source1, content: v1 });
+  const first = randomUUID();
+  const received = receiver.expectFile({ transferId: first, targetPath: target });
+  await sendFile({ ...sender({ transferId: first }), sourcePath: source1, chunking });
+  await received;
+  await access(sidecarPath(target, chunking));
+
+  // A new receiver has an empty index; a pool that refuses every task proves the sidecar, not a scan, filled it.
+  const refusing = new DwcpWorkerPool({ size: 1 });
+  await refusing.close();
+  const fresh = new ChunkIndex({ pool: refusing });
+  assert.ok((await fresh.addFile({ path: target, chunking })) > 0);
+  const v2 = Buffer.concat([v1.subarray(0, 700_000), noiseContent({ bytes: 5000, seed: 32 }), v1.subarray(700_000)]);
+  const source2 = path.join(dir, 'sidecar-v2.img');
+  const expected = await writeTestFile({ path: source2, content: v2 });
+  const restarted = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  try {
+    const second = randomUUID();
+    const done = restarted.expectFile({ transferId: second, targetPath: target });
+    const sent = await sendFile({
+      ...sender({ transferId: second }),
+      port: restarted.port,
+      sourcePath: source2,
+      chunking,
+    });
+    await done;
+    assert.equal(await sha256File({ path: target }), expected);
+    assert.ok(sent.chunks.refs > sent.chunks.total * 0.8, `${sent.chunks.refs} of ${sent.chunks.total} reused`);
+  } finally {
+    await restarted.close();
+  }
+
+  // A sidecar that no longer matches its file (here: stamped before the file changed) is ignored.
+  await writeFile(target, Buffer.concat([v2, Buffer.from('tail')]));
+  const stale = new ChunkIndex({ pool: refusing });
+  await assert.rejects(stale.addFile({ path: target, chunking }), /closed/);
 });
 
 test('an ordered stream is reassembled in order across streams with a small reorder window', async () => {

@@ -740,6 +740,11 @@ export interface DwcpReceiverOptions {
   /** Journal batches: fsync after this many chunks or this many milliseconds, whichever comes first. */
   journalBatchChunks?: number;
   journalIntervalMs?: number;
+  /**
+   * Keep chunk-index sidecars (`<file>.dwcp-index.<chunking>`) next to indexed base images and received targets,
+   * so the next transfer against them needs no scan (default true). See chunk-index.ts.
+   */
+  indexSidecars?: boolean;
   onAuthFailure?: (err: Error) => void;
 }
 
@@ -1228,41 +1233,46 @@ class FileReceiveTransfer extends ReceiveTransfer {
     if (!frame.checksumOk) return this.nack(socket, entry.index, 'checksum');
     if (this.done[entry.index] === 1) return this.ack(socket, entry.index);
 
-    let data: Buffer | undefined;
+    // Workers check the content against the manifest's sha256 and write it to the partial file themselves, so
+    // chunk data never crosses back to this thread; the check before the write is what END relies on.
+    const target = { path: this.partialPath, offset: entry.offset };
     if (frame.type === FrameType.ZERO) {
       if (!entry.zero) return this.nack(socket, entry.index, 'checksum');
     } else if (frame.type === FrameType.CHUNK_REF) {
       if (!frame.payload.equals(entry.hash)) throw new DwcpProtocolError(`chunk ${entry.index} refers to another hash`);
       const location = this.ctx.chunkIndex.lookup(entry.hash);
       if (location === undefined) return this.nack(socket, entry.index, 'ref-miss');
-      const read = await this.ctx.pool
+      const copied = await this.ctx.pool
         .run({
-          kind: 'readVerified',
+          kind: 'copyVerified',
           path: location.path,
           offset: location.offset,
           length: location.length,
           expectedHash: entry.hash,
+          target,
         })
-        .catch(() => ({ data: undefined }));
-      if (read.data === undefined) {
+        .catch((err: unknown) => {
+          // A base image that went away or shrank is a miss; the target's own trouble (disk full) is not.
+          const error = DwcpError.fromNative(err, 'copying a known chunk');
+          if (error instanceof DwcpDiskFullError) throw error;
+          return { written: false };
+        });
+      if (!copied.written) {
         this.ctx.chunkIndex.forget(entry.hash);
         return this.nack(socket, entry.index, 'ref-miss');
       }
-      data = read.data;
     } else {
       const decoded = await this.ctx.pool.run({
-        kind: 'decode',
+        kind: 'decodeInto',
         encoding: frame.encoding,
         payload: frame.payload,
         rawLength: frame.rawLength,
         expectedHash: entry.hash,
+        target,
       });
-      if (decoded.data === undefined) return this.nack(socket, entry.index, 'checksum');
-      data = decoded.data;
+      if (!decoded.written) return this.nack(socket, entry.index, 'checksum');
     }
     if (this.finished) return;
-    // Verified against the manifest's sha256 just above, in memory: this is the check END relies on.
-    if (data !== undefined) await this.write(data, entry.offset);
     if (this.done[entry.index] !== 1) {
       this.done[entry.index] = 1;
       this.outstandingBytes -= entry.length;
@@ -1292,16 +1302,6 @@ class FileReceiveTransfer extends ReceiveTransfer {
     if (journal === undefined || journal.busy || journal.pendingCount === 0) return;
     if (!onTimer && journal.pendingCount < this.ctx.journalBatchChunks) return;
     journal.flush().catch((err: unknown) => this.fail(DwcpError.fromNative(err, 'journal'), true));
-  }
-
-  private async write(data: Buffer, offset: number): Promise<void> {
-    const partial = this.partial;
-    if (partial === undefined) throw new DwcpProtocolError('no target open');
-    let written = 0;
-    while (written < data.length) {
-      const { bytesWritten } = await partial.write(data, written, data.length - written, offset + written);
-      written += bytesWritten;
-    }
   }
 
   /**
@@ -1343,6 +1343,13 @@ class FileReceiveTransfer extends ReceiveTransfer {
     this.ctx.onFinished(this.transferId, sha256);
     await socket.send({ type: FrameType.END, transferId: this.transferId, payload: jsonPayload({ sha256 }) });
     socket.close();
+    // The verified manifest is the new target's chunk index: its next version is then indexed without a scan.
+    const chunking = this.chunking;
+    if (chunking !== undefined) {
+      await this.ctx.chunkIndex
+        .addKnownFile({ path: this.input.targetPath, chunking, entries: this.manifest.entries })
+        .catch(() => undefined);
+    }
     this.progress({
       logicalBytes: this.logicalBytes,
       chunksDone: this.chunksDone,
@@ -1533,7 +1540,7 @@ export class DwcpReceiver {
   private constructor(options: DwcpReceiverOptions) {
     this.ownsPool = options.pool === undefined;
     this.pool = options.pool ?? new DwcpWorkerPool();
-    this.chunkIndex = new ChunkIndex({ pool: this.pool });
+    this.chunkIndex = new ChunkIndex({ pool: this.pool, sidecars: options.indexSidecars ?? true });
     this.ctx = {
       pool: this.pool,
       chunkIndex: this.chunkIndex,
