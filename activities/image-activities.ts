@@ -4,7 +4,7 @@
  * it (`receiveImage`) while the sending host runs it (`transferImage`); both heartbeat their progress and both stop
  * when the workflow is cancelled.
  */
-import { ApplicationFailure, CancelledFailure, cancellationSignal, heartbeat } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure, cancellationSignal, Context, heartbeat } from '@temporalio/activity';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
@@ -144,14 +144,20 @@ async function sha256File(filePath: string, onBytes: (bytes: number) => void): P
   return hash.digest('hex');
 }
 
-/** Heartbeats the newest details every HEARTBEAT_MS, so a quiet phase (a peer still hashing) is not a dead agent. */
+/**
+ * Heartbeats every progress update (the SDK throttles what reaches the server) and repeats the newest every
+ * HEARTBEAT_MS, so a quiet phase (a peer still hashing) is not mistaken for a dead agent.
+ */
 function heartbeatTicker(initial: TransferHeartbeat) {
+  // Progress callbacks run on the receiver's sockets, outside this activity's async context: hold the context.
+  const context = Context.current();
   let latest = initial;
-  heartbeat(latest);
-  const timer = setInterval(() => heartbeat(latest), HEARTBEAT_MS);
+  context.heartbeat(latest);
+  const timer = setInterval(() => context.heartbeat(latest), HEARTBEAT_MS);
   return {
     update(next: Partial<TransferHeartbeat>) {
       latest = { ...latest, ...next };
+      context.heartbeat(latest);
     },
     stop: () => clearInterval(timer),
   };
