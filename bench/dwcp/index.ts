@@ -22,6 +22,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
+import { writeSidecar } from '../../native/dwcp/chunk-index';
+import { chunkingParams, type ChunkingParams } from '../../native/dwcp/chunking';
+import { DwcpWorkerPool } from '../../native/dwcp/encoding';
 import { DwcpMode, MODE_PARAMETERS, classifyMode, resolveTransferParameters } from '../../native/dwcp/mode';
 import { buildDwcpDataset, ensureBenchTools, type DwcpDataset } from './dataset';
 
@@ -232,7 +235,7 @@ function reportedCpu(timed: Timed): number {
 interface RunSpec {
   link: Link;
   tool: string;
-  scenario: 'first' | 'delta';
+  scenario: Scenario;
   port: number;
   receiver: string[];
   sender: string[];
@@ -245,12 +248,21 @@ interface RunSpec {
   warmSender?: boolean;
   target: string;
   expectedSha256: string;
+  /** delta-warm: the receiver indexed v1 with this chunking before (its chunk-index sidecar is in place). */
+  warmChunkAvgBytes?: number;
 }
+
+/**
+ * first: v1 onto an empty target. delta: v2 onto a target holding v1, which DWCP's receiver has never seen (it
+ * scans it). delta-warm (DWCP only): the same, on a host whose receiver indexed v1 before (as after receiving v1
+ * through DWCP), so its chunk-index sidecar is current and only the sender scans.
+ */
+export type Scenario = 'first' | 'delta' | 'delta-warm';
 
 export interface DwcpBenchRun {
   link: string;
   tool: string;
-  scenario: 'first' | 'delta';
+  scenario: Scenario;
   seconds: number;
   logicalMBps: number;
   wireBytes: number;
@@ -389,7 +401,7 @@ function addRatios(runs: DwcpBenchRun[]): void {
   for (const run of runs) {
     const vs: NonNullable<DwcpBenchRun['vs']> = {};
     for (const base of ['raw-tcp', 'zstd-1-nc', 'rsync'] as const) {
-      const scenario = base === 'rsync' ? run.scenario : 'first';
+      const scenario = base === 'rsync' && run.scenario !== 'first' ? 'delta' : 'first';
       const baseline = runs.find((r) => r.link === run.link && r.tool === base && r.scenario === scenario);
       if (baseline === undefined || baseline === run) continue;
       vs[base] = {
@@ -413,6 +425,19 @@ async function updateDoc(input: { table: string; dataset: DwcpDataset; meta: str
   await writeFile(doc, text.slice(0, from) + body + text.slice(to));
 }
 
+/** v1's chunk entries per chunking, computed once (untimed) for the delta-warm preparation. */
+function v1EntriesCache(input: { v1Path: string; pool: DwcpWorkerPool }): (c: ChunkingParams) => Promise<Buffer> {
+  const cache = new Map<number, Promise<Buffer>>();
+  return (chunking) => {
+    let entries = cache.get(chunking.avgBytes);
+    if (entries === undefined) {
+      entries = input.pool.run({ kind: 'index', path: input.v1Path, chunking }).then((r) => r.entries);
+      cache.set(chunking.avgBytes, entries);
+    }
+    return entries.then((e) => Buffer.from(e));
+  };
+}
+
 export async function runDwcpBench(input: { outDir: string }): Promise<string> {
   const log = (line: string): void => {
     process.stdout.write(`[dwcp-bench] ${line}\n`);
@@ -425,6 +450,8 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
   await mkdir(scratch, { recursive: true });
   const pki = await makePki(path.join(scratch, 'pki'));
   const v1Sha = await sha256sum(dataset.v1Path);
+  const indexPool = new DwcpWorkerPool({ size: 1 });
+  const v1Entries = v1EntriesCache({ v1Path: dataset.v1Path, pool: indexPool });
   const v2Sha = await sha256sum(dataset.v2Path);
   const runs: DwcpBenchRun[] = [];
   const probes: Record<string, unknown> = {};
@@ -494,16 +521,16 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
       );
 
       const target = path.join(scratch, 'target.img');
-      const prepare = async (scenario: 'first' | 'delta'): Promise<void> => {
+      const prepare = async (spec: RunSpec): Promise<void> => {
         await rm(target, { force: true });
-        if (scenario === 'delta') await cp(dataset.v1Path, target);
+        if (spec.scenario !== 'first') await cp(dataset.v1Path, target);
+        if (spec.warmChunkAvgBytes !== undefined) {
+          const chunking = chunkingParams({ avgBytes: spec.warmChunkAvgBytes });
+          await writeSidecar({ file: target, chunking, entries: await v1Entries(chunking) });
+        }
       };
       const specs: (() => Promise<RunSpec>)[] = [];
-      const add = (
-        tool: string,
-        scenario: 'first' | 'delta',
-        make: (p: number) => Promise<RunSpec> | RunSpec,
-      ): void => {
+      const add = (tool: string, scenario: Scenario, make: (p: number) => Promise<RunSpec> | RunSpec): void => {
         if (selected(FILTERS.tools, tool) && selected(FILTERS.scenarios, scenario))
           specs.push(async () => make(port++));
       };
@@ -567,7 +594,8 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
         ['auto', auto],
       ];
       for (const [name, params] of dwcpModes) {
-        for (const scenario of ['first', 'delta'] as const) {
+        const scenarios: Scenario[] = name === 'auto' ? ['first', 'delta'] : ['first', 'delta', 'delta-warm'];
+        for (const scenario of scenarios) {
           add(`dwcp-${name}`, scenario, (p) => {
             const transferId = randomUUID();
             const settings = {
@@ -597,6 +625,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
               target,
               expectedSha256: scenario === 'first' ? v1Sha : v2Sha,
               warmSender: true,
+              ...(scenario === 'delta-warm' ? { warmChunkAvgBytes: params.chunkAvgBytes } : {}),
             };
           });
         }
@@ -606,7 +635,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
       for (let iteration = 1; iteration <= ITERATIONS; iteration++) {
         for (const [index, make] of specs.entries()) {
           const spec = await make();
-          await prepare(spec.scenario);
+          await prepare(spec);
           log(`${link.name}: ${spec.tool} ${spec.scenario} (${iteration}/${ITERATIONS})`);
           const result = await measure(spec, dataset.imageBytes, scratch);
           log(
@@ -622,6 +651,7 @@ export async function runDwcpBench(input: { outDir: string }): Promise<string> {
       }
     }
   } finally {
+    await indexPool.close();
     await teardownNamespaces();
     await rm(path.join(scratch, 'target.img'), { force: true });
   }
