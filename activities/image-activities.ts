@@ -13,6 +13,7 @@ import type { NovacronConfig } from '../config/schema';
 import {
   chunkingParams,
   classifyMode,
+  dialTls,
   DwcpCancelledError,
   DwcpError,
   isZeroChunk,
@@ -38,6 +39,11 @@ export interface ImageActivityDeps {
   receiver: DwcpReceiver;
   tls: TlsMaterial;
   pool: DwcpWorkerPool;
+  /**
+   * A host's current DWCP endpoint. A restarted agent may listen on another port (dwcpPort 0), so the sender
+   * looks it up on every connect instead of trusting the one planned at the start.
+   */
+  lookupDwcpEndpoint?: (hostId: string) => Promise<string | undefined>;
 }
 
 export interface ImageRef {
@@ -356,6 +362,10 @@ export function createImageActivities(deps: ImageActivityDeps) {
           ...(rateLimitMbps !== undefined ? { maxBytesPerSecond: (rateLimitMbps * 1e6) / 8 } : {}),
           chunking: chunkingParams({ avgBytes: parameters.chunkAvgBytes }),
           pool: deps.pool,
+          dial: async (dial) => {
+            const current = await deps.lookupDwcpEndpoint?.(input.targetHostId).catch(() => undefined);
+            return dialTls({ ...dial, ...(current ? parseEndpoint(current) : {}) });
+          },
           signal: cancellationSignal(),
           onProgress: (p) =>
             ticker.update({

@@ -67,6 +67,13 @@ export async function setHostDwcpEndpoint(pool: Pool, input: { hostId: string; e
   ]);
 }
 
+export async function getHostDwcpEndpoint(pool: Pool, hostId: string): Promise<string | undefined> {
+  const result = await pool.query<{ dwcp_endpoint: string | null }>('SELECT dwcp_endpoint FROM hosts WHERE id = $1', [
+    hostId,
+  ]);
+  return result.rows[0]?.dwcp_endpoint ?? undefined;
+}
+
 /**
  * Takes the host's lease for a new agent incarnation: the token grows, so anything the previous incarnation
  * still tries under its token is refused. A host that was down comes back up.

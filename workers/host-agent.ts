@@ -26,6 +26,7 @@ import { createLogger, temporalLoggerFrom } from '../observability/logger';
 import {
   acquireHostLease,
   databaseNow,
+  getHostDwcpEndpoint,
   recordInventory,
   registerHost,
   renewHostLease,
@@ -117,6 +118,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       receiver,
       tls: pki.tls,
       pool: dwcpPool,
+      lookupDwcpEndpoint: (peerHostId) => getHostDwcpEndpoint(pool, peerHostId),
     });
     const target = temporalTarget(config);
     const connection = await NativeConnection.connect({

@@ -152,7 +152,7 @@ async function replicate(imageId: string, hostId: string): Promise<ReplicateImag
 const baseData = randomBytes(8 * MiB);
 
 test('bad requests are refused with the field named, and nothing is written', async () => {
-  const cases: Array<[InjectOptions, number, RegExp]> = [
+  const cases: Array<[{ method: 'GET' | 'POST'; url: string; payload?: object }, number, RegExp]> = [
     [{ method: 'POST', url: '/v1/images', payload: { id: 'Bad Id', hostId: 'host-1' } }, 400, /body\.id/],
     [
       { method: 'POST', url: '/v1/images', payload: { id: 'x', hostId: 'host-1', format: 'vmdk' } },
@@ -291,4 +291,33 @@ test('the CLI follows a replication with byte counts, lists images and probes, a
     runCli(['image', 'replicate', 'none', '--to', 'host-2', '--api', api], out),
     /404: image none does not exist/,
   );
+});
+
+test('the target agent killed mid-transfer comes back and the replication resumes from its journal', async () => {
+  const data = randomBytes(48 * MiB);
+  await writeImage({ hostId: 'host-1', imageId: 'resumable', data, sizeBytes: 48 * MiB });
+  const image = await register('resumable');
+  const started = await post('/v1/images/resumable/replicate', { hostId: 'host-2' });
+  for (let i = 0; i < 300; i++) {
+    const view = (await inject({ method: 'GET', url: `/v1/workflows/${started.workflowId}` })).json<WorkflowView>();
+    const beat = view.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails;
+    // Past the receiver's first journal flush (1 s), so the restarted agent has something to resume from.
+    if (beat && beat.logicalBytes > 20 * MiB) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const target = agents[1]!;
+  target.child.kill('SIGKILL');
+  await target.exited;
+  const hypervisor = hypervisors.hosts.find((h) => h.hostId === 'host-2')!;
+  agents[1] = startAgentProcess({
+    hypervisor,
+    databaseUrl: db.url,
+    imageRoot: imageRoots['host-2']!,
+    env: { NOVACRON_DWCP_TRANSPORT_RATE_LIMIT_MBPS: String(RATE_LIMIT_MBPS) },
+  });
+
+  const result = (await client.workflow.getHandle(started.workflowId).result()) as ReplicateImageResult;
+  assert.equal(await sha256Of(libraryPath('host-2', 'resumable')), image.sha256);
+  assert.ok(result.transfer!.chunks.resumed > 0, `nothing resumed: ${JSON.stringify(result.transfer!.chunks)}`);
+  assert.ok(result.transfer!.attempts > 1, 'the sender reconnected');
 });
