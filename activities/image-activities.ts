@@ -333,6 +333,19 @@ export function createImageActivities(deps: ImageActivityDeps) {
       }
     },
 
+    /** Removes what an unfinished receive left in the library; the finished image itself is never touched. */
+    async discardPartialImage(input: ImageRef): Promise<{ removed: number }> {
+      const targetPath = libraryPath(input);
+      let removed = 0;
+      for (const suffix of PARTIAL_SUFFIXES) {
+        if (await stat(`${targetPath}${suffix}`).catch(() => undefined)) {
+          await rm(`${targetPath}${suffix}`, { force: true });
+          removed++;
+        }
+      }
+      return { removed };
+    },
+
     /** The sending side: streams the library file to the target's receiver with the link's mode parameters. */
     async transferImage(input: TransferImageInput): Promise<TransferImageResult> {
       const sourcePath = libraryPath(input);

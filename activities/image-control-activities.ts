@@ -42,18 +42,6 @@ export interface ReplicationPlan {
   alreadyReady: boolean;
 }
 
-export const PERMANENT_IMAGE_FAILURES = [
-  'ImageNotFound',
-  'HostNotFound',
-  'HostNotUp',
-  'NoDwcpEndpoint',
-  'NoSourceReplica',
-  'ImageFileMissing',
-  'ImageFormatMismatch',
-  'ImageContentMismatch',
-  'InvalidEndpoint',
-];
-
 type UsableHost = HostRecord & { dwcpEndpoint: string };
 
 function usableHost(host: HostRecord | undefined, hostId: string, role: string): UsableHost {

@@ -122,6 +122,7 @@ async function withWorkers<T>(
     ...input.overrides?.source,
   };
   const targetActivities: Partial<ImageActivities> = {
+    discardPartialImage: record('discardPartialImage', { removed: 2 }),
     receiveImage: record('receiveImage', {
       path: plan.targetPath,
       alreadyPresent: false,
@@ -167,7 +168,7 @@ test('replicateImage probes, stores the sample, runs receiver and sender with on
   const names = calls.map(([name]) => name);
   assert.deepEqual(names.slice(0, 3), ['planImageReplication', 'probeLink', 'recordLinkProbe']);
   assert.deepEqual(new Set(names.slice(3, 5)), new Set(['receiveImage', 'transferImage']));
-  assert.equal(names[5], 'finishImageReplica');
+  assert.deepEqual(names.slice(5), ['finishImageReplica'], 'nothing to discard after a success');
   const received = calls.find(([n]) => n === 'receiveImage')![1] as ReceiveImageInput;
   const sent = calls.find(([n]) => n === 'transferImage')![1] as TransferImageInput;
   assert.equal(received.transferId, sent.transferId);
@@ -215,6 +216,11 @@ test('a permanent sender failure cancels the waiting receiver and records the re
   const finish = calls.find(([n]) => n === 'finishImageReplica')![1] as { state: string; error: string };
   assert.equal(finish.state, 'failed');
   assert.match(finish.error, /no space left/);
+  const names = calls.map(([n]) => n);
+  assert.ok(
+    names.indexOf('receiveImage:cancelled') < names.indexOf('discardPartialImage'),
+    `the partial file is discarded only after the receiver stopped: ${names.join(', ')}`,
+  );
 });
 
 test('cancelling the workflow cancels both transfer activities and ends CANCELLED with the replica failed', async () => {
@@ -250,6 +256,7 @@ test('cancelling the workflow cancels both transfer activities and ends CANCELLE
   assert.ok(calls.some(([n]) => n === 'transferImage:cancelled'));
   const finish = calls.find(([n]) => n === 'finishImageReplica')![1] as { state: string; error: string };
   assert.deepEqual([finish.state, finish.error], ['failed', 'cancelled']);
+  assert.equal(calls.at(-1)![0], 'discardPartialImage', 'a cancelled replication leaves no partial file');
 });
 
 test('a target that already holds the image is not copied again', async () => {

@@ -9,17 +9,18 @@ import {
   CancelledFailure,
   defineQuery,
   isCancellation,
+  log,
   proxyActivities,
   setHandler,
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { ImageActivities, ReceiveImageResult, TransferImageResult } from '../activities/image-activities';
+import type { ImageActivities, TransferImageResult } from '../activities/image-activities';
 import type { ImageControlActivities } from '../activities/image-control-activities';
 import type { ImageFormat, ImageRecord } from '../store/images';
-import { failureText } from './vm-progress';
+import { failureText, step, type StepReport } from './vm-progress';
 
-/** Kept in step with PERMANENT_IMAGE_FAILURES and the DWCP errors that are not retryable. */
+/** The image activities' permanent failures and the DWCP errors that are not retryable. */
 const PERMANENT_FAILURES = [
   'ImageNotFound',
   'HostNotFound',
@@ -37,13 +38,6 @@ const PERMANENT_FAILURES = [
   'DwcpIo',
 ];
 
-export interface ImageStepReport {
-  name: string;
-  status: 'running' | 'ok' | 'failed';
-  durationMs?: number;
-  error?: string;
-}
-
 export interface ImageProgress {
   operation: 'register' | 'replicate';
   imageId: string;
@@ -51,7 +45,7 @@ export interface ImageProgress {
   sourceHostId?: string;
   targetHostId?: string;
   link?: { rttMs: number; bandwidthMbps: number; mode: string };
-  steps: ImageStepReport[];
+  steps: StepReport[];
 }
 
 export const imageProgressQuery = defineQuery<ImageProgress>('imageProgress');
@@ -77,7 +71,7 @@ export interface ReplicateImageResult {
   alreadyPresent: boolean;
   link?: ImageProgress['link'];
   transfer?: TransferImageResult;
-  steps: ImageStepReport[];
+  steps: StepReport[];
 }
 
 const control = proxyActivities<ImageControlActivities>({
@@ -107,23 +101,6 @@ function hostImageActivities(hostId: string, input: { attempts: number }) {
       nonRetryableErrorTypes: PERMANENT_FAILURES,
     },
   });
-}
-
-async function step<T>(progress: ImageProgress, name: string, work: () => Promise<T>): Promise<T> {
-  const entry: ImageStepReport = { name, status: 'running' };
-  progress.steps.push(entry);
-  const began = Date.now();
-  try {
-    const result = await work();
-    entry.status = 'ok';
-    return result;
-  } catch (err) {
-    entry.status = 'failed';
-    entry.error = failureText(err);
-    throw err;
-  } finally {
-    entry.durationMs = Date.now() - began;
-  }
 }
 
 /** Hashes the image file on its host and records the image with that host's copy as its first ready replica. */
@@ -184,6 +161,12 @@ export async function replicateImage(input: ReplicateImageInput): Promise<Replic
 
   const source = hostImageActivities(plan.sourceHostId, { attempts: 5 });
   const target = hostImageActivities(plan.targetHostId, { attempts: 5 });
+  // Best effort, and bounded: a target that is down must not hold the workflow open.
+  const cleanup = proxyActivities<ImageActivities>({
+    taskQueue: `host-${plan.targetHostId}`,
+    scheduleToCloseTimeout: '2 minutes',
+    retry: { maximumAttempts: 3 },
+  });
   try {
     const probe = await step(progress, 'probe', () =>
       source.probeLink({ targetHostId: plan.targetHostId, endpoint: plan.targetEndpoint }),
@@ -193,24 +176,25 @@ export async function replicateImage(input: ReplicateImageInput): Promise<Replic
 
     const transferId = uuid4();
     const image = { imageId: plan.image.id, format: plan.image.format, sha256: plan.image.sha256, transferId };
-    const [received, sent] = await step(progress, 'transfer', () => {
+    const [received, sent] = await step(progress, 'transfer', async () => {
       const pair = new CancellationScope();
-      return pair
-        .run(() =>
-          Promise.all([
-            target.receiveImage({ ...image, sourceHostId: plan.sourceHostId }),
-            source.transferImage({
-              ...image,
-              targetHostId: plan.targetHostId,
-              endpoint: plan.targetEndpoint,
-              probe: { rttMs: probe.rttMs, bandwidthMbps: probe.bandwidthMbps },
-            }),
-          ] as [Promise<ReceiveImageResult>, Promise<TransferImageResult>]),
-        )
-        .catch((err: unknown) => {
-          pair.cancel();
-          throw err;
-        });
+      const [receiving, sending] = await pair.run(async () => [
+        target.receiveImage({ ...image, sourceHostId: plan.sourceHostId }),
+        source.transferImage({
+          ...image,
+          targetHostId: plan.targetHostId,
+          endpoint: plan.targetEndpoint,
+          probe: { rttMs: probe.rttMs, bandwidthMbps: probe.bandwidthMbps },
+        }),
+      ]);
+      try {
+        return await Promise.all([receiving, sending]);
+      } catch (err) {
+        // Both must have stopped before the caller cleans up the target, or the receiver could still be writing.
+        pair.cancel();
+        await Promise.allSettled([receiving, sending]);
+        throw err;
+      }
     });
 
     await step(progress, 'record', () =>
@@ -244,6 +228,15 @@ export async function replicateImage(input: ReplicateImageInput): Promise<Replic
         message: `image ${plan.image.id} replication to ${plan.targetHostId} ${progress.status}: ${failureText(err)}`,
         error: cancelled ? 'cancelled' : failureText(err),
       }),
+    );
+    // Whichever side stopped first, no half-written file stays on the target (a new replication starts afresh).
+    await CancellationScope.nonCancellable(() =>
+      cleanup.discardPartialImage({ imageId: plan.image.id, format: plan.image.format }).catch((cleanupErr: unknown) =>
+        log.warn('could not remove the partial image on the target', {
+          hostId: plan.targetHostId,
+          error: failureText(cleanupErr),
+        }),
+      ),
     );
     if (cancelled && !isCancellation(err)) throw new CancelledFailure('image replication cancelled');
     throw err;

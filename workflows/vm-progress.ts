@@ -3,7 +3,8 @@ import { defineQuery } from '@temporalio/workflow';
 
 export type VmOperation = 'create' | 'start' | 'stop' | 'reboot' | 'delete';
 
-export interface VmStepReport {
+/** One step of a workflow's progress report; the VM and image workflows share it. */
+export interface StepReport {
   name: string;
   status: 'running' | 'ok' | 'failed';
   /** Workflow time from scheduling the step to its outcome, retries included. */
@@ -16,7 +17,7 @@ export interface VmProgress {
   operation: VmOperation;
   hostId?: string;
   status: 'running' | 'completed' | 'failed';
-  steps: VmStepReport[];
+  steps: StepReport[];
 }
 
 export const vmProgressQuery = defineQuery<VmProgress>('vmProgress');
@@ -28,8 +29,8 @@ function messageOf(err: unknown): string {
 }
 
 /** Runs one step and records it in the progress report. */
-export async function step<T>(progress: VmProgress, name: string, work: () => Promise<T>): Promise<T> {
-  const entry: VmStepReport = { name, status: 'running' };
+export async function step<T>(progress: { steps: StepReport[] }, name: string, work: () => Promise<T>): Promise<T> {
+  const entry: StepReport = { name, status: 'running' };
   progress.steps.push(entry);
   const began = Date.now();
   try {

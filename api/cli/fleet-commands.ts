@@ -1,6 +1,7 @@
 /** `novacron host ...` and `novacron vm ...`: hosts, maintenance and the VM lifecycle, through the API. */
 import { parseArgs } from 'node:util';
 import { ApiClient, CliError } from './api-client';
+import { followWorkflow } from './follow-workflow';
 
 type Output = (line: string) => void;
 
@@ -54,16 +55,7 @@ function parseDisk(text: string): { name: string; sizeMib: number; format?: stri
 
 async function follow(api: ApiClient, started: Started, out: Output): Promise<number> {
   out(`${started.existing ? 'already started' : 'started'} ${started.workflowId} (VM ${started.vmId})`);
-  for (;;) {
-    const detail = await api.get<{ status: string; failure?: { message: string } }>(
-      `/v1/workflows/${encodeURIComponent(started.workflowId)}`,
-    );
-    if (detail.status !== 'RUNNING') {
-      out(`${detail.status}${detail.failure ? `: ${detail.failure.message}` : ''}`);
-      return detail.status === 'COMPLETED' ? 0 : 1;
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
+  return followWorkflow({ api, workflowId: started.workflowId, out, intervalMs: 250 });
 }
 
 export async function runFleetCli(argv: string[], out: Output): Promise<number> {

@@ -1,6 +1,7 @@
 /** `novacron image ...` and `novacron link list`: the image library and DWCP replication, through the API. */
 import { parseArgs } from 'node:util';
 import { ApiClient, CliError } from './api-client';
+import { followWorkflow, type FollowedWorkflow } from './follow-workflow';
 
 type Output = (line: string) => void;
 
@@ -26,12 +27,6 @@ interface Started {
   existing: boolean;
 }
 
-interface WorkflowLike {
-  status: string;
-  failure?: { message: string };
-  pendingActivities: Array<{ activityType: string; heartbeatDetails?: unknown }>;
-}
-
 const MiB = 1024 * 1024;
 
 function mib(bytes: number): string {
@@ -39,8 +34,8 @@ function mib(bytes: number): string {
 }
 
 /** The sender's newest heartbeat, as one line: what an operator watching a replication wants to see. */
-function transferLine(detail: WorkflowLike): string | undefined {
-  const beat = detail.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails as
+function transferLine(detail: FollowedWorkflow): string | undefined {
+  const beat = detail.pendingActivities?.find((a) => a.activityType === 'transferImage')?.heartbeatDetails as
     { phase?: string; logicalBytes?: number; totalBytes?: number; wireBytes?: number } | undefined;
   if (!beat || typeof beat.logicalBytes !== 'number' || typeof beat.totalBytes !== 'number') return undefined;
   const percent = beat.totalBytes > 0 ? Math.floor((100 * beat.logicalBytes) / beat.totalBytes) : 100;
@@ -49,18 +44,7 @@ function transferLine(detail: WorkflowLike): string | undefined {
 
 async function follow(api: ApiClient, started: Started, out: Output): Promise<number> {
   out(`${started.existing ? 'already started' : 'started'} ${started.workflowId} (image ${started.imageId})`);
-  let last: string | undefined;
-  for (;;) {
-    const detail = await api.get<WorkflowLike>(`/v1/workflows/${encodeURIComponent(started.workflowId)}`);
-    if (detail.status !== 'RUNNING') {
-      out(`${detail.status}${detail.failure ? `: ${detail.failure.message}` : ''}`);
-      return detail.status === 'COMPLETED' ? 0 : 1;
-    }
-    const line = transferLine(detail);
-    if (line && line !== last) out(line);
-    last = line;
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+  return followWorkflow({ api, workflowId: started.workflowId, out, intervalMs: 1000, progressLine: transferLine });
 }
 
 export async function runImageCli(argv: string[], out: Output): Promise<number> {

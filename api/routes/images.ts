@@ -4,7 +4,7 @@
  * are workflows; the route answers what it can at once (400, 404, 409), writes nothing itself, and returns 202
  * with the workflow id, which GET /v1/workflows/:id follows (progress and transfer bytes included).
  */
-import { WorkflowExecutionAlreadyStartedError, type Client } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Pool } from 'pg';
@@ -18,6 +18,7 @@ import type { RegisterImageInput, ReplicateImageInput } from '../../workflows/im
 import { ConflictError, NotFoundError } from '../errors';
 import { errorBodySchema } from '../schemas';
 import { hostIdSchema } from './hosts';
+import { startOrFindWorkflow } from './start-workflow';
 
 export interface ImageRoutesOptions {
   config: NovacronConfig;
@@ -80,7 +81,6 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
   app,
   { config, temporal, pool, metrics },
 ) => {
-  /** A running workflow with this id is the same request again: answer with it instead of starting another. */
   const startWorkflow = async (input: {
     type: 'registerImage' | 'replicateImage';
     workflowId: string;
@@ -88,27 +88,15 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
     imageId: string;
     reusePolicy: WorkflowIdReusePolicy;
   }): Promise<{ status: 200 | 202; body: z.infer<typeof startedSchema> }> => {
-    try {
-      const handle = await temporal.workflow.start(input.type, {
-        workflowId: input.workflowId,
-        taskQueue: config.temporal.taskQueue,
-        args: input.args,
-        workflowIdReusePolicy: input.reusePolicy,
-      });
-      metrics.workflowStarts.inc({ workflow_type: input.type });
-      const body = { workflowId: input.workflowId, runId: handle.firstExecutionRunId, imageId: input.imageId };
-      return { status: 202, body: { ...body, existing: false } };
-    } catch (err) {
-      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
-      const existing = await temporal.workflow.getHandle(input.workflowId).describe();
-      if (existing.status.name !== 'RUNNING') {
-        throw new ConflictError(`workflow ${input.workflowId} already ${existing.status.name.toLowerCase()}`);
-      }
-      return {
-        status: 200,
-        body: { workflowId: input.workflowId, runId: existing.runId, imageId: input.imageId, existing: true },
-      };
-    }
+    // A running workflow with this id is the same request again; one that ended may not be started again.
+    const { status, ...started } = await startOrFindWorkflow({
+      ...input,
+      temporal,
+      metrics,
+      taskQueue: config.temporal.taskQueue,
+      whenEnded: 'conflict',
+    });
+    return { status, body: { ...started, imageId: input.imageId } };
   };
 
   app.post(

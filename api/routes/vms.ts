@@ -3,7 +3,7 @@
  * workflow: the route checks what it can answer at once (400, 404, 409) and writes nothing itself, then returns
  * 202 with the workflow id, which GET /v1/workflows/:id follows.
  */
-import { WorkflowExecutionAlreadyStartedError, type Client } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { createHash, randomUUID } from 'node:crypto';
@@ -19,6 +19,7 @@ import { VM_STATES, vmSpecSchema, type VmState } from '../../workflows/vm-spec';
 import { ConflictError, NotFoundError } from '../errors';
 import { errorBodySchema, requestIdSchema } from '../schemas';
 import { hostIdSchema } from './hosts';
+import { startOrFindWorkflow } from './start-workflow';
 
 export interface VmRoutesOptions {
   config: NovacronConfig;
@@ -80,26 +81,15 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
     args: unknown[];
     vmId: string;
   }): Promise<{ status: 200 | 202; body: z.infer<typeof vmStartedSchema> }> => {
-    try {
-      const handle = await temporal.workflow.start(input.type, {
-        workflowId: input.workflowId,
-        taskQueue: config.temporal.taskQueue,
-        args: input.args,
-        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
-      });
-      metrics.workflowStarts.inc({ workflow_type: input.type });
-      return {
-        status: 202,
-        body: { workflowId: input.workflowId, runId: handle.firstExecutionRunId, vmId: input.vmId, existing: false },
-      };
-    } catch (err) {
-      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
-      const existing = await temporal.workflow.getHandle(input.workflowId).describe();
-      return {
-        status: 200,
-        body: { workflowId: input.workflowId, runId: existing.runId, vmId: input.vmId, existing: true },
-      };
-    }
+    const { status, ...started } = await startOrFindWorkflow({
+      ...input,
+      temporal,
+      metrics,
+      taskQueue: config.temporal.taskQueue,
+      reusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+      whenEnded: 'find',
+    });
+    return { status, body: { ...started, vmId: input.vmId } };
   };
 
   app.post(
