@@ -52,7 +52,14 @@ async function main(): Promise<void> {
   switch (config.role) {
     case 'receive': {
       const pool = await warmPool();
-      const receiver = await DwcpReceiver.start({ tls, host: config.host, port: config.port, pool });
+      // Sidecars on, as a host agent that keeps its images' chunk indexes would run (delta-warm relies on them).
+      const receiver = await DwcpReceiver.start({
+        tls,
+        host: config.host,
+        port: config.port,
+        pool,
+        indexSidecars: true,
+      });
       const result = receiver.expectFile({ transferId: config.transferId, targetPath: config.path });
       const cpu = process.cpuUsage();
       process.stdout.write(`listening ${receiver.port}\n`);

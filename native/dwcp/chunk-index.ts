@@ -31,9 +31,16 @@ const SidecarHeaderSchema = z.object({
   entriesSha256: z.string(),
 });
 
+const SIDECAR_MARK = '.dwcp-index.';
+
 /** Where the sidecar of `file` for `chunking` lives. */
 export function sidecarPath(file: string, chunking: ChunkingParams): string {
-  return `${file}.dwcp-index.${chunkingKey(chunking).replaceAll('/', '-')}`;
+  return `${file}${SIDECAR_MARK}${chunkingKey(chunking).replaceAll('/', '-')}`;
+}
+
+/** True for a sidecar (or its temporary): callers that list a directory of images should skip these. */
+export function isSidecarPath(file: string): boolean {
+  return file.includes(SIDECAR_MARK);
 }
 
 /**
@@ -113,7 +120,7 @@ export class ChunkIndex {
 
   constructor(input: { pool: DwcpWorkerPool; sidecars?: boolean }) {
     this.pool = input.pool;
-    this.sidecars = input.sidecars ?? true;
+    this.sidecars = input.sidecars ?? false;
   }
 
   get size(): number {
@@ -125,6 +132,8 @@ export class ChunkIndex {
    * then from a current sidecar, and only then by scanning the file (which writes the sidecar for next time).
    */
   async addFile(input: { path: string; chunking: ChunkingParams }): Promise<number> {
+    // A directory of images handed over as bases may hold sidecars too; they are never content worth indexing.
+    if (isSidecarPath(input.path)) return 0;
     const info = await stat(input.path);
     const key = `${input.path}\0${chunkingKey(input.chunking)}`;
     const version = `${info.size}:${info.mtimeMs}`;

@@ -20,7 +20,7 @@ export {
   type HostCertificate,
   type TlsMaterial,
 } from './certs';
-export { ChunkIndex, type ChunkLocation } from './chunk-index';
+export { ChunkIndex, isSidecarPath, type ChunkLocation } from './chunk-index';
 export {
   ContentChunker,
   MAX_CHUNK_BYTES,

@@ -70,6 +70,8 @@ test('a file crosses three streams intact, with zero regions left as holes', asy
   const info = await stat(target);
   assert.ok(info.blocks * 512 < info.size * 0.8, `target is sparse: ${info.blocks * 512} bytes allocated`);
   assert.ok(progress.length > 0 && progress.at(-1)!.chunksDone === sent.chunks.total);
+  // Sidecars are opt-in: a default receiver leaves nothing beside the target.
+  await assert.rejects(access(sidecarPath(target, chunking)));
 });
 
 test('a new version reuses the chunks of a base image, so only the changes cross the wire', async () => {
@@ -115,20 +117,27 @@ test('a received target keeps a chunk-index sidecar: a restarted receiver indexe
   const source1 = path.join(dir, 'sidecar-v1.img');
   await writeTestFile({ path: source1, content: v1 });
   const first = randomUUID();
-  const received = receiver.expectFile({ transferId: first, targetPath: target });
-  await sendFile({ ...sender({ transferId: first }), sourcePath: source1, chunking });
-  await received;
+  const keeping = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool, indexSidecars: true });
+  try {
+    const received = keeping.expectFile({ transferId: first, targetPath: target });
+    await sendFile({ ...sender({ transferId: first }), port: keeping.port, sourcePath: source1, chunking });
+    await received;
+  } finally {
+    await keeping.close();
+  }
   await access(sidecarPath(target, chunking));
 
   // A new receiver has an empty index; a pool that refuses every task proves the sidecar, not a scan, filled it.
   const refusing = new DwcpWorkerPool({ size: 1 });
   await refusing.close();
-  const fresh = new ChunkIndex({ pool: refusing });
+  const fresh = new ChunkIndex({ pool: refusing, sidecars: true });
+  // A sidecar offered as a base image (a listed directory) is skipped, not scanned.
+  assert.equal(await fresh.addFile({ path: sidecarPath(target, chunking), chunking }), 0);
   assert.ok((await fresh.addFile({ path: target, chunking })) > 0);
   const v2 = Buffer.concat([v1.subarray(0, 700_000), noiseContent({ bytes: 5000, seed: 32 }), v1.subarray(700_000)]);
   const source2 = path.join(dir, 'sidecar-v2.img');
   const expected = await writeTestFile({ path: source2, content: v2 });
-  const restarted = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  const restarted = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool, indexSidecars: true });
   try {
     const second = randomUUID();
     const done = restarted.expectFile({ transferId: second, targetPath: target });
@@ -147,7 +156,7 @@ test('a received target keeps a chunk-index sidecar: a restarted receiver indexe
 
   // A sidecar that no longer matches its file (here: stamped before the file changed) is ignored.
   await writeFile(target, Buffer.concat([v2, Buffer.from('tail')]));
-  const stale = new ChunkIndex({ pool: refusing });
+  const stale = new ChunkIndex({ pool: refusing, sidecars: true });
   await assert.rejects(stale.addFile({ path: target, chunking }), /closed/);
 });
 

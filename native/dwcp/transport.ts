@@ -742,7 +742,8 @@ export interface DwcpReceiverOptions {
   journalIntervalMs?: number;
   /**
    * Keep chunk-index sidecars (`<file>.dwcp-index.<chunking>`) next to indexed base images and received targets,
-   * so the next transfer against them needs no scan (default true). See chunk-index.ts.
+   * so the next transfer against them needs no scan. Off by default: they are new files beside the images, and code
+   * that lists an image directory must skip them first (isSidecarPath). See chunk-index.ts.
    */
   indexSidecars?: boolean;
   onAuthFailure?: (err: Error) => void;
@@ -1540,7 +1541,7 @@ export class DwcpReceiver {
   private constructor(options: DwcpReceiverOptions) {
     this.ownsPool = options.pool === undefined;
     this.pool = options.pool ?? new DwcpWorkerPool();
-    this.chunkIndex = new ChunkIndex({ pool: this.pool, sidecars: options.indexSidecars ?? true });
+    this.chunkIndex = new ChunkIndex({ pool: this.pool, sidecars: options.indexSidecars ?? false });
     this.ctx = {
       pool: this.pool,
       chunkIndex: this.chunkIndex,
