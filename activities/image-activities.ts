@@ -16,6 +16,7 @@ import {
   dialTls,
   DwcpCancelledError,
   DwcpError,
+  isSidecarPath,
   isZeroChunk,
   measureCompression,
   probeLink,
@@ -280,7 +281,7 @@ export function createImageActivities(deps: ImageActivityDeps) {
       }
       const libraryDir = path.dirname(targetPath);
       const baseImages = (await readdir(libraryDir).catch(() => [] as string[]))
-        .filter((name) => !PARTIAL_SUFFIXES.some((suffix) => name.endsWith(suffix)))
+        .filter((name) => !PARTIAL_SUFFIXES.some((suffix) => name.endsWith(suffix)) && !isSidecarPath(name))
         .map((name) => path.join(libraryDir, name))
         .filter((candidate) => candidate !== targetPath);
       const ticker = heartbeatTicker({

@@ -96,6 +96,8 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       host: config.agent.dwcpListenHost,
       port: config.agent.dwcpPort,
       pool: dwcpPool,
+      // The library's images are read-mostly: keeping their chunk index beside them spares each delta a rescan.
+      indexSidecars: true,
       onAuthFailure: (err) => logger.warn({ err, hostId }, 'DWCP peer refused: bad certificate'),
     });
     stopped.unshift(() => receiver.close());
