@@ -15,17 +15,18 @@ describe('loadConfig', () => {
   test('merges the profile over the base file and resolves the data dir', () => {
     const config = loadConfig({ env: {}, cwd: '/srv/novacron' });
     assert.equal(config.system.profile, 'datacenter');
-    assert.equal(config.dwcp.transport.streams, 8);
-    assert.equal(config.dwcp.compression.level, 1);
+    assert.equal(config.dwcp.mode, 'datacenter');
+    assert.equal(config.dwcp.consensus.leaseTtlSeconds, 10);
+    assert.equal(config.dwcp.compression.level, 'auto');
     assert.equal(config.system.dataDir, '/srv/novacron/.novacron/data');
     assert.equal(config.api.port, 8080);
   });
 
-  test('the internet profile selects signed votes and fewer streams', () => {
+  test('the internet profile selects signed votes and a longer lease', () => {
     const config = loadConfig({ env: { NOVACRON_PROFILE: 'internet' } });
     assert.equal(config.dwcp.mode, 'internet');
     assert.equal(config.dwcp.consensus.quorum, 'signed-votes');
-    assert.equal(config.dwcp.transport.streams, 4);
+    assert.equal(config.dwcp.consensus.leaseTtlSeconds, 30);
   });
 
   test('shortcut and general env overrides reach nested keys with their types', () => {
@@ -37,7 +38,7 @@ describe('loadConfig', () => {
         NOVACRON_DWCP_MODE: 'hybrid',
         NOVACRON_API_PORT: '9090',
         NOVACRON_TEMPORAL_EMBEDDED_UI_PORT: '0',
-        NOVACRON_DWCP_TRANSPORT_MUTUAL_TLS: 'false',
+        NOVACRON_DWCP_TRANSPORT_RATE_LIMIT_MBPS: '250',
         NOVACRON_CLUSTER_INIT_DISABLED_COMPONENTS: 'onnx-runtime,resources',
         NOVACRON_API_URL: 'http://ignored-by-the-stack',
         DATABASE_URL: 'postgres://u:p@db:5432/novacron',
@@ -50,7 +51,7 @@ describe('loadConfig', () => {
     assert.equal(config.dwcp.mode, 'hybrid');
     assert.equal(config.api.port, 9090);
     assert.equal(config.temporal.embedded.uiPort, 0);
-    assert.equal(config.dwcp.transport.mutualTls, false);
+    assert.equal(config.dwcp.transport.rateLimitMbps, 250);
     assert.deepEqual(config.clusterInit.disabledComponents, ['onnx-runtime', 'resources']);
     assert.equal(config.storage.databaseUrl, 'postgres://u:p@db:5432/novacron');
     assert.equal(config.temporal.address, 'temporal:7233');

@@ -108,9 +108,6 @@ export const configSchema = z.strictObject({
       mode: z.enum(['auto', ...DWCP_MODES]).default('auto'),
       transport: z
         .strictObject({
-          streams: z.number().int().min(1).max(64).default(4),
-          chunkSizeKib: z.number().int().min(4).max(16384).default(1024),
-          mutualTls: z.boolean().default(true),
           /** Caps each image transfer's wire rate, so replication leaves room for guests' traffic. Unset: no cap. */
           rateLimitMbps: z.number().positive().max(1_000_000).optional(),
         })
