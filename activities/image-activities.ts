@@ -4,7 +4,14 @@
  * it (`receiveImage`) while the sending host runs it (`transferImage`); both heartbeat their progress and both stop
  * when the workflow is cancelled.
  */
-import { ApplicationFailure, CancelledFailure, cancellationSignal, Context, heartbeat } from '@temporalio/activity';
+import {
+  ApplicationFailure,
+  CancelledFailure,
+  cancellationSignal,
+  Context,
+  heartbeat,
+  log,
+} from '@temporalio/activity';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
@@ -317,6 +324,15 @@ export function createImageActivities(deps: ImageActivityDeps) {
             'ImageContentMismatch',
           );
         }
+        log.info('image received', {
+          hostId,
+          imageId: input.imageId,
+          sourceHostId: input.sourceHostId,
+          transferId: input.transferId,
+          logicalBytes: result.logicalBytes,
+          wireBytes: result.wireBytes,
+          chunks: result.chunks,
+        });
         return {
           path: targetPath,
           alreadyPresent: false,
@@ -395,6 +411,19 @@ export function createImageActivities(deps: ImageActivityDeps) {
             'ImageContentMismatch',
           );
         }
+        log.info('image sent', {
+          hostId,
+          imageId: input.imageId,
+          targetHostId: input.targetHostId,
+          transferId: input.transferId,
+          mode: parameters.mode,
+          streams: parameters.streams,
+          compressionLevel: parameters.compressionLevel,
+          logicalBytes: result.logicalBytes,
+          wireBytes: result.wireBytes,
+          durationMs: result.durationMs,
+          attempts: result.attempts,
+        });
         return {
           mode: parameters.mode,
           parameters,
