@@ -12,9 +12,7 @@ import {
   heartbeat,
   log,
 } from '@temporalio/activity';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { NovacronConfig } from '../config/schema';
 import {
@@ -24,10 +22,11 @@ import {
   DwcpCancelledError,
   DwcpError,
   isSidecarPath,
-  isZeroChunk,
+  hashFileInPool,
   measureCompression,
   probeLink,
   resolveTransferParameters,
+  sampleFileData,
   sendFile,
   type DwcpMode,
   type DwcpReceiver,
@@ -38,6 +37,7 @@ import {
 } from '../native/dwcp';
 import type { DiskImages } from '../native/libvirt';
 import { imageFileName, type ImageFormat } from '../store/images';
+import type { LinkProbeSample } from '../store/link-probes';
 
 export interface ImageActivityDeps {
   hostId: string;
@@ -72,15 +72,8 @@ export interface LinkProbeInput {
   durationMs?: number;
 }
 
-export interface LinkProbeReport {
-  sourceHostId: string;
-  targetHostId: string;
-  rttMs: number;
-  bandwidthMbps: number;
-  probeBytes: number;
-  streams: number;
-  mode: DwcpMode;
-}
+/** One probe, as stored in link_probes once the workflow records it. */
+export type LinkProbeReport = Omit<LinkProbeSample, 'workflowId'>;
 
 export interface ReceiveImageInput extends ImageRef {
   transferId: string;
@@ -147,29 +140,18 @@ function toActivityFailure(err: unknown): never {
   throw err;
 }
 
-async function sha256File(filePath: string, onBytes: (bytes: number) => void): Promise<string> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of createReadStream(filePath, { highWaterMark: 4 * 1024 * 1024 })) {
-    hash.update(chunk as Buffer);
-    bytes += (chunk as Buffer).length;
-    onBytes(bytes);
-  }
-  return hash.digest('hex');
-}
-
 /**
  * Heartbeats every progress update (the SDK throttles what reaches the server) and repeats the newest every
  * HEARTBEAT_MS, so a quiet phase (a peer still hashing) is not mistaken for a dead agent.
  */
-function heartbeatTicker(initial: TransferHeartbeat) {
+function heartbeatTicker<T extends object>(initial: T) {
   // Progress callbacks run on the receiver's sockets, outside this activity's async context: hold the context.
   const context = Context.current();
   let latest = initial;
   context.heartbeat(latest);
   const timer = setInterval(() => context.heartbeat(latest), HEARTBEAT_MS);
   return {
-    update(next: Partial<TransferHeartbeat>) {
+    update(next: Partial<T>) {
       latest = { ...latest, ...next };
       context.heartbeat(latest);
     },
@@ -183,25 +165,13 @@ export function createImageActivities(deps: ImageActivityDeps) {
   const modeOverride = deps.config.dwcp.mode === 'auto' ? undefined : deps.config.dwcp.mode;
   const { rateLimitMbps } = deps.config.dwcp.transport;
 
-  /** zstd speed on this host's CPU for this image's data; zero blocks would make it look absurdly fast. */
-  const calibrate = async (sourcePath: string) => {
-    const handle = await open(sourcePath, 'r');
+  /** What the whole file hashes to, off this process's event loop, with heartbeats while the worker reads. */
+  const hashFile = async (file: string, details: object): Promise<string> => {
+    const ticker = heartbeatTicker(details);
     try {
-      const { size } = await handle.stat();
-      const blocks: Buffer[] = [];
-      for (let at = 0; at < size && blocks.length < 8; at += 16 * 1024 * 1024) {
-        const block = Buffer.alloc(1024 * 1024);
-        const { bytesRead } = await handle.read(block, 0, block.length, at);
-        const data = block.subarray(0, bytesRead);
-        if (bytesRead > 0 && !isZeroChunk(data)) blocks.push(data);
-      }
-      if (blocks.length === 0) return undefined;
-      return {
-        ...(await measureCompression({ pool: deps.pool, sample: Buffer.concat(blocks) })),
-        workers: deps.pool.size,
-      };
+      return await hashFileInPool({ pool: deps.pool, path: file });
     } finally {
-      await handle.close();
+      ticker.stop();
     }
   };
 
@@ -211,12 +181,17 @@ export function createImageActivities(deps: ImageActivityDeps) {
     if (compression.algorithm === 'none') return { ...resolveTransferParameters(base), compressionLevel: 0 };
     if (compression.level !== 'auto')
       return { ...resolveTransferParameters(base), compressionLevel: compression.level };
-    const measured = await calibrate(sourcePath);
-    return resolveTransferParameters(
-      measured
-        ? { ...base, cpuMBpsAtLevel1: measured.mbps, ratioAtLevel1: measured.ratio, workers: measured.workers }
-        : base,
-    );
+    // zstd and hashing speed on this host's CPU for this image's own data, as the level rule needs them.
+    const sample = await sampleFileData(sourcePath);
+    if (!sample) return resolveTransferParameters(base);
+    const measured = await measureCompression({ pool: deps.pool, sample });
+    return resolveTransferParameters({
+      ...base,
+      cpuMBpsAtLevel1: measured.mbps,
+      ratioAtLevel1: measured.ratio,
+      hashMBps: measured.hashMBps,
+      workers: deps.pool.size,
+    });
   };
 
   return {
@@ -237,13 +212,7 @@ export function createImageActivities(deps: ImageActivityDeps) {
         );
       }
       const { size } = await stat(imagePath);
-      heartbeat({ hashedBytes: 0, totalBytes: size });
-      let lastBeat = Date.now();
-      const sha256 = await sha256File(imagePath, (hashedBytes) => {
-        if (Date.now() - lastBeat < HEARTBEAT_MS) return;
-        lastBeat = Date.now();
-        heartbeat({ hashedBytes, totalBytes: size });
-      });
+      const sha256 = await hashFile(imagePath, { phase: 'hashing', totalBytes: size });
       return { path: imagePath, sizeBytes: size, sha256 };
     },
 
@@ -280,10 +249,7 @@ export function createImageActivities(deps: ImageActivityDeps) {
       const targetPath = libraryPath(input);
       const started = Date.now();
       const existing = await stat(targetPath).catch(() => undefined);
-      if (
-        existing?.isFile() &&
-        (await sha256File(targetPath, () => heartbeat({ phase: 'verifying' }))) === input.sha256
-      ) {
+      if (existing?.isFile() && (await hashFile(targetPath, { phase: 'verifying' })) === input.sha256) {
         return { path: targetPath, alreadyPresent: true, wireBytes: 0, durationMs: Date.now() - started };
       }
       const libraryDir = path.dirname(targetPath);

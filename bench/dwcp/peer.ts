@@ -2,10 +2,10 @@
  * One DWCP endpoint of a benchmark run, as its own process so it can live in a network namespace and be timed by
  * /usr/bin/time like the baseline tools. argv[2] is a JSON config; the last stdout line is a JSON result.
  */
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { chunkingParams, isZeroChunk } from '../../native/dwcp/chunking';
-import { DwcpWorkerPool, measureCompression } from '../../native/dwcp/encoding';
+import { chunkingParams } from '../../native/dwcp/chunking';
+import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/encoding';
 import { probeLink } from '../../native/dwcp/mode';
 import { DwcpReceiver, sendFile } from '../../native/dwcp/transport';
 
@@ -103,17 +103,8 @@ async function main(): Promise<void> {
     case 'calibrate': {
       const pool = new DwcpWorkerPool();
       try {
-        // Sample the image's data, not its free space: zero blocks would make zstd look absurdly fast.
-        const handle = await open(config.path, 'r');
-        const { size } = await handle.stat();
-        const blocks: Buffer[] = [];
-        for (let at = 0; at < size && blocks.length < 8; at += 16 * 1024 * 1024) {
-          const block = Buffer.alloc(1024 * 1024);
-          await handle.read(block, 0, block.length, at);
-          if (!isZeroChunk(block)) blocks.push(block);
-        }
-        await handle.close();
-        const sample = Buffer.concat(blocks);
+        const sample = await sampleFileData(config.path);
+        if (!sample) throw new Error(`${config.path} holds no data to calibrate on`);
         out({ ...(await measureCompression({ pool, sample, durationMs: 500 })), workers: pool.size });
       } finally {
         await pool.close();

@@ -12,7 +12,9 @@ import {
   chooseCompressionLevel,
   decodeChunk,
   encodeChunk,
+  hashFileInPool,
   measureCompression,
+  sampleFileData,
 } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
@@ -175,6 +177,34 @@ test('the worker pool scans, encodes, verifies and hashes off the main thread', 
     await assert.rejects(pool.run({ kind: 'hashFile', path: path.join(dir, 'missing') }), DwcpIoError);
   } finally {
     await pool.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the calibration sample takes data blocks and skips zero ones; a file of zeros has none', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'dwcp-sample-'));
+  try {
+    const MiB = 1024 * 1024;
+    const first = randomBytes(MiB);
+    const third = randomBytes(MiB);
+    const image = Buffer.alloc(48 * MiB);
+    first.copy(image, 0);
+    third.copy(image, 32 * MiB);
+    const file = path.join(dir, 'image.raw');
+    await writeFile(file, image);
+    // Blocks are read at 0, 16 and 32 MiB; the one at 16 MiB is all zeros.
+    assert.deepEqual(await sampleFileData(file), Buffer.concat([first, third]));
+    const zeros = path.join(dir, 'zeros.raw');
+    await writeFile(zeros, Buffer.alloc(4 * MiB));
+    assert.equal(await sampleFileData(zeros), undefined);
+
+    const pool = new DwcpWorkerPool({ size: 1 });
+    try {
+      assert.equal(await hashFileInPool({ pool, path: file }), createHash('sha256').update(image).digest('hex'));
+    } finally {
+      await pool.close();
+    }
+  } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });

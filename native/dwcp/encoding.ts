@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { closeSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -533,6 +534,32 @@ function workerError(error: { name: string; message: string; code?: string }): E
     return DwcpError.fromCode({ code: error.code, message: error.message });
   }
   return DwcpError.fromNative(Object.assign(new Error(error.message), { code: error.code }), 'worker task');
+}
+
+/** The whole-file sha256, computed in a pool worker so a large image never holds up the caller's event loop. */
+export async function hashFileInPool(input: { pool: DwcpWorkerPool; path: string }): Promise<string> {
+  return (await input.pool.run({ kind: 'hashFile', path: input.path })).sha256;
+}
+
+/**
+ * Up to 8 MiB of a file's data for measureCompression: 1 MiB blocks every 16 MiB, skipping all-zero blocks, because
+ * an image's free space would make zstd look absurdly fast. Undefined when the file holds no data at all.
+ */
+export async function sampleFileData(file: string): Promise<Buffer | undefined> {
+  const handle = await open(file, 'r');
+  try {
+    const { size } = await handle.stat();
+    const blocks: Buffer[] = [];
+    for (let at = 0; at < size && blocks.length < 8; at += 16 * 1024 * 1024) {
+      const block = Buffer.alloc(1024 * 1024);
+      const { bytesRead } = await handle.read(block, 0, block.length, at);
+      const data = block.subarray(0, bytesRead);
+      if (bytesRead > 0 && !isZeroChunk(data)) blocks.push(data);
+    }
+    return blocks.length > 0 ? Buffer.concat(blocks) : undefined;
+  } finally {
+    await handle.close();
+  }
 }
 
 /**

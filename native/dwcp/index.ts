@@ -38,7 +38,9 @@ export {
   chooseCompressionLevel,
   decodeChunk,
   encodeChunk,
+  hashFileInPool,
   measureCompression,
+  sampleFileData,
   type CompressionChoice,
   type EncodedChunk,
 } from './encoding';
