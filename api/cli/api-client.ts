@@ -1,4 +1,8 @@
-/** A small HTTP client for the CLI that turns API error bodies into one-line CliErrors. */
+/** A small HTTP client for the CLI that turns API error bodies into one-line CliErrors, and its argument parsing. */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+type ParseArgsOptionsConfig = NonNullable<ParseArgsConfig['options']>;
+
 export class CliError extends Error {
   constructor(
     message: string,
@@ -55,4 +59,22 @@ export class ApiClient {
     }
     return parsed as T;
   }
+}
+
+type CommandLine<O extends ParseArgsOptionsConfig> = ReturnType<
+  typeof parseArgs<{ args: string[]; allowPositionals: true; strict: true; options: O }>
+>;
+
+/** parseArgs with positionals and no unknown options; a bad option is one readable line and exit 2. */
+export function parseCommandLine<O extends ParseArgsOptionsConfig>(argv: string[], options: O): CommandLine<O> {
+  try {
+    return parseArgs({ args: argv, allowPositionals: true, strict: true, options });
+  } catch (err) {
+    throw new CliError(`${(err as Error).message}; run novacron --help`);
+  }
+}
+
+/** The API named by --api, else $NOVACRON_API_URL, else the local default. */
+export function apiClientFor(apiFlag: string | undefined): ApiClient {
+  return new ApiClient(apiFlag ?? process.env.NOVACRON_API_URL ?? 'http://127.0.0.1:8080');
 }

@@ -1,6 +1,5 @@
 /** `novacron host ...` and `novacron vm ...`: hosts, maintenance and the VM lifecycle, through the API. */
-import { parseArgs } from 'node:util';
-import { ApiClient, CliError } from './api-client';
+import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { followWorkflow } from './follow-workflow';
 
 type Output = (line: string) => void;
@@ -59,34 +58,24 @@ async function follow(api: ApiClient, started: Started, out: Output): Promise<nu
 }
 
 export async function runFleetCli(argv: string[], out: Output): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        api: { type: 'string' },
-        vcpus: { type: 'string' },
-        memory: { type: 'string' },
-        disk: { type: 'string', multiple: true },
-        host: { type: 'string' },
-        network: { type: 'string' },
-        'ha-priority': { type: 'string' },
-        'request-id': { type: 'string' },
-        state: { type: 'string' },
-        force: { type: 'boolean' },
-        hard: { type: 'boolean' },
-        'timeout-ms': { type: 'string' },
-        wait: { type: 'boolean' },
-      },
-    });
-  } catch (err) {
-    throw new CliError(`${(err as Error).message}; run novacron --help`);
-  }
+  const parsed = parseCommandLine(argv, {
+    api: { type: 'string' },
+    vcpus: { type: 'string' },
+    memory: { type: 'string' },
+    disk: { type: 'string', multiple: true },
+    host: { type: 'string' },
+    network: { type: 'string' },
+    'ha-priority': { type: 'string' },
+    'request-id': { type: 'string' },
+    state: { type: 'string' },
+    force: { type: 'boolean' },
+    hard: { type: 'boolean' },
+    'timeout-ms': { type: 'string' },
+    wait: { type: 'boolean' },
+  });
   const { values, positionals } = parsed;
   const [command, sub, arg, extra] = positionals;
-  const api = new ApiClient(values.api ?? process.env.NOVACRON_API_URL ?? 'http://127.0.0.1:8080');
+  const api = apiClientFor(values.api);
 
   if (command === 'host') {
     if (sub === 'list') {

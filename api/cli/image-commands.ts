@@ -1,6 +1,5 @@
 /** `novacron image ...` and `novacron link list`: the image library and DWCP replication, through the API. */
-import { parseArgs } from 'node:util';
-import { ApiClient, CliError } from './api-client';
+import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { followWorkflow, type FollowedWorkflow } from './follow-workflow';
 
 type Output = (line: string) => void;
@@ -48,29 +47,19 @@ async function follow(api: ApiClient, started: Started, out: Output): Promise<nu
 }
 
 export async function runImageCli(argv: string[], out: Output): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        api: { type: 'string' },
-        host: { type: 'string' },
-        format: { type: 'string' },
-        description: { type: 'string' },
-        to: { type: 'string' },
-        from: { type: 'string' },
-        limit: { type: 'string' },
-        wait: { type: 'boolean' },
-      },
-    });
-  } catch (err) {
-    throw new CliError(`${(err as Error).message}; run novacron --help`);
-  }
+  const parsed = parseCommandLine(argv, {
+    api: { type: 'string' },
+    host: { type: 'string' },
+    format: { type: 'string' },
+    description: { type: 'string' },
+    to: { type: 'string' },
+    from: { type: 'string' },
+    limit: { type: 'string' },
+    wait: { type: 'boolean' },
+  });
   const { values, positionals } = parsed;
   const [command, sub, arg] = positionals;
-  const api = new ApiClient(values.api ?? process.env.NOVACRON_API_URL ?? 'http://127.0.0.1:8080');
+  const api = apiClientFor(values.api);
 
   if (command === 'image') {
     if (sub === 'register' && arg) {

@@ -4,11 +4,10 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { checkConfigFile, ConfigError } from '../../config/load-config';
 import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
 import { runStackFromCli } from '../../workers/stack';
-import { ApiClient, CliError } from './api-client';
+import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { FLEET_USAGE, runFleetCli } from './fleet-commands';
 import { IMAGE_USAGE, runImageCli } from './image-commands';
 
@@ -147,44 +146,34 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
   if ((argv[0] === 'image' || argv[0] === 'link') && !argv.includes('--help') && !argv.includes('-h')) {
     return runImageCli(argv, out);
   }
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        api: { type: 'string' },
-        config: { type: 'string' },
-        'request-id': { type: 'string' },
-        disable: { type: 'string' },
-        wait: { type: 'boolean' },
-        json: { type: 'boolean' },
-        type: { type: 'string' },
-        status: { type: 'string' },
-        limit: { type: 'string' },
-        role: { type: 'string' },
-        actor: { type: 'string' },
-        workflow: { type: 'string' },
-        expires: { type: 'string' },
-        'include-revoked': { type: 'boolean' },
-        dir: { type: 'string' },
-        host: { type: 'string' },
-        ip: { type: 'string' },
-        dns: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    throw new CliError(`${(err as Error).message}; run novacron --help`);
-  }
+  const parsed = parseCommandLine(argv, {
+    api: { type: 'string' },
+    config: { type: 'string' },
+    'request-id': { type: 'string' },
+    disable: { type: 'string' },
+    wait: { type: 'boolean' },
+    json: { type: 'boolean' },
+    type: { type: 'string' },
+    status: { type: 'string' },
+    limit: { type: 'string' },
+    role: { type: 'string' },
+    actor: { type: 'string' },
+    workflow: { type: 'string' },
+    expires: { type: 'string' },
+    'include-revoked': { type: 'boolean' },
+    dir: { type: 'string' },
+    host: { type: 'string' },
+    ip: { type: 'string' },
+    dns: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
   const { values, positionals } = parsed;
   const [command, sub, arg] = positionals;
   if (values.help || !command) {
     out(USAGE);
     return values.help ? 0 : 2;
   }
-  const api = new ApiClient(values.api ?? process.env.NOVACRON_API_URL ?? 'http://127.0.0.1:8080');
+  const api = apiClientFor(values.api);
 
   switch (command) {
     case 'up': {

@@ -18,7 +18,7 @@ import type { RegisterImageInput, ReplicateImageInput } from '../../workflows/im
 import { ConflictError, NotFoundError } from '../errors';
 import { errorBodySchema } from '../schemas';
 import { hostIdSchema } from './hosts';
-import { startOrFindWorkflow } from './start-workflow';
+import { startOrFindWorkflow, workflowStartResponses } from './start-workflow';
 
 export interface ImageRoutesOptions {
   config: NovacronConfig;
@@ -112,13 +112,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
           format: z.enum(IMAGE_FORMATS).default('raw'),
           description: z.string().max(500).default(''),
         }),
-        response: {
-          200: startedSchema,
-          202: startedSchema,
-          400: errorBodySchema,
-          404: errorBodySchema,
-          409: errorBodySchema,
-        },
+        response: workflowStartResponses(startedSchema),
       },
     },
     async (request, reply) => {
@@ -182,13 +176,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
         tags: ['images'],
         params: z.strictObject({ id: imageIdSchema }),
         body: z.strictObject({ hostId: hostIdSchema, sourceHostId: hostIdSchema.optional() }),
-        response: {
-          200: startedSchema,
-          202: startedSchema,
-          400: errorBodySchema,
-          404: errorBodySchema,
-          409: errorBodySchema,
-        },
+        response: workflowStartResponses(startedSchema),
       },
     },
     async (request, reply) => {

@@ -4,8 +4,10 @@
  */
 import { WorkflowExecutionAlreadyStartedError, type Client } from '@temporalio/client';
 import type { WorkflowIdReusePolicy } from '@temporalio/common';
+import type { z } from 'zod';
 import type { NovacronMetrics } from '../../observability/metrics';
 import { ConflictError } from '../errors';
+import { errorBodySchema } from '../schemas';
 
 export interface StartedWorkflow {
   status: 200 | 202;
@@ -45,4 +47,9 @@ export async function startOrFindWorkflow(input: {
     }
     return { status: 200, workflowId: input.workflowId, runId: existing.runId, existing: true };
   }
+}
+
+/** The responses of a route that starts a workflow: 202 started, 200 found, 400/404/409 refused before starting. */
+export function workflowStartResponses<S extends z.ZodType>(started: S) {
+  return { 200: started, 202: started, 400: errorBodySchema, 404: errorBodySchema, 409: errorBodySchema };
 }

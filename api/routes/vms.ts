@@ -19,7 +19,7 @@ import { VM_STATES, vmSpecSchema, type VmState } from '../../workflows/vm-spec';
 import { ConflictError, NotFoundError } from '../errors';
 import { errorBodySchema, requestIdSchema } from '../schemas';
 import { hostIdSchema } from './hosts';
-import { startOrFindWorkflow } from './start-workflow';
+import { startOrFindWorkflow, workflowStartResponses } from './start-workflow';
 
 export interface VmRoutesOptions {
   config: NovacronConfig;
@@ -101,13 +101,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
         tags: ['vms'],
         headers: idempotencyHeaders,
         body: vmSpecSchema.extend({ requestId: requestIdSchema.optional() }),
-        response: {
-          200: vmStartedSchema,
-          202: vmStartedSchema,
-          400: errorBodySchema,
-          404: errorBodySchema,
-          409: errorBodySchema,
-        },
+        response: workflowStartResponses(vmStartedSchema),
       },
     },
     async (request, reply) => {
@@ -190,13 +184,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
           params: vmIdParams,
           headers: idempotencyHeaders,
           body,
-          response: {
-            200: vmStartedSchema,
-            202: vmStartedSchema,
-            400: errorBodySchema,
-            404: errorBodySchema,
-            409: errorBodySchema,
-          },
+          response: workflowStartResponses(vmStartedSchema),
         },
         // A POST without a body means "all defaults".
         preValidation: async (request) => {
@@ -242,13 +230,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
         tags: ['vms'],
         params: vmIdParams,
         headers: idempotencyHeaders,
-        response: {
-          200: vmStartedSchema,
-          202: vmStartedSchema,
-          400: errorBodySchema,
-          404: errorBodySchema,
-          409: errorBodySchema,
-        },
+        response: workflowStartResponses(vmStartedSchema),
       },
     },
     async (request, reply) => {
