@@ -36,7 +36,7 @@ import {
   type TransferProgress,
 } from '../native/dwcp';
 import type { DiskImages } from '../native/libvirt';
-import { imageFileName, type ImageFormat } from '../store/images';
+import { imageFileName, type ImageFormat } from '../domain/image';
 import type { LinkProbeSample } from '../store/link-probes';
 
 export interface ImageActivityDeps {

@@ -7,16 +7,8 @@ import path from 'node:path';
 import type { Pool } from 'pg';
 import { recordEvent } from '../store/events';
 import { getHost, type HostRecord } from '../store/hosts';
-import {
-  finishReplica,
-  getImage,
-  imageFileName,
-  ImageStoreError,
-  registerImage,
-  upsertReplica,
-  type ImageFormat,
-  type ImageRecord,
-} from '../store/images';
+import { finishReplica, getImage, ImageStoreError, registerImage, upsertReplica } from '../store/images';
+import { imageFileName, type ImageFormat, type ImageRecord } from '../domain/image';
 import { recordLinkProbe } from '../store/link-probes';
 import type { LinkProbeReport } from './image-activities';
 

@@ -8,15 +8,8 @@ import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema
 import { markDriftRepairing, scanDrift, type DriftKind } from '../store/drift';
 import { recordEvent } from '../store/events';
 import { markExpiredHostsDown } from '../store/hosts';
-import {
-  beginVmOperation,
-  claimVm,
-  deleteVmRecord,
-  finishVmOperation,
-  VmStoreError,
-  type VmRecord,
-} from '../store/vms';
-import type { VmSpec, VmState } from '../workflows/vm-spec';
+import { beginVmOperation, claimVm, deleteVmRecord, finishVmOperation, VmStoreError } from '../store/vms';
+import type { VmRecord, VmSpec, VmState } from '../domain/vm-spec';
 
 export interface InventoryDeps {
   config: NovacronConfig;

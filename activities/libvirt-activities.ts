@@ -21,7 +21,7 @@ import {
   type DomainType,
   type LibvirtConnection,
 } from '../native/libvirt';
-import { diskTarget, type VmSpec } from '../workflows/vm-spec';
+import { diskTarget, type VmSpec } from '../domain/vm-spec';
 
 export interface LibvirtActivityDeps {
   hostId: string;

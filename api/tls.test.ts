@@ -24,7 +24,7 @@ import {
 import { bearer, mintToken } from '../test/support/tokens';
 import { temporalTarget } from '../workers/temporal-clients';
 import { buildApp } from './app';
-import { runCli } from './cli/main';
+import { runCli } from '../cli/main';
 
 let db: TestDatabase;
 let client: Client;

@@ -3,7 +3,7 @@
  * condition is gone, so a guest missing for an hour is one drift, not 3600.
  */
 import type { Pool } from 'pg';
-import { TRANSITIONAL_VM_STATES, type VmState } from '../workflows/vm-spec';
+import { TRANSITIONAL_VM_STATES, type VmState } from '../domain/vm-spec';
 import { recordEvent } from './events';
 import type { InventoryDomain } from './hosts';
 

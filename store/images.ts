@@ -3,30 +3,7 @@
  * after the host verified its sha256 against the image's.
  */
 import type { Pool, PoolClient } from 'pg';
-
-export const IMAGE_FORMATS = ['raw', 'qcow2'] as const;
-export type ImageFormat = (typeof IMAGE_FORMATS)[number];
-export const REPLICA_STATES = ['replicating', 'ready', 'failed'] as const;
-export type ReplicaState = (typeof REPLICA_STATES)[number];
-
-export interface ImageReplica {
-  hostId: string;
-  path: string;
-  state: ReplicaState;
-  workflowId?: string;
-  error?: string;
-  updatedAt: string;
-}
-
-export interface ImageRecord {
-  id: string;
-  format: ImageFormat;
-  sizeBytes: number;
-  sha256: string;
-  description: string;
-  createdAt: string;
-  replicas: ImageReplica[];
-}
+import type { ImageFormat, ImageRecord, ReplicaState } from '../domain/image';
 
 export class ImageStoreError extends Error {
   override readonly name = 'ImageStoreError';
@@ -36,11 +13,6 @@ export class ImageStoreError extends Error {
   ) {
     super(message);
   }
-}
-
-/** Where an image lives under a host's image root; the same relative place on every host. */
-export function imageFileName(input: { imageId: string; format: ImageFormat }): string {
-  return `library/${input.imageId}.${input.format}`;
 }
 
 /**

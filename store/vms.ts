@@ -3,26 +3,13 @@
  * workflow holds the VM (operation_workflow_id) from its first step to its last, so operations never interleave.
  */
 import type { Pool, PoolClient } from 'pg';
-import { placeVm, type PlacementPolicy, type PlacementResult } from '../workflows/vm-placement';
-import type { VmSpec, VmState } from '../workflows/vm-spec';
+import { placeVm, type PlacementPolicy, type PlacementResult } from '../domain/vm-placement';
+import type { VmRecord, VmSpec, VmState } from '../domain/vm-spec';
 import { recordEvent } from './events';
 import { listHosts, liveHostToken } from './hosts';
 
 // Serializes placement so that concurrent creates each see the capacity the previous ones took.
 const PLACEMENT_LOCK_KEY = 746_927_004;
-
-export interface VmRecord {
-  id: string;
-  name: string;
-  hostId?: string;
-  spec: VmSpec;
-  state: VmState;
-  ownerToken?: number;
-  operationWorkflowId?: string;
-  lastError?: string;
-  createdAt: string;
-  updatedAt: string;
-}
 
 export class VmStoreError extends Error {
   constructor(

@@ -12,7 +12,7 @@ import { createLogger, temporalLoggerFrom } from '../observability/logger';
 import { activityMetricsInterceptor, createMetrics, serveMetrics } from '../observability/metrics';
 import { migrate } from '../store/migrate';
 import { createPool } from '../store/pool';
-import { planBoot } from '../workflows/component-graph';
+import { planBoot } from '../domain/component-graph';
 import { CLUSTER_COMPONENTS } from '../workflows/cluster-components';
 import type { WorkflowMetricsSinks } from '../workflows/interceptors';
 import { connectWithRetry, temporalTarget } from './temporal-clients';

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { NovacronConfig } from '../config/schema';
-import { assertHypervisorBinaries, HarnessError, startLocalHypervisors } from '../native/libvirt';
+import { assertHypervisorBinaries, HarnessError, startLocalHypervisors } from '../native/libvirt/harness';
 import { superviseService } from './supervisor';
 
 export const LOCAL_HOST_COUNT = 2;

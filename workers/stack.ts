@@ -7,7 +7,7 @@ import { Client, Connection } from '@temporalio/client';
 import path from 'node:path';
 import { ConfigError, loadConfig } from '../config/load-config';
 import type { NovacronConfig } from '../config/schema';
-import { clusterInitInput } from '../api/routes/cluster';
+import { clusterInitInput } from '../domain/cluster-init';
 import { startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
 import { createLogger } from '../observability/logger';
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/embedded-postgres';

@@ -1,4 +1,4 @@
-import type { ClusterComponent } from './component-graph';
+import type { ClusterComponent } from '../domain/component-graph';
 import type { ClusterInitActivities } from '../activities/cluster-init-activities';
 
 export type ComponentCheckName = Exclude<keyof ClusterInitActivities, 'recordClusterBoot'>;

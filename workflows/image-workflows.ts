@@ -17,8 +17,8 @@ import {
 } from '@temporalio/workflow';
 import type { ImageActivities, TransferImageResult } from '../activities/image-activities';
 import type { ImageControlActivities } from '../activities/image-control-activities';
-import type { ImageFormat, ImageRecord } from '../store/images';
-import { failureText, step, type StepReport } from './vm-progress';
+import type { ImageFormat, ImageRecord } from '../domain/image';
+import { failureText, step, type StepReport } from '../domain/workflow-steps';
 
 /** The image activities' permanent failures and the DWCP errors that are not retryable. */
 const PERMANENT_FAILURES = [

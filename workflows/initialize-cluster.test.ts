@@ -18,7 +18,8 @@ import { temporalClient } from '../test/support/services';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import type { WorkflowOutcome } from './interceptors';
 import type { Client, Connection } from '@temporalio/client';
-import type { BootReport, InitializeClusterInput } from './initialize-cluster';
+import type { InitializeClusterInput } from '../domain/cluster-init';
+import type { BootReport } from './initialize-cluster';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 
 type CheckBehaviour = (input: ComponentCheckInput, attempt: number) => Promise<ComponentCheckResult['detail']>;

@@ -15,18 +15,9 @@ import {
   planBoot,
   type BootPhase,
   type ComponentRetryPolicy,
-} from './component-graph';
+} from '../domain/component-graph';
+import type { InitializeClusterInput } from '../domain/cluster-init';
 import { CLUSTER_COMPONENTS, type ComponentCheckName } from './cluster-components';
-
-export interface InitializeClusterInput {
-  nodeId: string;
-  /** Boot-wide retry policy; a component may override parts of it. */
-  retry: ComponentRetryPolicy;
-  componentTimeoutMs: number;
-  disabledComponents?: string[];
-  /** `sequential` checks one component at a time: for debugging a boot and for the boot benchmark's baseline. */
-  execution?: 'level-parallel' | 'sequential';
-}
 
 export const COMPONENT_STATUSES = ['pending', 'running', 'ok', 'failed', 'skipped', 'cancelled'] as const;
 export type ComponentStatus = (typeof COMPONENT_STATUSES)[number];

@@ -1,8 +1,9 @@
 import { ApplicationFailure, CancellationScope, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { VmDisk } from '../activities/libvirt-activities';
 import { controlActivities, hostActivities } from './vm-activities';
-import { failureText, step, vmProgressQuery, type VmProgress } from './vm-progress';
-import { vmSpecSchema, type VmSpec } from './vm-spec';
+import { failureText, step } from '../domain/workflow-steps';
+import { vmProgressQuery, type VmProgress } from './vm-progress';
+import { vmSpecSchema, type VmSpec } from '../domain/vm-spec';
 
 export interface VmCreateInput {
   /** Chosen by the API; also the libvirt domain UUID, so a retried define updates instead of duplicating. */

@@ -3,10 +3,10 @@
  * and releases the VM with its new state. A failure releases it as `failed` with the reason.
  */
 import { ApplicationFailure, CancellationScope, setHandler, workflowInfo } from '@temporalio/workflow';
-import type { VmRecord } from '../store/vms';
 import { controlActivities, hostActivities } from './vm-activities';
-import { failureText, step, vmProgressQuery, type VmOperation, type VmProgress } from './vm-progress';
-import type { VmState } from './vm-spec';
+import { failureText, step } from '../domain/workflow-steps';
+import type { VmRecord, VmState } from '../domain/vm-spec';
+import { vmProgressQuery, type VmOperation, type VmProgress } from './vm-progress';
 
 export interface VmStartInput {
   vmId: string;

@@ -11,12 +11,11 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import type { InventoryActivities } from '../activities/inventory-activities';
 import type { LibvirtActivities } from '../activities/libvirt-activities';
-import type { VmRecord } from '../store/vms';
 import { temporalClient, testTemporalAddress } from '../test/support/services';
 import { loadWorkflowBundle } from '../workers/workflow-bundle';
 import type { FleetStatus } from './host-fleet-monitor';
 import type { vmCreate, VmCreateInput } from './vm-create';
-import { vmSpecSchema } from './vm-spec';
+import { vmSpecSchema, type VmRecord } from '../domain/vm-spec';
 
 let bundle: WorkflowBundleWithSourceMap;
 let client: Client;

@@ -8,9 +8,9 @@ import { z } from 'zod';
 import type { NovacronConfig } from '../../config/schema';
 import type { NovacronMetrics } from '../../observability/metrics';
 import { latestClusterBoot } from '../../store/cluster-boots';
-import { ComponentGraphError, planBoot } from '../../workflows/component-graph';
+import { ComponentGraphError, planBoot } from '../../domain/component-graph';
 import { CLUSTER_COMPONENTS } from '../../workflows/cluster-components';
-import type { InitializeClusterInput } from '../../workflows/initialize-cluster';
+import { clusterInitInput } from '../../domain/cluster-init';
 import { ApiError, NotFoundError } from '../errors';
 import { errorBodySchema, requestIdSchema, workflowStartedSchema } from '../schemas';
 
@@ -21,15 +21,6 @@ export interface ClusterRoutesOptions {
   temporal: Client;
   pool: Pool;
   metrics: NovacronMetrics;
-}
-
-export function clusterInitInput(config: NovacronConfig, disabledComponents: string[] = []): InitializeClusterInput {
-  return {
-    nodeId: config.system.nodeId,
-    retry: config.clusterInit.retry,
-    componentTimeoutMs: config.clusterInit.componentTimeoutMs,
-    disabledComponents: [...new Set([...config.clusterInit.disabledComponents, ...disabledComponents])],
-  };
 }
 
 export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async (

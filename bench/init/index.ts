@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import { clusterInitInput } from '../../api/routes/cluster';
+import { clusterInitInput } from '../../domain/cluster-init';
 import { loadConfig } from '../../config/load-config';
 import { startTemporalDevServer } from '../../native/temporal';
 import { startEmbeddedPostgres } from '../../store/embedded-postgres';

@@ -12,14 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { loadConfig } from '../../config/load-config';
-import {
-  assertHypervisorBinaries,
-  buildDomainXml,
-  detectDomainType,
-  DiskImages,
-  LibvirtConnection,
-  startLocalHypervisors,
-} from '../../native/libvirt';
+import { buildDomainXml, detectDomainType, DiskImages, LibvirtConnection } from '../../native/libvirt';
+import { assertHypervisorBinaries, startLocalHypervisors } from '../../native/libvirt/harness';
 import { startTemporalDevServer } from '../../native/temporal';
 import { startEmbeddedPostgres } from '../../store/embedded-postgres';
 import { freePort } from '../../test/support/ports';
@@ -27,7 +21,7 @@ import { summarize } from '../stats';
 import { startControlWorker } from '../../workers/control-worker';
 import { startHostAgent } from '../../workers/host-agent';
 import type { VmCreateInput, VmCreateResult } from '../../workflows/vm-create';
-import { vmSpecSchema } from '../../workflows/vm-spec';
+import { vmSpecSchema } from '../../domain/vm-spec';
 
 const ITERATIONS = Number(process.env.NOVACRON_BENCH_ITERATIONS ?? 15);
 const MiB = 1024 * 1024;

@@ -6,7 +6,8 @@
  * - Errors are typed (`LibvirtNotFoundError`, `LibvirtInvalidStateError`, …) with predicates such as
  *   `isNotFound(err)`, and `tolerate()` makes a step idempotent.
  * - `buildDomainXml` validates and escapes a `DomainSpec`; `DiskImages` manages qemu-img images.
- * - `startLocalHypervisors` runs several isolated libvirtd instances on one machine for tests and `npm start`.
+ * - The test harness (several isolated libvirtd instances on one machine) is `./harness`, imported by path so
+ *   production code never pulls it in.
  *
  * docs/libvirt-driver.md explains the choices and their measurements.
  */
@@ -14,6 +15,5 @@ export * from './command-runner';
 export * from './disk-images';
 export * from './domain-xml';
 export * from './errors';
-export * from './harness';
 export * from './libvirt-connection';
 export * from './xml';

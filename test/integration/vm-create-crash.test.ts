@@ -10,14 +10,10 @@ import { randomUUID } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import {
-  assertHypervisorBinaries,
-  LibvirtConnection,
-  startLocalHypervisors,
-  type LocalHypervisors,
-} from '../../native/libvirt';
+import { LibvirtConnection } from '../../native/libvirt';
+import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt/harness';
 import type { VmCreateInput, VmCreateResult } from '../../workflows/vm-create';
-import { vmSpecSchema } from '../../workflows/vm-spec';
+import { vmSpecSchema } from '../../domain/vm-spec';
 import { startAgentProcess, TEST_FLEET_ENV, waitForHostsUp } from '../support/fleet';
 import { isolatedEnv, startEntry, type ChildHandle } from '../support/processes';
 import {

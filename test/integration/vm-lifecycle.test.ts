@@ -13,15 +13,8 @@ import { after, before, test } from 'node:test';
 import pino from 'pino';
 import { buildApp, type BuiltApp } from '../../api/app';
 import type { NovacronConfig } from '../../config/schema';
-import {
-  assertHypervisorBinaries,
-  buildDomainXml,
-  isNotFound,
-  LibvirtConnection,
-  startLocalHypervisors,
-  tolerate,
-  type LocalHypervisors,
-} from '../../native/libvirt';
+import { buildDomainXml, isNotFound, LibvirtConnection, tolerate } from '../../native/libvirt';
+import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt/harness';
 import { createMetrics } from '../../observability/metrics';
 import { assignVmOwner, VmStoreError } from '../../store/vms';
 import { startControlWorker, type ControlWorkerHandle } from '../../workers/control-worker';

@@ -1,6 +1,6 @@
 /** Host agents as real child processes against harness hypervisors, for the VM lifecycle integration tests. */
 import type { Pool } from 'pg';
-import type { LocalHypervisor } from '../../native/libvirt';
+import type { LocalHypervisor } from '../../native/libvirt/harness';
 import { isolatedEnv, startEntry, type ChildHandle } from './processes';
 import { scratchDir, testTemporalAddress } from './services';
 

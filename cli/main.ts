@@ -4,9 +4,9 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { checkConfigFile, ConfigError } from '../../config/load-config';
-import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
-import { runStackFromCli } from '../../workers/stack';
+import { checkConfigFile, ConfigError } from '../config/load-config';
+import { createCertificateAuthority, issueHostCertificate } from '../native/dwcp/certs';
+import { runStackFromCli } from '../workers/stack';
 import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { FLEET_USAGE, runFleetCli } from './fleet-commands';
 import { IMAGE_USAGE, runImageCli } from './image-commands';

@@ -3,7 +3,7 @@
  * that creates tiny guests concurrently across the hosts and confirms they all run. It measures; it asserts
  * nothing about speed. docs/libvirt-driver.md quotes its output.
  *
- *   tsx native/libvirt/measure-driver.ts --hosts 2 --guests 20 [--domain-type qemu] [--out results.json]
+ *   tsx bench/libvirt-driver/measure-driver.ts --hosts 2 --guests 20 [--domain-type qemu] [--out results.json]
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { DiskImages } from './disk-images';
-import { DomainType, buildDomainXml, detectDomainType } from './domain-xml';
-import { startLocalHypervisors } from './harness';
-import { DomainState, LibvirtConnection } from './libvirt-connection';
+import { DiskImages } from '../../native/libvirt/disk-images';
+import { DomainType, buildDomainXml, detectDomainType } from '../../native/libvirt/domain-xml';
+import { startLocalHypervisors } from '../../native/libvirt/harness';
+import { DomainState, LibvirtConnection } from '../../native/libvirt/libvirt-connection';
 
 const LATENCY_SAMPLES = 100;
 const GUEST_MEMORY_MIB = 64;

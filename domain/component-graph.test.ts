@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ComponentGraphError, planBoot, type ClusterComponent } from './component-graph';
-import { CLUSTER_COMPONENTS } from './cluster-components';
+import { CLUSTER_COMPONENTS } from '../workflows/cluster-components';
 
 const component = (name: string, phase: ClusterComponent['phase'], dependsOn: string[] = []): ClusterComponent => ({
   name,

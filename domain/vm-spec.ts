@@ -69,3 +69,17 @@ export const TRANSITIONAL_VM_STATES: readonly VmState[] = ['creating', 'starting
 export function diskTarget(index: number): string {
   return `vd${String.fromCharCode('a'.charCodeAt(0) + index)}`;
 }
+
+/** A VM as the store records it. */
+export interface VmRecord {
+  id: string;
+  name: string;
+  hostId?: string;
+  spec: VmSpec;
+  state: VmState;
+  ownerToken?: number;
+  operationWorkflowId?: string;
+  lastError?: string;
+  createdAt: string;
+  updatedAt: string;
+}
