@@ -2,10 +2,11 @@
  * Domain errors and the one error handler that maps them (and Temporal's and Fastify's) to status codes.
  * 5xx bodies never carry internals: the request id points to the log line instead.
  */
-import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, isGrpcServiceError } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, isResponseSerializationError } from 'fastify-type-provider-zod';
 import { TokenNameTakenError } from '../store/api-tokens';
+import { isTemporalUnavailable } from '../workers/temporal-clients';
 
 export class ApiError extends Error {
   constructor(
@@ -103,7 +104,7 @@ export function registerErrorHandler(app: FastifyInstance): void {
     if (error instanceof WorkflowNotFoundError) return send(404, { error: 'NotFound', message: error.message });
     if (error instanceof WorkflowExecutionAlreadyStartedError)
       return send(409, { error: 'Conflict', message: error.message });
-    if (isGrpcServiceError(error) && (error as unknown as { code?: number }).code === 14) {
+    if (isTemporalUnavailable(error)) {
       request.log.warn({ err: error }, 'Temporal unavailable');
       return send(503, { error: 'ServiceUnavailable', message: 'the Temporal server is unreachable; retry shortly' });
     }

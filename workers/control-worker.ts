@@ -58,13 +58,15 @@ export async function startControlWorker(input: {
 
   const target = temporalTarget(config);
   const connectionOptions = { address: target.address, ...(target.tls ? { tls: target.tls } : {}) };
-  const nativeConnection = await connectWithRetry({
+  // The client connection first: its failures carry the server's gRPC status, so bad credentials fail at once,
+  // where the native connection's transport errors carry only text. Once it is up, the native one connects.
+  const clientConnection = await connectWithRetry({
     what: `Temporal at ${target.address}`,
-    connect: () => NativeConnection.connect(connectionOptions),
+    connect: () => Connection.connect(connectionOptions),
     timeoutMs: TEMPORAL_CONNECT_TIMEOUT_MS,
     onWait: (message) => logger.info(message),
   });
-  const clientConnection = await Connection.connect(connectionOptions);
+  const nativeConnection = await NativeConnection.connect(connectionOptions);
 
   const workflowBundle = await loadWorkflowBundle({ log: (msg) => logger.info(msg) });
 
