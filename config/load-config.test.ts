@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import { classifyMode, DEFAULT_MODE_THRESHOLDS, DwcpMode } from '../native/dwcp/mode';
 import { checkConfigFile, ConfigError, loadConfig } from './load-config';
 
 function yamlFile(text: string): string {
@@ -22,10 +23,9 @@ describe('loadConfig', () => {
     assert.equal(config.api.port, 8080);
   });
 
-  test('the internet profile selects signed votes and a longer lease', () => {
+  test('the internet profile selects internet mode and a longer lease', () => {
     const config = loadConfig({ env: { NOVACRON_PROFILE: 'internet' } });
     assert.equal(config.dwcp.mode, 'internet');
-    assert.equal(config.dwcp.consensus.quorum, 'signed-votes');
     assert.equal(config.dwcp.consensus.leaseTtlSeconds, 30);
   });
 
@@ -130,4 +130,31 @@ describe('loadConfig', () => {
     assert.equal(checkConfigFile(file).system.profile, 'hybrid');
     assert.throws(() => checkConfigFile('/nonexistent/novacron.yaml'), /no such file/);
   });
+});
+
+describe('network thresholds for DWCP mode detection', () => {
+  test('default to the thresholds mode detection uses without config', () => {
+    assert.deepEqual(loadConfig({ env: {} }).network, DEFAULT_MODE_THRESHOLDS);
+  });
+
+  test('move where a probed link counts as datacenter', () => {
+    const link = { rttMs: 20, bandwidthMbps: 5000 };
+    const config = loadConfig({ env: { NOVACRON_NETWORK_DATACENTER_MAX_RTT_MS: '25' } });
+    assert.equal(config.network.datacenterMaxRttMs, 25);
+    assert.equal(classifyMode({ ...link, thresholds: config.network }), DwcpMode.DATACENTER);
+    assert.equal(classifyMode({ ...link, thresholds: loadConfig({ env: {} }).network }), DwcpMode.HYBRID);
+  });
+
+  test('an internet threshold below the datacenter one is refused', () => {
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_NETWORK_DATACENTER_MAX_RTT_MS: '60' } }),
+      /network\.internetMinRttMs: internetMinRttMs must be at least datacenterMaxRttMs/,
+    );
+  });
+});
+
+test('removed keys that nothing read are refused, not ignored', () => {
+  for (const text of ['dwcp:\n  consensus:\n    quorum: majority\n', 'network:\n  probeIntervalSeconds: 30\n']) {
+    assert.throws(() => loadConfig({ env: {}, file: yamlFile(text) }), /(quorum|probeIntervalSeconds): unknown key/);
+  }
 });

@@ -118,20 +118,29 @@ export const configSchema = z.strictObject({
           level: z.union([z.literal('auto'), z.number().int().min(-7).max(22)]).default('auto'),
         })
         .prefault({}),
+      /** Host leases in PostgreSQL with fencing tokens; there is no vote among hosts, so no quorum setting yet. */
       consensus: z
         .strictObject({
           leaseTtlSeconds: z.number().int().min(1).max(3600).default(15),
-          quorum: z.enum(['majority', 'signed-votes']).default('majority'),
         })
         .prefault({}),
     })
     .prefault({}),
+  /**
+   * Where DWCP's mode detection draws its lines (classifyMode): a probed link is datacenter below
+   * datacenterMaxRttMs and above datacenterMinBandwidthMbps, internet above internetMinRttMs or below that
+   * bandwidth, hybrid in between. The host agents apply them to every probe and transfer; `dwcp.mode` other than
+   * `auto` skips detection.
+   */
   network: z
     .strictObject({
       datacenterMaxRttMs: z.number().positive().default(10),
       internetMinRttMs: z.number().positive().default(50),
       datacenterMinBandwidthMbps: z.number().positive().default(1000),
-      probeIntervalSeconds: z.number().int().min(1).default(60),
+    })
+    .refine((n) => n.internetMinRttMs >= n.datacenterMaxRttMs, {
+      message: 'internetMinRttMs must be at least datacenterMaxRttMs',
+      path: ['internetMinRttMs'],
     })
     .prefault({}),
   monitoring: z

@@ -18,14 +18,36 @@ export const DwcpMode = {
 } as const;
 export type DwcpMode = (typeof DwcpMode)[keyof typeof DwcpMode];
 
+/** Where the modes meet; the config's `network.*` keys set them per fleet. */
+export interface ModeThresholds {
+  datacenterMaxRttMs: number;
+  internetMinRttMs: number;
+  datacenterMinBandwidthMbps: number;
+}
+
+export const DEFAULT_MODE_THRESHOLDS: ModeThresholds = {
+  datacenterMaxRttMs: 10,
+  internetMinRttMs: 50,
+  datacenterMinBandwidthMbps: 1000,
+};
+
 /**
- * datacenter: RTT < 10 ms and more than 1 Gbit/s. internet: RTT > 50 ms or less than 1 Gbit/s. Anything between
- * (a fast link with 10-50 ms RTT, or a sub-10 ms link at exactly 1 Gbit/s) is hybrid. `override` wins.
+ * With the default thresholds: datacenter when RTT < 10 ms and more than 1 Gbit/s; internet when RTT > 50 ms or
+ * less than 1 Gbit/s. Anything between (a fast link with 10-50 ms RTT, or a sub-10 ms link at exactly 1 Gbit/s) is
+ * hybrid. `override` wins.
  */
-export function classifyMode(input: { rttMs: number; bandwidthMbps: number; override?: DwcpMode }): DwcpMode {
+export function classifyMode(input: {
+  rttMs: number;
+  bandwidthMbps: number;
+  override?: DwcpMode;
+  thresholds?: ModeThresholds;
+}): DwcpMode {
   if (input.override !== undefined) return input.override;
-  if (input.rttMs < 10 && input.bandwidthMbps > 1000) return DwcpMode.DATACENTER;
-  if (input.rttMs > 50 || input.bandwidthMbps < 1000) return DwcpMode.INTERNET;
+  const t = input.thresholds ?? DEFAULT_MODE_THRESHOLDS;
+  if (input.rttMs < t.datacenterMaxRttMs && input.bandwidthMbps > t.datacenterMinBandwidthMbps) {
+    return DwcpMode.DATACENTER;
+  }
+  if (input.rttMs > t.internetMinRttMs || input.bandwidthMbps < t.datacenterMinBandwidthMbps) return DwcpMode.INTERNET;
   return DwcpMode.HYBRID;
 }
 
@@ -114,6 +136,7 @@ export function resolveTransferParameters(input: {
   rttMs: number;
   bandwidthMbps: number;
   override?: DwcpMode;
+  thresholds?: ModeThresholds;
   cpuMBpsAtLevel1?: number;
   ratioAtLevel1?: number;
   /** Per-worker chunking + sha256 speed (measureCompression's hashMBps); see chooseCompressionLevel. */
