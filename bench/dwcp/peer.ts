@@ -7,7 +7,8 @@ import { z } from 'zod';
 import { chunkingParams } from '../../native/dwcp/chunking';
 import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/encoding';
 import { probeLink } from '../../native/dwcp/mode';
-import { DwcpReceiver, sendFile } from '../../native/dwcp/transport';
+import { DwcpReceiver } from '../../native/dwcp/receiver';
+import { sendFile } from '../../native/dwcp/send-file';
 
 const ConfigSchema = z.object({
   role: z.enum(['receive', 'send', 'serve-probe', 'probe', 'calibrate']),

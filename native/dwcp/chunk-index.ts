@@ -150,6 +150,17 @@ export class ChunkIndex {
     return added;
   }
 
+  /** Indexes each of `paths` that exists, in order; a missing one (a target without a previous version) is skipped. */
+  async addExistingFiles(input: { paths: readonly string[]; chunking: ChunkingParams }): Promise<void> {
+    for (const file of input.paths) {
+      try {
+        await this.addFile({ path: file, chunking: input.chunking });
+      } catch (err) {
+        if (!(typeof err === 'object' && err !== null && 'code' in err && err.code === 'ENOENT')) throw err;
+      }
+    }
+  }
+
   /**
    * Adds a file whose manifest is already known (a target a transfer just verified and wrote), and keeps its
    * sidecar, so the next version of it is indexed without a scan.

@@ -13,7 +13,8 @@ import { chunkingParams } from './chunking';
 import { DwcpWorkerPool } from './encoding';
 import { DwcpAuthError, DwcpDiskFullError } from './errors';
 import { createTestPki, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
-import { DwcpReceiver, sendFile } from './transport';
+import { DwcpReceiver } from './receiver';
+import { sendFile } from './send-file';
 
 const exec = promisify(execFile);
 let dir: string;

@@ -1,9 +1,10 @@
 /**
  * DWCP, the NovaCron data plane: moves disk images and migration streams between hypervisor hosts.
  *
- * - `sendFile` / `sendStream` and `DwcpReceiver` (transport): N parallel mutual-TLS TCP streams, per-chunk CRC and
- *   sha256, end-to-end sha256, NACK-and-resend, resumable through a receiver-side journal, dedup against a chunk
- *   index of base images, sparse targets, backpressure, progress and AbortSignal cancellation.
+ * - `sendFile` / `sendStream` and `DwcpReceiver` (send-file.ts, send-stream.ts, receiver.ts and the modules they
+ *   build on): N parallel mutual-TLS TCP streams, per-chunk CRC and sha256, end-to-end sha256, NACK-and-resend,
+ *   resumable through a receiver-side journal, dedup against a chunk index of base images, sparse targets,
+ *   backpressure, progress and AbortSignal cancellation.
  * - Chunking and encoding: FastCDC content-defined chunks, zero and incompressible detection, zstd with a level
  *   chosen from link speed versus CPU speed, all CPU work in a worker pool.
  * - Mode: `probeLink` measures RTT and throughput; `classifyMode` and `resolveTransferParameters` turn the figures
@@ -71,18 +72,10 @@ export {
   type ModeParameters,
   type TransferParameters,
 } from './mode';
-export {
-  DwcpReceiver,
-  sendFile,
-  sendStream,
-  type ChunkStats,
-  type DwcpReceiverOptions,
-  type ExpectFileInput,
-  type ExpectStreamInput,
-  type ReceiveResult,
-  type SendFileInput,
-  type SendResult,
-  type SendStreamInput,
-  type SenderOptions,
-  type TransferProgress,
-} from './transport';
+export { DwcpReceiver, type DwcpReceiverOptions } from './receiver';
+export type { ExpectFileInput } from './file-receive-transfer';
+export type { ExpectStreamInput } from './stream-receive-transfer';
+export { sendFile, type SendFileInput } from './send-file';
+export { sendStream, type SendStreamInput } from './send-stream';
+export type { SenderOptions } from './sender-context';
+export type { ChunkStats, ReceiveResult, SendResult, TransferProgress } from './transfer-types';

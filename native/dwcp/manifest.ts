@@ -65,15 +65,34 @@ export function validateManifest(input: { manifest: Manifest }): void {
   if (manifest.entries.length !== manifest.chunkCount * MANIFEST_ENTRY_BYTES) {
     throw new DwcpProtocolError('manifest length does not match its chunk count');
   }
-  let expected = 0;
-  for (let i = 0; i < manifest.chunkCount; i++) {
-    const entry = manifestEntry({ manifest, index: i });
-    if (entry.offset !== expected || entry.length <= 0 || entry.length > manifest.chunking.maxBytes) {
-      throw new DwcpProtocolError(`manifest entry ${i} does not continue the file`);
+  const end = entriesEnd({ entries: manifest.entries, first: 0, offset: 0, maxBytes: manifest.chunking.maxBytes });
+  if (end !== manifest.size) throw new DwcpProtocolError('manifest does not cover the whole file');
+}
+
+/**
+ * Checks that entries (the first of them chunk `first`) continue a file at `offset` without gaps or overlaps, none
+ * longer than `maxBytes`, and returns the offset just past them: the receiver checks each part of a manifest this
+ * way as it arrives, and the whole manifest at its end.
+ */
+export function entriesEnd(input: { entries: Buffer; first: number; offset: number; maxBytes: number }): number {
+  const part = { entries: input.entries, chunkCount: Math.floor(input.entries.length / MANIFEST_ENTRY_BYTES) };
+  let offset = input.offset;
+  for (let j = 0; j < part.chunkCount; j++) {
+    const entry = manifestEntry({ manifest: part, index: j });
+    if (entry.offset !== offset || entry.length <= 0 || entry.length > input.maxBytes) {
+      throw new DwcpProtocolError(`manifest entry ${input.first + j} does not continue the file`);
     }
-    expected += entry.length;
+    offset += entry.length;
   }
-  if (expected !== manifest.size) throw new DwcpProtocolError('manifest does not cover the whole file');
+  return offset;
+}
+
+/** A one-byte-per-chunk array, grown (at least doubling) to hold `length` chunks as the manifest grows. */
+export function growPerChunk(bytes: Uint8Array<ArrayBuffer>, length: number): Uint8Array<ArrayBuffer> {
+  if (bytes.length >= length) return bytes;
+  const grown = new Uint8Array(Math.max(length, bytes.length * 2));
+  grown.set(bytes);
+  return grown;
 }
 
 const SCAN_BLOCK_BYTES = 8 * 1024 * 1024;

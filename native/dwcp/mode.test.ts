@@ -13,7 +13,7 @@ import {
   resolveTransferParameters,
 } from './mode';
 import { createTestPki } from './testing/fixtures';
-import { DwcpReceiver } from './transport';
+import { DwcpReceiver } from './receiver';
 
 test('datacenter needs both a short RTT and more than 1 Gbit/s', () => {
   assert.equal(classifyMode({ rttMs: 0.3, bandwidthMbps: 10_000 }), DwcpMode.DATACENTER);

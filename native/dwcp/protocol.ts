@@ -86,3 +86,6 @@ export const EndReplySchema = z.object({ sha256: z.string() });
 
 /** Manifest parts stay well under the frame payload limit. */
 export const MANIFEST_PART_ENTRIES = 16 * 1024;
+
+/** How long either end waits for the other's HELLO before giving the connection up. */
+export const HELLO_TIMEOUT_MS = 30_000;

@@ -18,7 +18,10 @@ import {
   writeTestFile,
   type TestPki,
 } from './testing/fixtures';
-import { DwcpReceiver, sendFile, sendStream, type TransferProgress } from './transport';
+import { DwcpReceiver } from './receiver';
+import { sendFile } from './send-file';
+import { sendStream } from './send-stream';
+import type { TransferProgress } from './transfer-types';
 
 let dir: string;
 let pki: TestPki;

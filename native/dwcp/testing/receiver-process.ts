@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { DwcpReceiver } from '../transport';
+import { DwcpReceiver } from '../receiver';
 
 const ConfigSchema = z.object({
   caPath: z.string(),

@@ -1,0 +1,189 @@
+/**
+ * sendFile: a file as content-defined chunks, against a receiver that answers each manifest part with the chunks it
+ * still lacks (resumed from its journal, copied from its base images, or holes for zero chunks).
+ */
+import { stat } from 'node:fs/promises';
+import { decompress } from 'zstd-napi';
+import { chunkingParams, type ChunkingParams } from './chunking';
+import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
+import { ChunkEncoding, FrameType, jsonPayload, parseJsonPayload } from './framing';
+import { growPerChunk, manifestEntry } from './manifest';
+import { ChunkState, EndReplySchema, TransferKind, type End, type NackReason } from './protocol';
+import type { SendWorkload } from './send-engine';
+import { openDataSockets, SenderContext, type SenderOptions } from './sender-context';
+import { SourceScan, streamManifest } from './source-scan';
+import { emptyChunkStats, type SendResult } from './transfer-types';
+
+export interface SendFileInput extends SenderOptions {
+  sourcePath: string;
+  chunking?: ChunkingParams;
+}
+
+const DEFAULT_CHUNKING = chunkingParams({ avgBytes: 64 * 1024 });
+
+/**
+ * Sends a file: scans it into a content-defined chunk manifest, streaming the manifest to the receiver part by
+ * part; the receiver answers each part with the chunks it lacks, and those are sent while later parts are still
+ * being hashed. Resumes across reconnects and receiver restarts.
+ */
+export async function sendFile(input: SendFileInput): Promise<SendResult> {
+  const ctx = new SenderContext(input);
+  try {
+    const level = input.compressionLevel ?? 1;
+    const chunking = input.chunking ?? DEFAULT_CHUNKING;
+    const size = await stat(input.sourcePath).then(
+      (info) => info.size,
+      (err: unknown) => {
+        throw DwcpError.fromNative(err, `source ${input.sourcePath}`);
+      },
+    );
+    // The scan starts before the first connection, and the receiver indexes its base images meanwhile.
+    const scan = new SourceScan({ pool: ctx.pool, path: input.sourcePath, chunking, size });
+    const manifest = scan.manifest;
+    const stats = emptyChunkStats();
+    let logicalBytes = 0;
+    let chunksDone = 0;
+
+    const { attempts } = await ctx.withReconnect(async (attempt) => {
+      const control = await ctx.connect({
+        streamIndex: 0,
+        hello: { kind: TransferKind.FILE, attempt, streamIndex: 0, streams: ctx.streams, file: { size, chunking } },
+      });
+      const sockets = [control.socket];
+      try {
+        if (control.reply.completed !== undefined) {
+          const { manifest: whole } = await scan.done();
+          if (control.reply.completed !== whole.sha256)
+            throw new DwcpChecksumError('receiver completed with another sha256');
+          logicalBytes = whole.size;
+          chunksDone = whole.chunkCount;
+          return;
+        }
+        // Data connections join before the manifest starts, so a receiver that refuses the first part (disk full)
+        // reports it on connections the engine is already reading.
+        sockets.push(...(await openDataSockets({ ctx, attempt, kind: TransferKind.FILE })));
+
+        stats.zero = 0;
+        stats.resumed = 0;
+        logicalBytes = 0;
+        chunksDone = 0;
+        let states = new Uint8Array(0);
+        /** Chunks the receiver's NEED parts have answered so far. */
+        let answered = 0;
+        let manifestSent = false;
+        const queue: number[] = [];
+        let queueHead = 0;
+
+        const workload: SendWorkload = {
+          pull: () => {
+            if (queueHead < queue.length) return Promise.resolve(queue[queueHead++]!);
+            queue.length = 0;
+            queueHead = 0;
+            const total = scan.chunkCount;
+            return Promise.resolve(manifestSent && total !== undefined && answered === total ? 'end' : 'wait');
+          },
+          onNeed: (frame) => {
+            const part = new Uint8Array(decompress(frame.payload));
+            if (frame.chunkIndex !== answered || answered + part.length > manifest.chunkCount) {
+              throw new DwcpProtocolError(`NEED for chunks ${frame.chunkIndex}+${part.length} is out of order`);
+            }
+            states = growPerChunk(states, answered + part.length);
+            states.set(part, answered);
+            for (let i = answered; i < answered + part.length; i++) {
+              if (states[i] === ChunkState.DONE) {
+                const entry = manifestEntry({ manifest, index: i });
+                if (entry.zero) stats.zero++;
+                else stats.resumed++;
+                logicalBytes += entry.length;
+                chunksDone++;
+              } else {
+                queue.push(i);
+              }
+            }
+            answered += part.length;
+          },
+          prepare: async (index) => {
+            const entry = manifestEntry({ manifest, index });
+            const base = {
+              transferId: input.transferId,
+              chunkIndex: index,
+              offset: entry.offset,
+              rawLength: entry.length,
+            };
+            if (states[index] === ChunkState.REF) {
+              return {
+                ...base,
+                type: FrameType.CHUNK_REF,
+                encoding: ChunkEncoding.REF,
+                payload: Buffer.from(entry.hash),
+              };
+            }
+            const encoded = await ctx.pool.run({
+              kind: 'encodeFile',
+              path: input.sourcePath,
+              offset: entry.offset,
+              length: entry.length,
+              level,
+            });
+            return {
+              ...base,
+              type: encoded.encoding === ChunkEncoding.ZERO ? FrameType.ZERO : FrameType.CHUNK,
+              encoding: encoded.encoding,
+              payload: encoded.payload,
+              checksum: encoded.checksum,
+            };
+          },
+          onAck: (index) => {
+            if (states[index] === ChunkState.REF) stats.refs++;
+            else stats.data++;
+            states[index] = ChunkState.DONE;
+            ctx.acks++;
+            logicalBytes += manifestEntry({ manifest, index }).length;
+            chunksDone++;
+            ctx.progress({ logicalBytes, chunksDone, chunksTotal: scan.chunkCount });
+          },
+          onNack: (index, reason: NackReason) => {
+            if (reason === 'ref-miss') states[index] = ChunkState.SEND;
+            else stats.resent++;
+          },
+        };
+        const engine = ctx.engine({
+          sockets,
+          workload,
+          queue: [],
+          maxInFlight: input.maxInFlightChunks ?? 16 * ctx.streams,
+        });
+        streamManifest({ socket: control.socket, scan, transferId: input.transferId }).then(
+          () => {
+            manifestSent = true;
+            engine.wake();
+          },
+          (err: unknown) => engine.fail(DwcpError.fromNative(err, 'manifest')),
+        );
+        const reply = await engine.run(async () => {
+          const { manifest: whole } = await scan.done();
+          return {
+            type: FrameType.END,
+            transferId: input.transferId,
+            payload: jsonPayload({
+              sha256: whole.sha256,
+              size: whole.size,
+              chunkCount: whole.chunkCount,
+            } satisfies End),
+          };
+        });
+        const end = parseJsonPayload({ frame: reply, schema: EndReplySchema });
+        const { manifest: whole } = await scan.done();
+        if (end.sha256 !== whole.sha256) throw new DwcpChecksumError('receiver reports a different sha256');
+      } finally {
+        for (const s of sockets) s.destroy();
+      }
+    });
+    const { manifest: whole } = await scan.done();
+    stats.total = whole.chunkCount;
+    ctx.progress({ logicalBytes, chunksDone, chunksTotal: whole.chunkCount, force: true });
+    return ctx.result({ sha256: whole.sha256, logicalBytes, attempts, chunks: stats });
+  } finally {
+    await ctx.close();
+  }
+}

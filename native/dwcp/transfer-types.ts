@@ -1,0 +1,69 @@
+/**
+ * What both ends of a DWCP transfer report: progress while it runs, and the result with its chunk statistics when
+ * it ends. Sender and receiver modules share these, so they live apart from either side.
+ */
+
+export interface TransferProgress {
+  /** Bytes of the logical content that the receiver has (including resumed, deduplicated and zero chunks). */
+  logicalBytes: number;
+  /** Frame bytes this side has put on the wire, over every attempt. */
+  wireBytes: number;
+  chunksDone: number;
+  /** Unknown for a stream until its end. */
+  chunksTotal: number | undefined;
+}
+
+export interface ChunkStats {
+  total: number;
+  /** Chunks whose data crossed the wire (last successful send of each). */
+  data: number;
+  /** Chunks the receiver copied from its chunk index. */
+  refs: number;
+  zero: number;
+  /** Chunks the receiver already had from an earlier attempt. */
+  resumed: number;
+  /** Resends after a NACK. */
+  resent: number;
+}
+
+export interface SendResult {
+  transferId: string;
+  sha256: string;
+  logicalBytes: number;
+  wireBytes: number;
+  wireBytesReceived: number;
+  attempts: number;
+  durationMs: number;
+  chunks: ChunkStats;
+}
+
+export interface ReceiveResult {
+  transferId: string;
+  sha256: string;
+  logicalBytes: number;
+  /** Frame bytes received over every attempt. */
+  wireBytes: number;
+  durationMs: number;
+  chunks: ChunkStats;
+}
+
+export function emptyChunkStats(): ChunkStats {
+  return { total: 0, data: 0, refs: 0, zero: 0, resumed: 0, resent: 0 };
+}
+
+/**
+ * Reports progress at most every 100 ms, so a fast transfer does not flood its listener; `force` (the final report)
+ * always goes through.
+ */
+export function progressReporter(input: {
+  onProgress: ((progress: TransferProgress) => void) | undefined;
+  wireBytes: () => number;
+}): (progress: Omit<TransferProgress, 'wireBytes'> & { force?: boolean }) => void {
+  let lastAt = 0;
+  return ({ force, ...progress }) => {
+    const now = Date.now();
+    if (input.onProgress === undefined || (!force && now - lastAt < 100)) return;
+    lastAt = now;
+    input.onProgress({ ...progress, wireBytes: input.wireBytes() });
+  };
+}
