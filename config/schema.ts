@@ -218,6 +218,9 @@ export const configSchema = z.strictObject({
       /** The DWCP receiver's port (images and migration streams from peers); 0 picks a free one. */
       dwcpPort: port.default(7480),
       dwcpListenHost: z.string().min(1).default('0.0.0.0'),
+      /** The agent's Prometheus `/metrics`; 0 picks a free port, which the agent logs. */
+      metricsPort: port.default(9465),
+      metricsListenHost: z.string().min(1).default('0.0.0.0'),
       /**
        * Holds ca/ca.crt and <hostId>.crt/.key, as `novacron certs` writes them. Defaults to <dataDir>/pki; a missing
        * host certificate is issued from ca/ca.key when that is present (a development fleet on one machine).

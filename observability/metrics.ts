@@ -21,9 +21,9 @@ export interface NovacronMetrics {
   httpDuration: Histogram<'method' | 'route' | 'status'>;
 }
 
-export function createMetrics(input: { service: string }): NovacronMetrics {
+export function createMetrics(input: { service: string; labels?: Record<string, string> }): NovacronMetrics {
   const registry = new Registry();
-  registry.setDefaultLabels({ service: input.service });
+  registry.setDefaultLabels({ ...input.labels, service: input.service });
   collectDefaultMetrics({ register: registry, prefix: 'novacron_' });
   return {
     registry,
@@ -69,6 +69,39 @@ export function createMetrics(input: { service: string }): NovacronMetrics {
       name: 'novacron_http_request_duration_seconds',
       help: 'API request duration',
       labelNames: ['method', 'route', 'status'],
+      buckets: DURATION_BUCKETS,
+      registers: [registry],
+    }),
+  };
+}
+
+/** A host agent's own loops: the lease that is its heartbeat, and the inventory reports drift detection reads. */
+export interface HostAgentMetrics {
+  /** renewed, reacquired (it had expired), lost (another agent holds it: this one stops), failed (no answer). */
+  leaseRenewals: Counter<'outcome'>;
+  /** reported, or failed (libvirt or the store did not answer). */
+  inventoryReports: Counter<'outcome'>;
+  inventoryReportDuration: Histogram<'outcome'>;
+}
+
+export function createHostAgentMetrics(registry: Registry): HostAgentMetrics {
+  return {
+    leaseRenewals: new Counter({
+      name: 'novacron_host_lease_renewals_total',
+      help: 'Host lease renewal attempts by outcome',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    inventoryReports: new Counter({
+      name: 'novacron_inventory_reports_total',
+      help: 'Libvirt inventory reports by outcome',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    inventoryReportDuration: new Histogram({
+      name: 'novacron_inventory_report_duration_seconds',
+      help: 'Time to list the libvirt inventory and record it',
+      labelNames: ['outcome'],
       buckets: DURATION_BUCKETS,
       registers: [registry],
     }),
@@ -126,7 +159,11 @@ export async function serveMetrics(input: {
     }
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new Error(`cannot serve metrics on ${input.host}:${input.port}: ${err.code ?? err.message}`, { cause: err }),
+      ),
+    );
     server.listen(input.port, input.host, resolve);
   });
   const address = server.address() as { port: number };

@@ -40,8 +40,9 @@ export async function startLocalHostAgents(input: {
           NOVACRON_AGENT_HOST_ID: host.hostId,
           NOVACRON_AGENT_LIBVIRT_URI: host.uri,
           NOVACRON_AGENT_IMAGE_ROOT: path.join(host.dir, 'images'),
-          // Both agents share this machine's address: ephemeral DWCP ports, one development CA.
+          // Both agents share this machine's address: ephemeral DWCP and metrics ports, one development CA.
           NOVACRON_AGENT_DWCP_PORT: '0',
+          NOVACRON_AGENT_METRICS_PORT: '0',
           NOVACRON_AGENT_PKI_DIR: path.resolve(config.system.dataDir, 'pki'),
         },
       },

@@ -6,9 +6,12 @@
  * It also runs the host's DWCP receiver (mutual TLS, certificate from agent.pkiDir) for images and migration
  * streams from peers, and the image activities that use it.
  *
+ * It serves Prometheus metrics on agent.metricsPort: process metrics, lease renewals, inventory reports and the
+ * outcome of every activity it runs.
+ *
  * Config: agent.hostId (required), agent.libvirtUri, agent.address, agent.region, agent.zone, agent.imageRoot,
- * agent.dwcpPort, agent.dwcpListenHost, agent.pkiDir, as NOVACRON_AGENT_* variables or in a config file;
- * DATABASE_URL and TEMPORAL_ADDRESS as for every process.
+ * agent.dwcpPort, agent.dwcpListenHost, agent.pkiDir, agent.metricsPort, agent.metricsListenHost, as
+ * NOVACRON_AGENT_* variables or in a config file; DATABASE_URL and TEMPORAL_ADDRESS as for every process.
  */
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
@@ -23,6 +26,12 @@ import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema
 import { DwcpReceiver, DwcpWorkerPool } from '../native/dwcp';
 import { detectDomainType, DiskImages, LibvirtConnection } from '../native/libvirt';
 import { createLogger, temporalLoggerFrom } from '../observability/logger';
+import {
+  activityMetricsInterceptor,
+  createHostAgentMetrics,
+  createMetrics,
+  serveMetrics,
+} from '../observability/metrics';
 import {
   acquireHostLease,
   databaseNow,
@@ -40,6 +49,8 @@ import { temporalTarget } from './temporal-clients';
 export interface HostAgentHandle {
   hostId: string;
   taskQueue: string;
+  /** Where this agent serves Prometheus metrics (the real port when agent.metricsPort is 0). */
+  metricsUrl: string;
   /** The fencing token of the lease this agent holds now. */
   leaseToken(): number;
   /** Resolves when the agent stops: shutdown, a lost lease, or a fatal worker error. */
@@ -68,6 +79,14 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
   });
   const stopped: Array<() => Promise<void>> = [() => pool.end()];
   try {
+    const metrics = createMetrics({ service: 'host-agent', labels: { host_id: hostId } });
+    const agentMetrics = createHostAgentMetrics(metrics.registry);
+    const metricsServer = await serveMetrics({
+      registry: metrics.registry,
+      host: config.agent.metricsListenHost,
+      port: config.agent.metricsPort,
+    });
+    stopped.unshift(() => metricsServer.close());
     await migrate(pool);
     // nodeGetMemoryStats covers all memory; nodeGetInfo counts only NUMA node 0 on some VMs (docs/libvirt-driver.md).
     await registerHost(pool, {
@@ -134,6 +153,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       namespace: target.namespace,
       taskQueue,
       activities: { ...activities, ...imageActivities },
+      interceptors: { activity: [activityMetricsInterceptor(metrics)] },
       identity: `host-agent@${hostId}:${process.pid}`,
       shutdownGraceTime: '5s',
       // Cancellation reaches an activity with its heartbeat, and heartbeats carry transfer progress: keep both prompt.
@@ -155,19 +175,32 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
         logger.error({ hostId, token }, 'another agent holds this host lease; this agent is fenced off and stops');
         stopWorker();
       }
+      agentMetrics.leaseRenewals.inc({ outcome: renewal === 'expired' ? 'reacquired' : renewal });
     };
 
     let seq = 0;
     const reportInventory = async () => {
-      // The database clock, taken before listing: drift is judged against VM rows written on the same clock.
-      const observedAt = await databaseNow(pool);
-      const domains = await activities.listInventory({ reason: 'report' });
-      seq++;
-      await recordInventory(pool, { hostId, leaseToken: token, seq, observedAt, domains });
+      const stop = agentMetrics.inventoryReportDuration.startTimer();
+      try {
+        // The database clock, taken before listing: drift is judged against VM rows written on the same clock.
+        const observedAt = await databaseNow(pool);
+        const domains = await activities.listInventory({ reason: 'report' });
+        seq++;
+        await recordInventory(pool, { hostId, leaseToken: token, seq, observedAt, domains });
+      } catch (err) {
+        agentMetrics.inventoryReports.inc({ outcome: 'failed' });
+        stop({ outcome: 'failed' });
+        throw err;
+      }
+      agentMetrics.inventoryReports.inc({ outcome: 'reported' });
+      stop({ outcome: 'reported' });
     };
 
     const loops = [
-      every(config.fleet.heartbeatIntervalMs, heartbeat, (err) => logger.warn({ err, hostId }, 'lease renewal failed')),
+      every(config.fleet.heartbeatIntervalMs, heartbeat, (err) => {
+        agentMetrics.leaseRenewals.inc({ outcome: 'failed' });
+        logger.warn({ err, hostId }, 'lease renewal failed');
+      }),
       every(Math.max(100, Math.floor(inventoryStalenessBoundMs(config) / 4)), reportInventory, (err) =>
         logger.warn({ err, hostId }, 'inventory report failed'),
       ),
@@ -179,10 +212,14 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       for (const stop of stopped) await stop().catch(() => undefined);
       if (fenced) logger.error({ hostId }, 'host agent stopped: fenced off');
     });
-    logger.info({ hostId, taskQueue, uri: config.agent.libvirtUri, imageRoot, dwcpEndpoint }, 'host agent polling');
+    logger.info(
+      { hostId, taskQueue, uri: config.agent.libvirtUri, imageRoot, dwcpEndpoint, metrics: metricsServer.url },
+      'host agent polling',
+    );
     return {
       hostId,
       taskQueue,
+      metricsUrl: metricsServer.url,
       leaseToken: () => token,
       done,
       async shutdown() {

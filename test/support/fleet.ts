@@ -49,6 +49,7 @@ export function startAgentProcess(input: {
       NOVACRON_AGENT_LIBVIRT_URI: input.hypervisor.uri,
       NOVACRON_AGENT_IMAGE_ROOT: input.imageRoot,
       NOVACRON_AGENT_DWCP_PORT: '0',
+      NOVACRON_AGENT_METRICS_PORT: '0',
       NOVACRON_AGENT_PKI_DIR: sharedPkiDir(),
       ...input.env,
     }),
