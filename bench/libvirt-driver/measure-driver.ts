@@ -14,7 +14,8 @@ import { parseArgs } from 'node:util';
 import { DiskImages } from '../../native/libvirt/disk-images';
 import { DomainType, buildDomainXml, detectDomainType } from '../../native/libvirt/domain-xml';
 import { startLocalHypervisors } from '../../native/libvirt/harness';
-import { DomainState, LibvirtConnection } from '../../native/libvirt/libvirt-connection';
+import { LibvirtConnection } from '../../native/libvirt/libvirt-connection';
+import { DomainState } from '../../native/libvirt/libvirt-types';
 
 const LATENCY_SAMPLES = 100;
 const GUEST_MEMORY_MIB = 64;

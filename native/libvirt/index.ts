@@ -15,5 +15,8 @@ export * from './command-runner';
 export * from './disk-images';
 export * from './domain-xml';
 export * from './errors';
+export * from './domain-event-stream';
 export * from './libvirt-connection';
+export * from './libvirt-types';
+export { parseEventLine } from './virsh-parsers';
 export * from './xml';

@@ -16,7 +16,9 @@ import {
   isNotFound,
   tolerate,
 } from './errors';
-import { DomainJobType, DomainState, LibvirtConnection, ShutdownOutcome, parseEventLine } from './libvirt-connection';
+import { LibvirtConnection } from './libvirt-connection';
+import { DomainJobType, DomainState, ShutdownOutcome } from './libvirt-types';
+import { parseEventLine } from './virsh-parsers';
 
 const URI = 'qemu:///system?socket=/tmp/hv/host-1/sock/libvirt-sock';
 

@@ -1,162 +1,39 @@
+/**
+ * LibvirtConnection, the driver's entry point: one method per libvirt call it needs, each one `virsh -c <uri>`
+ * process, with names and typed inputs that mirror libvirt's API. What virsh prints is parsed in virsh-parsers.ts,
+ * the event stream lives in domain-event-stream.ts, and the types in libvirt-types.ts.
+ */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { createProcessRunner } from './command-runner';
-import type { CommandRunner, SpawnedCommand } from './command-runner';
+import type { CommandRunner } from './command-runner';
+import { DomainEventStream } from './domain-event-stream';
 import { DOMAIN_NAME_PATTERN } from './domain-xml';
-import { LibvirtConnectionLostError, LibvirtError, LibvirtErrorCode, isInvalidState } from './errors';
+import { LibvirtError, LibvirtErrorCode, isInvalidState } from './errors';
+import {
+  DomainState,
+  DomainUndefineFlag,
+  ShutdownOutcome,
+  type ConnectVersion,
+  type DomainDescription,
+  type DomainInfo,
+  type DomainJobStats,
+  type DomainRef,
+  type DomainSummary,
+  type NodeInfo,
+  type NodeMemoryStats,
+} from './libvirt-types';
+import {
+  parseColonFields,
+  parseEqualsFields,
+  parseJobStats,
+  stateFromNumber,
+  stateFromVirshWord,
+} from './virsh-parsers';
 import { childElement, parseXml, textContent } from './xml';
-
-/** virDomainState, by the names libvirt gives its states. */
-export const DomainState = {
-  noState: 'nostate',
-  running: 'running',
-  blocked: 'blocked',
-  paused: 'paused',
-  shuttingDown: 'shutdown',
-  shutOff: 'shutoff',
-  crashed: 'crashed',
-  pmSuspended: 'pmsuspended',
-} as const;
-export type DomainState = (typeof DomainState)[keyof typeof DomainState];
-
-// Indexed by the numeric virDomainState that `domstats --raw` prints.
-const STATE_BY_NUMBER: readonly DomainState[] = [
-  DomainState.noState,
-  DomainState.running,
-  DomainState.blocked,
-  DomainState.paused,
-  DomainState.shuttingDown,
-  DomainState.shutOff,
-  DomainState.crashed,
-  DomainState.pmSuspended,
-];
-
-// The words virsh prints for each state (virshDomainStateToString).
-const STATE_BY_VIRSH_WORD: Readonly<Record<string, DomainState>> = {
-  'no state': DomainState.noState,
-  running: DomainState.running,
-  idle: DomainState.blocked,
-  paused: DomainState.paused,
-  'in shutdown': DomainState.shuttingDown,
-  'shut off': DomainState.shutOff,
-  crashed: DomainState.crashed,
-  pmsuspended: DomainState.pmSuspended,
-};
-
-/** VIR_DOMAIN_UNDEFINE_* flags, as virsh spells them. */
-export const DomainUndefineFlag = {
-  managedSave: 'managed-save',
-  snapshotsMetadata: 'snapshots-metadata',
-  checkpointsMetadata: 'checkpoints-metadata',
-  nvram: 'nvram',
-  keepNvram: 'keep-nvram',
-  tpm: 'tpm',
-  keepTpm: 'keep-tpm',
-} as const;
-export type DomainUndefineFlag = (typeof DomainUndefineFlag)[keyof typeof DomainUndefineFlag];
-
-/** virDomainJobType. */
-export const DomainJobType = {
-  none: 'none',
-  bounded: 'bounded',
-  unbounded: 'unbounded',
-  completed: 'completed',
-  failed: 'failed',
-  cancelled: 'cancelled',
-} as const;
-export type DomainJobType = (typeof DomainJobType)[keyof typeof DomainJobType];
-const JOB_TYPE_BY_NUMBER: readonly DomainJobType[] = Object.values(DomainJobType);
-
-/** virDomainEventType, for lifecycle events. */
-export const DomainLifecycleEvent = {
-  defined: 'defined',
-  undefined: 'undefined',
-  started: 'started',
-  suspended: 'suspended',
-  resumed: 'resumed',
-  stopped: 'stopped',
-  shutdown: 'shutdown',
-  pmSuspended: 'pmsuspended',
-  crashed: 'crashed',
-} as const;
-export type DomainLifecycleEvent = (typeof DomainLifecycleEvent)[keyof typeof DomainLifecycleEvent];
-
-export const ShutdownOutcome = {
-  shutdown: 'shutdown',
-  destroyed: 'destroyed',
-  alreadyOff: 'already-off',
-} as const;
-export type ShutdownOutcome = (typeof ShutdownOutcome)[keyof typeof ShutdownOutcome];
-
-export interface DomainRef {
-  name: string;
-}
-
-export interface DomainSummary {
-  name: string;
-  uuid: string;
-  state: DomainState;
-}
-
-export interface DomainDescription extends DomainSummary {
-  /** Only running domains have an id. */
-  id: number | undefined;
-  persistent: boolean;
-  autostart: boolean;
-}
-
-/** virDomainInfo. `cpuTimeNs` is a double: exact up to 104 days of CPU time, then rounded. */
-export interface DomainInfo {
-  state: DomainState;
-  vcpus: number;
-  maxMemoryKiB: number;
-  memoryKiB: number;
-  cpuTimeNs: number;
-}
-
-/** virDomainGetJobStats: the type plus libvirt's typed parameters, e.g. `data_remaining`, `memory_bps`. */
-export interface DomainJobStats {
-  type: DomainJobType;
-  stats: Readonly<Record<string, number | string>>;
-}
-
-export interface NodeInfo {
-  model: string;
-  cpus: number;
-  mhz: number;
-  numaNodes: number;
-  sockets: number;
-  cores: number;
-  threads: number;
-  memoryKiB: number;
-}
-
-/** virNodeGetMemoryStats for all cells. */
-export interface NodeMemoryStats {
-  totalKiB: number;
-  freeKiB: number;
-  buffersKiB: number;
-  cachedKiB: number;
-}
-
-export interface ConnectVersion {
-  library: string;
-  hypervisor: string;
-}
-
-export interface DomainEvent {
-  /** The virsh event name: lifecycle, reboot, device-removed, … */
-  type: string;
-  domain: string;
-  timestamp: Date;
-  /** Everything after the domain name, e.g. `Started Booted`. */
-  detail: string;
-  /** Present for `lifecycle` events. */
-  lifecycle?: { event: DomainLifecycleEvent; detail: string };
-}
 
 export interface LibvirtConnectionOptions {
   /** e.g. `qemu:///system` or `qemu:///system?socket=/srv/hv1/sock/libvirt-sock` */
@@ -353,12 +230,7 @@ export class LibvirtConnection {
   /** The current job (a migration, save, dump…) or, with `completed`, the last finished one. */
   async domainGetJobStats(input: DomainRef & { completed?: boolean }): Promise<DomainJobStats> {
     const args = ['domjobinfo', ...domainArg(input.name), '--rawstats', ...(input.completed ? ['--completed'] : [])];
-    const fields = parseColonFields(await this.virsh(`jobinfo ${input.name}`, args));
-    const stats: Record<string, number | string> = {};
-    for (const [key, value] of Object.entries(fields)) {
-      if (key !== 'Job type') stats[key] = /^-?\d+(\.\d+)?$/.test(value) ? Number(value) : value;
-    }
-    return { type: JOB_TYPE_BY_NUMBER[Number(fields['Job type'])] ?? DomainJobType.none, stats };
+    return parseJobStats(await this.virsh(`jobinfo ${input.name}`, args));
   }
 
   async nodeGetInfo(): Promise<NodeInfo> {
@@ -419,126 +291,6 @@ export class LibvirtConnection {
   }
 }
 
-/** An async iterator of domain events. Ends after `close()`; throws LibvirtConnectionLostError if virsh dies. */
-export class DomainEventStream implements AsyncIterable<DomainEvent> {
-  readonly ready: Promise<void>;
-  private readonly queue: DomainEvent[] = [];
-  private waiter: (() => void) | undefined;
-  private failure: LibvirtError | undefined;
-  private ended = false;
-  private closing = false;
-  private markReady!: () => void;
-  private readonly pump: Promise<void>;
-
-  constructor(
-    private readonly command: SpawnedCommand,
-    uri: string,
-  ) {
-    this.ready = new Promise((resolve) => (this.markReady = resolve));
-    this.pump = this.consume(uri);
-    // Readiness must not hang a caller when virsh fails before printing anything.
-    void this.pump.finally(() => this.markReady());
-  }
-
-  private async consume(uri: string): Promise<void> {
-    for await (const line of this.command.lines) {
-      if (line === 'novacron-events-ready') {
-        this.markReady();
-        continue;
-      }
-      const event = parseEventLine(line);
-      if (event) this.push(event);
-    }
-    const result = await this.command.exited;
-    if (!this.closing) {
-      const operation = `events ${uri}`;
-      this.failure =
-        result.stderr.trim() === ''
-          ? new LibvirtConnectionLostError({
-              message: `${operation}: virsh event ended unexpectedly`,
-              code: LibvirtErrorCode.noConnect,
-              operation,
-            })
-          : LibvirtError.fromVirsh({ stderr: result.stderr, operation });
-    }
-    this.ended = true;
-    this.wake();
-  }
-
-  private push(event: DomainEvent): void {
-    this.queue.push(event);
-    this.wake();
-  }
-
-  private wake(): void {
-    const waiter = this.waiter;
-    this.waiter = undefined;
-    waiter?.();
-  }
-
-  async next(): Promise<IteratorResult<DomainEvent>> {
-    for (;;) {
-      const event = this.queue.shift();
-      if (event) return { value: event, done: false };
-      if (this.failure) throw this.failure;
-      if (this.ended) return { value: undefined, done: true };
-      await new Promise<void>((resolve) => (this.waiter = resolve));
-    }
-  }
-
-  async close(): Promise<void> {
-    this.closing = true;
-    this.command.kill();
-    await this.pump;
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<DomainEvent> {
-    return {
-      next: () => this.next(),
-      return: async () => {
-        await this.close();
-        return { value: undefined, done: true };
-      },
-    };
-  }
-}
-
-const LIFECYCLE_BY_VIRSH_WORD: Readonly<Record<string, DomainLifecycleEvent>> = {
-  Defined: DomainLifecycleEvent.defined,
-  Undefined: DomainLifecycleEvent.undefined,
-  Started: DomainLifecycleEvent.started,
-  Suspended: DomainLifecycleEvent.suspended,
-  Resumed: DomainLifecycleEvent.resumed,
-  Stopped: DomainLifecycleEvent.stopped,
-  Shutdown: DomainLifecycleEvent.shutdown,
-  PMSuspended: DomainLifecycleEvent.pmSuspended,
-  Crashed: DomainLifecycleEvent.crashed,
-};
-
-/** Parses one line of `virsh event --timestamp`; undefined for lines that are not events. */
-export function parseEventLine(line: string): DomainEvent | undefined {
-  const match =
-    /^(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d+)([+-]\d\d)(\d\d): event '([^']+)' for domain '(.*?)'(?:: (.*))?$/.exec(
-      line,
-    );
-  if (!match) return undefined;
-  const [, date, time, tzHours, tzMinutes, type, domain, rest] = match as unknown as string[];
-  const detail = rest ?? '';
-  const event: DomainEvent = {
-    type: type as string,
-    domain: domain as string,
-    timestamp: new Date(`${date}T${time}${tzHours}:${tzMinutes}`),
-    detail,
-  };
-  if (type === 'lifecycle') {
-    const space = detail.indexOf(' ');
-    const word = space < 0 ? detail : detail.slice(0, space);
-    const lifecycle = LIFECYCLE_BY_VIRSH_WORD[word];
-    if (lifecycle) event.lifecycle = { event: lifecycle, detail: space < 0 ? '' : detail.slice(space + 1) };
-  }
-  return event;
-}
-
 // `--domain` keeps a name from being read as an option; validation keeps it from being anything surprising.
 function domainArg(name: string, named = true): string[] {
   if (typeof name !== 'string' || !DOMAIN_NAME_PATTERN.test(name)) {
@@ -567,32 +319,4 @@ function domainNameFromXml(xml: string): string {
   if (name === undefined) throw invalidArgument('domain XML has no <name>');
   domainArg(name);
   return name;
-}
-
-function stateFromNumber(value: number): DomainState {
-  return STATE_BY_NUMBER[value] ?? DomainState.noState;
-}
-
-function stateFromVirshWord(word: string): DomainState {
-  return STATE_BY_VIRSH_WORD[word] ?? DomainState.noState;
-}
-
-/** `Key:   value` lines, as dominfo, nodeinfo and domjobinfo print them. */
-function parseColonFields(out: string): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (const line of out.split('\n')) {
-    const match = /^([^:]+?)\s*:\s*(.*?)\s*$/.exec(line);
-    if (match) fields[match[1] as string] = match[2] as string;
-  }
-  return fields;
-}
-
-/** `  key=value` lines, as `domstats --raw` prints them. */
-function parseEqualsFields(out: string): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (const line of out.split('\n')) {
-    const match = /^\s+([^=\s]+)=(.*)$/.exec(line);
-    if (match) fields[match[1] as string] = match[2] as string;
-  }
-  return fields;
 }

@@ -23,8 +23,9 @@ import {
 } from './errors';
 import { assertHypervisorBinaries, startLocalHypervisors } from './harness';
 import type { LocalHypervisors } from './harness';
-import { DomainJobType, DomainState, LibvirtConnection, ShutdownOutcome } from './libvirt-connection';
-import type { DomainEvent, DomainEventStream } from './libvirt-connection';
+import type { DomainEventStream } from './domain-event-stream';
+import { LibvirtConnection } from './libvirt-connection';
+import { DomainJobType, DomainState, ShutdownOutcome, type DomainEvent } from './libvirt-types';
 
 const GUEST = 'it-guest-1';
 const MiB = 1024 * 1024;
