@@ -36,18 +36,22 @@ beforeEach(() => {
   installPackage('pg', '8.23.1');
 });
 
-describe('workflowBundleKey', () => {
-  test('changes when a package the domain code imports changes version', () => {
-    const before = workflowBundleKey(root);
-    installPackage('zod', '4.6.8');
-    assert.notEqual(workflowBundleKey(root), before);
-  });
+/** What changes what the bundle holds, each applied to the tree of beforeEach. */
+const CHANGES: Array<[what: string, change: () => void]> = [
+  ['a package the domain code imports changes version', () => installPackage('zod', '4.6.8')],
+  ['a dependency of a dependency changes version', () => installPackage('long', '5.3.3')],
+  ['the bundler changes version', () => installPackage('@temporalio/worker', '1.24.1')],
+  ['a domain source changes', () => write('domain/spec.ts', "import { z } from 'zod';\nexport const spec = 1;\n")],
+];
 
-  test('changes when a dependency of a dependency changes version', () => {
-    const before = workflowBundleKey(root);
-    installPackage('long', '5.3.3');
-    assert.notEqual(workflowBundleKey(root), before);
-  });
+describe('workflowBundleKey', () => {
+  for (const [what, change] of CHANGES) {
+    test(`changes when ${what}`, () => {
+      const before = workflowBundleKey(root);
+      change();
+      assert.notEqual(workflowBundleKey(root), before);
+    });
+  }
 
   test('follows a nested copy where Node would resolve it', () => {
     const before = workflowBundleKey(root);
@@ -57,18 +61,6 @@ describe('workflowBundleKey', () => {
     assert.notEqual(nested, before);
     installPackage('long', '5.9.9');
     assert.equal(workflowBundleKey(root), nested);
-  });
-
-  test('changes when the bundler changes version', () => {
-    const before = workflowBundleKey(root);
-    installPackage('@temporalio/worker', '1.24.1');
-    assert.notEqual(workflowBundleKey(root), before);
-  });
-
-  test('changes when a domain source changes', () => {
-    const before = workflowBundleKey(root);
-    write('domain/spec.ts', "import { z } from 'zod';\nexport const spec = z.number();\n");
-    assert.notEqual(workflowBundleKey(root), before);
   });
 
   test('stays put for tests, other folders and packages the bundle cannot contain', () => {
