@@ -24,7 +24,7 @@ import { promisify } from 'node:util';
 import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
 import { writeSidecar } from '../../native/dwcp/chunk-index';
 import { chunkingParams, type ChunkingParams } from '../../native/dwcp/chunking';
-import { DwcpWorkerPool } from '../../native/dwcp/encoding';
+import { DwcpWorkerPool } from '../../native/dwcp/worker-pool';
 import { DwcpMode, MODE_PARAMETERS, classifyMode, resolveTransferParameters } from '../../native/dwcp/mode';
 import { buildDwcpDataset, ensureBenchTools, type DwcpDataset } from './dataset';
 

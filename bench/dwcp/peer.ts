@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { chunkingParams } from '../../native/dwcp/chunking';
-import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/encoding';
+import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/worker-pool';
 import { probeLink } from '../../native/dwcp/mode';
 import { DwcpReceiver } from '../../native/dwcp/receiver';
 import { sendFile } from '../../native/dwcp/send-file';

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { chunkingKey, type ChunkingParams } from './chunking';
-import type { DwcpWorkerPool } from './encoding';
+import type { DwcpWorkerPool } from './worker-pool';
 import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
 
 export interface ChunkLocation {

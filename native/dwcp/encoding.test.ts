@@ -6,19 +6,11 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import { chunkingParams } from './chunking';
-import {
-  COMPRESSION_OFF,
-  DwcpWorkerPool,
-  chooseCompressionLevel,
-  decodeChunk,
-  encodeChunk,
-  hashFileInPool,
-  measureCompression,
-  sampleFileData,
-} from './encoding';
+import { COMPRESSION_OFF, chooseCompressionLevel, decodeChunk, encodeChunk } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
 import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
+import { DwcpWorkerPool, hashFileInPool, measureCompression, sampleFileData } from './worker-pool';
 
 const text = Buffer.from('a fairly compressible line of text, repeated\n'.repeat(1500));
 

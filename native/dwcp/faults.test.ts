@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { chunkingParams } from './chunking';
-import { DwcpWorkerPool } from './encoding';
+import { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpDiskFullError } from './errors';
 import { createTestPki, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
 import { DwcpReceiver } from './receiver';

@@ -34,17 +34,14 @@ export {
 export { dialTls, type DialInput, type Dialer } from './connection';
 export {
   COMPRESSION_OFF,
-  DwcpWorkerPool,
   ZSTD_LEVEL_PROFILE,
   chooseCompressionLevel,
   decodeChunk,
   encodeChunk,
-  hashFileInPool,
-  measureCompression,
-  sampleFileData,
   type CompressionChoice,
   type EncodedChunk,
 } from './encoding';
+export { DwcpWorkerPool, hashFileInPool, measureCompression, sampleFileData } from './worker-pool';
 export {
   DwcpAuthError,
   DwcpCancelledError,

@@ -9,7 +9,7 @@ import { mkdir, open, rename, rm, statfs, type FileHandle } from 'node:fs/promis
 import path from 'node:path';
 import type { ChunkIndex } from './chunk-index';
 import { chunkingKey, type ChunkingParams } from './chunking';
-import type { DwcpWorkerPool } from './encoding';
+import type { DwcpWorkerPool } from './worker-pool';
 import { DwcpDiskFullError, DwcpError, DwcpProtocolError } from './errors';
 import { FrameType, type Frame } from './framing';
 import { TransferJournal } from './journal';

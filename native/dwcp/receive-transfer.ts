@@ -5,7 +5,7 @@
  */
 import type { ChunkIndex } from './chunk-index';
 import type { FrameSocket } from './connection';
-import type { DwcpWorkerPool } from './encoding';
+import type { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError, DwcpError, DwcpProtocolError } from './errors';
 import { ErrorBodySchema, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
 import type { Hello, NackReason } from './protocol';

@@ -6,7 +6,7 @@ import type tls from 'node:tls';
 import type { TlsMaterial } from './certs';
 import { ChunkIndex } from './chunk-index';
 import { createTlsServer, FrameSocket, peerCommonName } from './connection';
-import { DwcpWorkerPool } from './encoding';
+import { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpCancelledError, DwcpError, DwcpProtocolError, DwcpUnknownTransferError } from './errors';
 import { FileReceiveTransfer, type ExpectFileInput } from './file-receive-transfer';
 import { FrameType, isTransferId, jsonPayload, parseJsonPayload } from './framing';

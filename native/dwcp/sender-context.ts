@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TlsMaterial } from './certs';
 import { dialTls, FrameSocket, type Dialer } from './connection';
-import { DwcpWorkerPool } from './encoding';
+import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError, DwcpConnectionError, DwcpError, DwcpProtocolError } from './errors';
 import { ErrorBodySchema, FrameType, isTransferId, jsonPayload, parseJsonPayload } from './framing';
 import { HELLO_TIMEOUT_MS, HelloReplySchema, type Hello, type HelloReply, type TransferKind } from './protocol';

@@ -3,7 +3,7 @@
  * of the manifest already travel to the receiver, so chunk data can flow before the whole file has been read.
  */
 import type { FrameSocket } from './connection';
-import type { DwcpWorkerPool } from './encoding';
+import type { DwcpWorkerPool } from './worker-pool';
 import { DwcpError, DwcpIoError } from './errors';
 import type { ChunkingParams } from './chunking';
 import { FrameType, jsonPayload } from './framing';

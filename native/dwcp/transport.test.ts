@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import { ChunkIndex, sidecarPath } from './chunk-index';
 import { chunkingParams } from './chunking';
 import { dialTls, type Dialer } from './connection';
-import { DwcpWorkerPool } from './encoding';
+import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError } from './errors';
 import {
   createTestPki,

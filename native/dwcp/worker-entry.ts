@@ -3,10 +3,11 @@
  * report parts, each part as it is ready), moving large buffers instead of copying them.
  */
 import { parentPort } from 'node:worker_threads';
-import { postWorkerMessage, reviveBuffers, runWorkerTask, type WorkerRequest, type WorkerResponse } from './encoding';
+import { postWorkerMessage, reviveBuffers, type WorkerRequest, type WorkerResponse } from './worker-messages';
+import { runWorkerTask } from './worker-tasks';
 
 const port = parentPort;
-if (port === null) throw new Error('encoding-worker must run as a worker thread');
+if (port === null) throw new Error('worker-entry must run as a worker thread');
 
 port.on('message', (request: WorkerRequest) => {
   let response: WorkerResponse;

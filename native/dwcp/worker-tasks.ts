@@ -1,0 +1,217 @@
+/**
+ * The work a DwcpWorkerPool thread does: every task by kind, what each returns, and runWorkerTask, which runs one
+ * in the calling thread. Reads, writes and hashing are synchronous here on purpose: they run in a worker, where
+ * blocking the thread is the point, and the main thread's event loop stays free for the connections.
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
+import { compress } from 'zstd-napi';
+import { chunkLengths, chunkingParams, type ChunkingParams } from './chunking';
+import { decodeChunk, encodeChunk, type EncodedChunk } from './encoding';
+import { DwcpChecksumError, DwcpIoError } from './errors';
+import type { ChunkEncoding } from './framing';
+import { scanFileParts, scanFileSync, type Manifest, type ManifestPart, type ScanSummary } from './manifest';
+
+/** Tasks a pool worker runs; each maps to a result type below. */
+export type WorkerTask =
+  | { kind: 'scan'; path: string; chunking: ChunkingParams }
+  | { kind: 'scanParts'; path: string; chunking: ChunkingParams }
+  | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number }
+  | { kind: 'encode'; data: Buffer; level: number }
+  | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expectedHash?: Buffer }
+  | {
+      kind: 'decodeInto';
+      encoding: ChunkEncoding;
+      payload: Buffer;
+      rawLength: number;
+      expectedHash: Buffer;
+      target: FileRange;
+    }
+  | { kind: 'readVerified'; path: string; offset: number; length: number; expectedHash: Buffer }
+  | { kind: 'copyVerified'; path: string; offset: number; length: number; expectedHash: Buffer; target: FileRange }
+  | { kind: 'index'; path: string; chunking: ChunkingParams }
+  | { kind: 'hashFile'; path: string }
+  | { kind: 'calibrate'; sample: Buffer; durationMs: number };
+
+export interface WorkerResults {
+  scan: Manifest;
+  /** The entries themselves arrive as parts while the task runs (DwcpWorkerPool.runWithParts). */
+  scanParts: ScanSummary;
+  encodeFile: EncodedChunk;
+  encode: EncodedChunk;
+  /** `data` is undefined when the decoded content does not match expectedHash. */
+  decode: { data: Buffer | undefined };
+  /** `written` is false when the content did not match expectedHash (nothing was written then). */
+  decodeInto: { written: boolean };
+  readVerified: { data: Buffer | undefined };
+  copyVerified: { written: boolean };
+  /** A file's chunk entries without the whole-file sha256, for the receiver's chunk index. */
+  index: { entries: Buffer; chunkCount: number };
+  hashFile: { sha256: string };
+  calibrate: Calibration;
+}
+
+/** Level-1 zstd speed and ratio, and the speed of chunking plus sha256 (the work every byte costs), per worker. */
+export interface Calibration {
+  mbps: number;
+  ratio: number;
+  hashMBps: number;
+}
+
+/**
+ * Where a verified chunk goes: an existing file (never created here, so a write after the receiver removed a failed
+ * partial file fails instead of recreating it) and the offset in it.
+ */
+export interface FileRange {
+  path: string;
+  offset: number;
+}
+
+/** Tasks that report parts of their result before they finish, and what a part is. */
+export interface WorkerParts {
+  scanParts: ManifestPart;
+}
+
+/**
+ * Runs a task in the calling thread; the worker entry point and tests share it. `onPart` receives the parts of a
+ * task that reports them (scanParts); other tasks never call it.
+ */
+export function runWorkerTask(
+  task: WorkerTask,
+  onPart: (part: WorkerParts[keyof WorkerParts]) => void = () => undefined,
+): WorkerResults[WorkerTask['kind']] {
+  switch (task.kind) {
+    case 'scan':
+      return scanFileSync(task);
+    case 'scanParts':
+      return scanFileParts({ ...task, onPart });
+    case 'encodeFile':
+      return encodeChunk({ data: readRangeSync(task.path, task.offset, task.length), level: task.level });
+    case 'encode':
+      return encodeChunk({ data: task.data, level: task.level });
+    case 'decode': {
+      let data: Buffer;
+      try {
+        data = decodeChunk(task);
+      } catch (err) {
+        if (err instanceof DwcpChecksumError) return { data: undefined };
+        throw err;
+      }
+      return { data: matchesHash(data, task.expectedHash) ? data : undefined };
+    }
+    case 'decodeInto': {
+      let data: Buffer;
+      try {
+        data = decodeChunk(task);
+      } catch (err) {
+        if (err instanceof DwcpChecksumError) return { written: false };
+        throw err;
+      }
+      if (!matchesHash(data, task.expectedHash)) return { written: false };
+      writeRangeSync(task.target, data);
+      return { written: true };
+    }
+    case 'readVerified': {
+      const data = readRangeSync(task.path, task.offset, task.length);
+      return { data: matchesHash(data, task.expectedHash) ? data : undefined };
+    }
+    case 'copyVerified': {
+      const data = readRangeSync(task.path, task.offset, task.length);
+      if (!matchesHash(data, task.expectedHash)) return { written: false };
+      writeRangeSync(task.target, data);
+      return { written: true };
+    }
+    case 'index': {
+      const parts: Buffer[] = [];
+      const { chunkCount } = scanFileParts({ ...task, hashWholeFile: false, onPart: (p) => parts.push(p.entries) });
+      return { entries: Buffer.concat(parts), chunkCount };
+    }
+    case 'hashFile':
+      return { sha256: hashFileSync(task.path) };
+    case 'calibrate':
+      return calibrate(task.sample, task.durationMs);
+  }
+}
+
+function matchesHash(data: Buffer, expected: Buffer | undefined): boolean {
+  if (expected === undefined) return true;
+  return createHash('sha256').update(data).digest().equals(expected);
+}
+
+function readRangeSync(file: string, offset: number, length: number): Buffer {
+  const fd = openSync(file, 'r');
+  try {
+    const out = Buffer.allocUnsafeSlow(length);
+    let filled = 0;
+    while (filled < length) {
+      const n = readSync(fd, out, filled, length - filled, offset + filled);
+      if (n === 0) throw new DwcpIoError(`${file} ended before offset ${offset + length}`);
+      filled += n;
+    }
+    return out;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Writes all of `data` at target.offset; sync because it runs in a worker, where the thread is free to block. */
+function writeRangeSync(target: FileRange, data: Buffer): void {
+  const fd = openSync(target.path, fsConstants.O_WRONLY);
+  try {
+    let written = 0;
+    while (written < data.length) {
+      written += writeSync(fd, data, written, data.length - written, target.offset + written);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function hashFileSync(file: string): string {
+  const fd = openSync(file, 'r');
+  try {
+    const hash = createHash('sha256');
+    const block = Buffer.allocUnsafe(8 * 1024 * 1024);
+    for (;;) {
+      const n = readSync(fd, block, 0, block.length, null);
+      if (n === 0) return hash.digest('hex');
+      hash.update(block.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function calibrate(sample: Buffer, durationMs: number): Calibration {
+  const timed = (work: () => void): number => {
+    const started = process.hrtime.bigint();
+    let bytes = 0;
+    do {
+      work();
+      bytes += sample.length;
+    } while (Number(process.hrtime.bigint() - started) / 1e6 < durationMs / 2);
+    return bytes / 1e6 / (Number(process.hrtime.bigint() - started) / 1e9);
+  };
+  let packed = 0;
+  let compressed = 0;
+  const mbps = timed(() => {
+    packed += compress(sample, { compressionLevel: 1 }).length;
+    compressed += sample.length;
+  });
+  // What a send costs per byte without compression: cutting chunks (datacenter size) and hashing each and the whole.
+  const params = CALIBRATION_CHUNKING;
+  const hashMBps = timed(() => {
+    const whole = createHash('sha256').update(sample);
+    let at = 0;
+    for (const length of chunkLengths({ data: sample, params })) {
+      createHash('sha256')
+        .update(sample.subarray(at, at + length))
+        .digest();
+      at += length;
+    }
+    whole.digest();
+  });
+  return { mbps, ratio: packed / compressed, hashMBps };
+}
+
+const CALIBRATION_CHUNKING = chunkingParams({ avgBytes: 128 * 1024 });
