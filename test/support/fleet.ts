@@ -1,8 +1,28 @@
-/** Host agents as real child processes against harness hypervisors, for the VM lifecycle integration tests. */
+/**
+ * A fleet on real libvirt: harness hypervisors with a host agent process on each, a control worker, the API (inject)
+ * and a Temporal client, with the operator's view of it through the API. The VM lifecycle integration test and the
+ * fleet benchmark (bench/fleet) run on this one set-up, so what the benchmark times is what the test checks.
+ */
+import { Connection, Client } from '@temporalio/client';
+import type { InjectOptions, LightMyRequestResponse } from 'fastify';
+import assert from 'node:assert/strict';
+import path from 'node:path';
 import type { Pool } from 'pg';
-import type { LocalHypervisor } from '../../native/libvirt/harness';
+import pino from 'pino';
+import { buildApp, type BuiltApp } from '../../api/app';
+import type { NovacronConfig } from '../../config/schema';
+import { LibvirtConnection } from '../../native/libvirt';
+import {
+  assertHypervisorBinaries,
+  startLocalHypervisors,
+  type LocalHypervisor,
+  type LocalHypervisors,
+} from '../../native/libvirt/harness';
+import { createMetrics } from '../../observability/metrics';
+import { startControlWorker, type ControlWorkerHandle } from '../../workers/control-worker';
 import { isolatedEnv, startEntry, type ChildHandle } from './processes';
-import { scratchDir, testTemporalAddress } from './services';
+import { scratchDir as testScratchDir, testTemporalAddress } from './services';
+import { bearer, mintToken } from './tokens';
 
 /** Short enough that a killed agent's host goes down within seconds. */
 export const TEST_FLEET_ENV = {
@@ -24,11 +44,11 @@ export const TEST_FLEET_OVERRIDES = {
   },
 };
 
-/** One development CA per test process, so every agent a test starts trusts the others' DWCP certificates. */
-let testPkiDir: string | undefined;
-function sharedPkiDir(): string {
-  testPkiDir ??= scratchDir('pki');
-  return testPkiDir;
+/** One development CA per process, so every agent it starts trusts the others' DWCP certificates. */
+const pkiDirs = new Map<(prefix: string) => string, string>();
+function sharedPkiDir(scratchDir: (prefix: string) => string): string {
+  if (!pkiDirs.has(scratchDir)) pkiDirs.set(scratchDir, scratchDir('pki'));
+  return pkiDirs.get(scratchDir)!;
 }
 
 export function startAgentProcess(input: {
@@ -36,13 +56,17 @@ export function startAgentProcess(input: {
   databaseUrl: string;
   imageRoot: string;
   env?: Record<string, string>;
+  /** Default: the services `npm test` started, and its scratch directory. */
+  temporalAddress?: string;
+  scratchDir?: (prefix: string) => string;
 }): ChildHandle {
+  const scratchDir = input.scratchDir ?? testScratchDir;
   return startEntry(
     'workers/host-agent.ts',
     isolatedEnv({
       ...TEST_FLEET_ENV,
       DATABASE_URL: input.databaseUrl,
-      TEMPORAL_ADDRESS: testTemporalAddress(),
+      TEMPORAL_ADDRESS: input.temporalAddress ?? testTemporalAddress(),
       NOVACRON_DATA_DIR: scratchDir('agent-data'),
       NOVACRON_LOG_LEVEL: 'warn',
       NOVACRON_AGENT_HOST_ID: input.hypervisor.hostId,
@@ -50,11 +74,13 @@ export function startAgentProcess(input: {
       NOVACRON_AGENT_IMAGE_ROOT: input.imageRoot,
       NOVACRON_AGENT_DWCP_PORT: '0',
       NOVACRON_AGENT_METRICS_PORT: '0',
-      NOVACRON_AGENT_PKI_DIR: sharedPkiDir(),
+      NOVACRON_AGENT_PKI_DIR: sharedPkiDir(scratchDir),
       ...input.env,
     }),
   );
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until each host is registered with a live lease and has reported its inventory. */
 export async function waitForHostsUp(pool: Pool, hostIds: string[], timeoutMs: number): Promise<void> {
@@ -70,6 +96,253 @@ export async function waitForHostsUp(pool: Pool, hostIds: string[], timeoutMs: n
     if (Date.now() > deadline) {
       throw new Error(`hosts not up after ${timeoutMs} ms: up ${result.rows.map((r) => r.id).join(', ') || 'none'}`);
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
+  }
+}
+
+export interface HostView {
+  state: string;
+  lease: { fencingToken: number; alive: boolean };
+}
+
+export interface DriftView {
+  vmId?: string;
+  hostId: string;
+  domainName: string;
+  kind: string;
+  expected?: string;
+  actual?: string;
+  action: string;
+  detectedAt: string;
+}
+
+interface WorkflowView {
+  status: string;
+  result?: { hostId: string; state: string; steps: Array<{ name: string; status: string; durationMs?: number }> };
+  failure?: { message: string };
+}
+export type WorkflowOutcome = Required<WorkflowView>['result'];
+
+export interface VmView {
+  state: string;
+  hostId?: string;
+  ownerToken?: number;
+}
+
+export interface Started {
+  workflowId: string;
+  vmId: string;
+}
+
+export interface Fleet {
+  config: NovacronConfig;
+  pool: Pool;
+  hostIds: string[];
+  hypervisors: LocalHypervisors;
+  libvirt: Record<string, LibvirtConnection>;
+  imageRoots: Record<string, string>;
+  agents: Record<string, ChildHandle>;
+  client: Client;
+  adminToken: string;
+  startAgent(hostId: string): ChildHandle;
+  /** An API request, as the operator unless another token is given. */
+  inject(options: InjectOptions, token?: string): Promise<LightMyRequestResponse>;
+  createVm(body: Record<string, unknown>): Promise<Started>;
+  operate(vmId: string, operation: 'start' | 'stop' | 'reboot' | 'delete', payload?: object): Promise<Started>;
+  waitForWorkflow(workflowId: string, timeoutMs?: number): Promise<WorkflowOutcome>;
+  waitForAll(workflowIds: string[], timeoutMs: number): Promise<void>;
+  getHost(hostId: string): Promise<HostView>;
+  allDomains(): Promise<Array<{ hostId: string; name: string; uuid: string; state: string }>>;
+  /** The first open drift matching, and how long after `since` it was detected. */
+  waitForDrift(match: (d: DriftView) => boolean, since: number, timeoutMs: number): Promise<FoundDrift>;
+  /** SIGKILLs a host's agent and returns how long after the kill the monitor marked the host down. */
+  killAgentUntilDown(hostId: string, timeoutMs: number): Promise<number>;
+  stop(): Promise<void>;
+}
+
+export interface FoundDrift {
+  drift: DriftView;
+  latencyMs: number;
+}
+
+export interface StartFleetInput {
+  /** The control plane's config: its database, Temporal address and task queue, and the fleet settings. */
+  config: NovacronConfig;
+  pool: Pool;
+  hostIds: string[];
+  scratchDir: (prefix: string) => string;
+  hostsUpTimeoutMs?: number;
+}
+
+export async function startFleet(input: StartFleetInput): Promise<Fleet> {
+  assertHypervisorBinaries();
+  const { config, pool, hostIds } = input;
+  const { databaseUrl } = config.storage;
+  const temporalAddress = config.temporal.address;
+  if (!databaseUrl || !temporalAddress) {
+    throw new Error(
+      'startFleet: the config must name its database (storage.databaseUrl) and Temporal (temporal.address)',
+    );
+  }
+  const agents: Record<string, ChildHandle> = {};
+  let hypervisors: LocalHypervisors | undefined;
+  let connection: Connection | undefined;
+  let worker: ControlWorkerHandle | undefined;
+  let built: BuiltApp | undefined;
+
+  const stop = async (): Promise<void> => {
+    for (const agent of Object.values(agents)) {
+      if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
+    await built?.close();
+    await worker?.shutdown();
+    await connection?.close();
+    await hypervisors?.stop();
+  };
+
+  try {
+    const operatorToken = await mintToken(pool, { roles: ['operator'] });
+    const adminToken = await mintToken(pool, { roles: ['admin'] });
+    hypervisors = await startLocalHypervisors({ count: hostIds.length, baseDir: input.scratchDir('hv') });
+    const started = hypervisors;
+    const libvirt = Object.fromEntries(started.hosts.map((h) => [h.hostId, new LibvirtConnection({ uri: h.uri })]));
+    const images = input.scratchDir('images');
+    const imageRoots = Object.fromEntries(hostIds.map((id) => [id, path.join(images, id)]));
+    connection = await Connection.connect({ address: temporalAddress });
+    const client = new Client({ connection });
+    worker = await startControlWorker({ config, logger: pino({ level: 'silent' }) });
+    built = await buildApp({
+      config,
+      temporal: client,
+      pool,
+      metrics: createMetrics({ service: 'fleet' }),
+      // Errors only: a 500 is diagnosable from the output.
+      logger: pino({ level: 'error' }),
+    });
+    const app = built.app;
+
+    const startAgent = (hostId: string): ChildHandle => {
+      const hypervisor = started.hosts.find((h) => h.hostId === hostId);
+      if (!hypervisor) throw new Error(`no harness host ${hostId}`);
+      agents[hostId] = startAgentProcess({
+        hypervisor,
+        databaseUrl,
+        imageRoot: imageRoots[hostId]!,
+        temporalAddress,
+        scratchDir: input.scratchDir,
+      });
+      return agents[hostId];
+    };
+    const inject = (options: InjectOptions, token = operatorToken) =>
+      app.inject({ ...options, headers: { ...bearer(token), ...options.headers } });
+
+    const fleet: Fleet = {
+      config,
+      pool,
+      hostIds,
+      hypervisors: started,
+      libvirt,
+      imageRoots,
+      agents,
+      client,
+      adminToken,
+      startAgent,
+      inject,
+      stop,
+      async createVm(body) {
+        const response = await inject({ method: 'POST', url: '/v1/vms', payload: body });
+        assert.equal(response.statusCode, 202, response.body);
+        return response.json<Started>();
+      },
+      async operate(vmId, operation, payload = {}) {
+        const response = await inject(
+          operation === 'delete'
+            ? { method: 'DELETE', url: `/v1/vms/${vmId}` }
+            : { method: 'POST', url: `/v1/vms/${vmId}/${operation}`, payload },
+        );
+        assert.equal(response.statusCode, 202, response.body);
+        return response.json<Started>();
+      },
+      // Follows the workflow through the API, as an operator would.
+      async waitForWorkflow(workflowId, timeoutMs = 120_000) {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+          const response = await inject({ method: 'GET', url: `/v1/workflows/${workflowId}` });
+          // A 5xx here is a transient Temporal error on a busy server; poll again.
+          if (response.statusCode >= 500 && Date.now() < deadline) {
+            await sleep(500);
+            continue;
+          }
+          assert.equal(response.statusCode, 200, response.body);
+          const body = response.json<WorkflowView>();
+          if (body.status !== 'RUNNING') {
+            assert.equal(body.status, 'COMPLETED', `${workflowId}: ${JSON.stringify(body.failure)}`);
+            return body.result!;
+          }
+          if (Date.now() > deadline) throw new Error(`${workflowId} still running after ${timeoutMs} ms`);
+          await sleep(200);
+        }
+      },
+      // Polls describe() rather than holding one result() long poll per workflow open: under load the dev server
+      // answers those with DEADLINE_EXCEEDED, which says nothing about the workflows.
+      async waitForAll(workflowIds, timeoutMs) {
+        const deadline = Date.now() + timeoutMs;
+        const open = new Set(workflowIds);
+        while (open.size > 0) {
+          assert.ok(Date.now() < deadline, `${open.size} workflows still running after ${timeoutMs} ms`);
+          for (const workflowId of [...open]) {
+            // A busy dev server has transient answers (DEADLINE_EXCEEDED, a namespace cache miss): ask again.
+            const description = await client.workflow
+              .getHandle(workflowId)
+              .describe()
+              .catch(() => undefined);
+            if (!description || description.status.name === 'RUNNING') continue;
+            assert.equal(description.status.name, 'COMPLETED', workflowId);
+            open.delete(workflowId);
+          }
+          await sleep(500);
+        }
+      },
+      async getHost(hostId) {
+        return (await inject({ method: 'GET', url: `/v1/hosts/${hostId}` })).json<HostView>();
+      },
+      async allDomains() {
+        const lists = await Promise.all(
+          hostIds.map(async (hostId) => (await libvirt[hostId]!.listAllDomains()).map((d) => ({ hostId, ...d }))),
+        );
+        return lists.flat();
+      },
+      async waitForDrift(match, since, timeoutMs) {
+        for (;;) {
+          const response = await inject({ method: 'GET', url: '/v1/drift?open=true' });
+          const found = response.json<{ drift: DriftView[] }>().drift.find(match);
+          if (found) return { drift: found, latencyMs: new Date(found.detectedAt).getTime() - since };
+          if (Date.now() - since > timeoutMs) throw new Error(`no matching drift after ${timeoutMs} ms`);
+          await sleep(50);
+        }
+      },
+      async killAgentUntilDown(hostId, timeoutMs) {
+        const agent = agents[hostId]!;
+        const killedAt = Date.now();
+        agent.child.kill('SIGKILL');
+        assert.equal((await agent.exited).signal, 'SIGKILL');
+        for (;;) {
+          const host = await fleet.getHost(hostId);
+          if (host.state === 'down') {
+            assert.equal(host.lease.alive, false);
+            return Date.now() - killedAt;
+          }
+          assert.ok(Date.now() - killedAt < timeoutMs, `${hostId} was not marked down within ${timeoutMs} ms`);
+          await sleep(50);
+        }
+      },
+    };
+    for (const hostId of hostIds) startAgent(hostId);
+    await waitForHostsUp(pool, hostIds, input.hostsUpTimeoutMs ?? 90_000);
+    return fleet;
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
   }
 }
