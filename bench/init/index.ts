@@ -2,18 +2,21 @@
  * Boot benchmark: the same component set run level-parallel and sequentially, interleaved in one run so both see
  * the same machine load; plus the full stack's time to /ready after Temporal is up (cold and warm bundle cache).
  */
-import { Client, Connection } from '@temporalio/client';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
 import { clusterInitInput } from '../../domain/cluster-init';
 import { loadConfig } from '../../config/load-config';
-import { startTemporalDevServer } from '../../native/temporal';
-import { startEmbeddedPostgres } from '../../store/embedded-postgres';
 import { freePort } from '../../test/support/ports';
-import { summarize } from '../stats';
-import { startControlWorker } from '../../workers/control-worker';
+import {
+  readResults,
+  runLine,
+  writeResults,
+  type Benchmark,
+  type BenchRunInput,
+  type BenchRunOutput,
+} from '../results';
+import type { RunMetadata } from '../run-metadata';
+import { withBenchServices } from '../services';
+import { summarize, type Summary } from '../stats';
 import { startStack } from '../../workers/stack';
 import type { BootReport } from '../../workflows/initialize-cluster';
 
@@ -49,29 +52,8 @@ async function measureStackReady(scratch: string, label: string): Promise<number
   return readyMs;
 }
 
-export async function runBench(input: { outDir: string }): Promise<string> {
-  const scratch = mkdtempSync(path.join(os.tmpdir(), 'novacron-bench-init-'));
-  const cleanups: Array<() => Promise<void>> = [];
-  try {
-    const pg = await startEmbeddedPostgres({ dataDir: path.join(scratch, 'pg'), port: await freePort() });
-    cleanups.push(() => pg.stop());
-    const temporal = await startTemporalDevServer({ port: 0 });
-    cleanups.push(() => temporal.stop());
-    const config = loadConfig({
-      env: {},
-      overrides: {
-        system: { dataDir: path.join(scratch, 'data'), logLevel: 'silent' },
-        temporal: { address: temporal.address, taskQueue: 'bench-init' },
-        storage: { databaseUrl: pg.databaseUrl },
-        monitoring: { workerMetricsPort: 0 },
-      },
-    });
-    const worker = await startControlWorker({ config, logger: pino({ level: 'silent' }) });
-    cleanups.push(() => worker.shutdown());
-    const connection = await Connection.connect({ address: temporal.address });
-    cleanups.push(() => connection.close());
-    const client = new Client({ connection });
-
+async function run(input: BenchRunInput): Promise<BenchRunOutput> {
+  return withBenchServices({ name: 'init' }, async ({ config, client, scratch }) => {
     const samples: Record<'level-parallel' | 'sequential', { wallMs: number[]; reportMs: number[] }> = {
       'level-parallel': { wallMs: [], reportMs: [] },
       sequential: { wallMs: [], reportMs: [] },
@@ -104,14 +86,8 @@ export async function runBench(input: { outDir: string }): Promise<string> {
     const stackFirst = await measureStackReady(path.join(scratch, 'stack'), 'first start: fresh data dir');
     const stackRestart = await measureStackReady(path.join(scratch, 'stack'), 'restart: existing data dir');
 
-    const result = {
+    const results: Omit<InitResults, 'run'> = {
       benchmark: 'init',
-      at: new Date().toISOString(),
-      machine: {
-        cpus: os.availableParallelism(),
-        memoryGiB: Math.round(os.totalmem() / 2 ** 30),
-        node: process.version,
-      },
       iterations: ITERATIONS,
       components,
       initializeClusterWallMs: { levelParallel: parallel, sequential },
@@ -121,14 +97,57 @@ export async function runBench(input: { outDir: string }): Promise<string> {
       },
       sequentialOverParallelP50: Number((sequential.p50 / parallel.p50).toFixed(2)),
       stackReadyAfterTemporalMs: { firstStart: stackFirst, restart: stackRestart },
-      rerun: 'npm run bench -- init',
     };
-    mkdirSync(input.outDir, { recursive: true });
-    const file = path.join(input.outDir, 'init.json');
-    writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
-    return file;
-  } finally {
-    for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
-    rmSync(scratch, { recursive: true, force: true });
-  }
+    const file = await writeResults({ dir: input.outDir, name: 'init.json', recorder: input.recorder, results });
+    return { file, publish: true };
+  });
 }
+
+interface InitResults {
+  run: RunMetadata;
+  benchmark: 'init';
+  iterations: number;
+  components: Array<{ name: string; phase: string; level: number }>;
+  initializeClusterWallMs: { levelParallel: Summary; sequential: Summary };
+  initializeClusterReportMs: { levelParallel: Summary; sequential: Summary };
+  sequentialOverParallelP50: number;
+  stackReadyAfterTemporalMs: { firstStart: number; restart: number };
+}
+
+function render(file: string, r: InitResults): string {
+  const wall = r.initializeClusterWallMs;
+  const report = r.initializeClusterReportMs;
+  const levels = new Set(r.components.map((c) => `${c.phase}:${c.level}`)).size;
+  const phases = new Set(r.components.map((c) => c.phase)).size;
+  return [
+    runLine({ file, run: r.run }),
+    '',
+    `${r.iterations} interleaved iterations of each mode after one warm-up. The ${r.components.length} shipped ` +
+      `components form ${levels} levels over ${phases} phases.`,
+    '',
+    '| measure | level-parallel | sequential | sequential / parallel |',
+    '| --- | ---: | ---: | ---: |',
+    `| \`initializeCluster\` start→result, p50 (p90) | ${wall.levelParallel.p50} ms (${wall.levelParallel.p90} ms) | ` +
+      `${wall.sequential.p50} ms (${wall.sequential.p90} ms) | ${r.sequentialOverParallelP50} |`,
+    `| boot report \`totalMs\`, p50 | ${report.levelParallel.p50} ms | ${report.sequential.p50} ms | ` +
+      `${(report.sequential.p50 / report.levelParallel.p50).toFixed(2)} |`,
+    '',
+    '| `npm start` (embedded PostgreSQL and Temporal, worker and API as child processes) | time to `/ready` 200 after Temporal is up |',
+    '| --- | ---: |',
+    `| first start, fresh data dir | ${r.stackReadyAfterTemporalMs.firstStart} ms |`,
+    `| restart, existing data dir | ${r.stackReadyAfterTemporalMs.restart} ms |`,
+  ].join('\n');
+}
+
+export const initBenchmark: Benchmark = {
+  name: 'init',
+  run,
+  publishedResults: async (outDir) => path.join(outDir, 'init.json'),
+  sections: [
+    {
+      doc: 'docs/benchmarks.md',
+      name: 'init',
+      render: async (file) => render(file, await readResults<InitResults>(file)),
+    },
+  ],
+};

@@ -1,0 +1,176 @@
+/**
+ * One timed copy: the receiver and the sender run in their namespaces under /usr/bin/time, and the copy is judged
+ * by wall time, bytes on the wire (interface counters), both ends' CPU seconds and the target's sha256.
+ */
+import { spawn } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { counters, sh, waitListening, type Link } from './netns';
+
+interface Timed {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  cpuSeconds: number;
+  exitedAt: number;
+}
+
+interface Spawned {
+  done: Promise<Timed>;
+  /** Resolves with the first stdout line that starts with `prefix`. */
+  waitFor: (prefix: string) => Promise<string>;
+  write: (line: string) => void;
+}
+
+/** Runs a command in a namespace under /usr/bin/time, whose user + system seconds cover all of its threads. */
+function timedProcess(input: { ns: string; argv: string[]; timeFile: string; stdin?: boolean }): Spawned {
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', input.ns, '/usr/bin/time', '-f', '%U %S', '-o', input.timeFile, ...input.argv],
+    {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
+  // Tools that do not take commands see end of input at once, as with </dev/null (nc would otherwise wait on it).
+  if (input.stdin !== true) child.stdin.end();
+  let stdout = '';
+  let stderr = '';
+  let waiters: { prefix: string; resolve: (line: string) => void }[] = [];
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    const lines = stdout.split('\n');
+    waiters = waiters.filter((w) => {
+      const line = lines.find((l) => l.startsWith(w.prefix));
+      if (line !== undefined) w.resolve(line);
+      return line === undefined;
+    });
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<Timed>((resolve) => {
+    child.on('close', (code) => {
+      const exitedAt = performance.now();
+      void readFile(input.timeFile, 'utf8')
+        .then((text) => {
+          const line = text.trim().split('\n').at(-1) ?? '0 0';
+          const [user, sys] = line.split(' ').map(Number);
+          return (user ?? 0) + (sys ?? 0);
+        })
+        .catch(() => Number.NaN)
+        .then((cpuSeconds) => resolve({ code, stdout, stderr, cpuSeconds, exitedAt }));
+    });
+  });
+  return {
+    done,
+    waitFor: (prefix) =>
+      new Promise((resolve, reject) => {
+        waiters.push({ prefix, resolve });
+        void done.then((t) => reject(new Error(`exited (${t.code}) before printing ${prefix}: ${t.stderr}`)));
+      }),
+    write: (line) => {
+      child.stdin.write(line);
+    },
+  };
+}
+
+/** A DWCP peer reports its own CPU seconds since it was warm, in its last stdout line. */
+function reportedCpu(timed: Timed): number {
+  const last = timed.stdout.trim().split('\n').at(-1) ?? '';
+  try {
+    const value: unknown = JSON.parse(last);
+    if (typeof value === 'object' && value !== null && 'cpuSeconds' in value && typeof value.cpuSeconds === 'number') {
+      return value.cpuSeconds;
+    }
+  } catch {
+    // Not a DWCP peer: /usr/bin/time's figure stands.
+  }
+  return timed.cpuSeconds;
+}
+
+export interface RunSpec {
+  link: Link;
+  tool: string;
+  scenario: Scenario;
+  port: number;
+  receiver: string[];
+  sender: string[];
+  /** The receiver is a daemon that is stopped once the sender is done (rsync). */
+  stopFile?: string;
+  /**
+   * DWCP endpoints live in long-running host agents: the sender starts and warms its worker pool before the clock
+   * starts, and prints `ready`; both report CPU from that point.
+   */
+  warmSender?: boolean;
+  target: string;
+  expectedSha256: string;
+  /** delta-warm: the receiver indexed v1 with this chunking before (its chunk-index sidecar is in place). */
+  warmChunkAvgBytes?: number;
+}
+
+/**
+ * first: v1 onto an empty target. delta: v2 onto a target holding v1, which DWCP's receiver has never seen (it
+ * scans it). delta-warm (DWCP only): the same, on a host whose receiver indexed v1 before (as after receiving v1
+ * through DWCP), so its chunk-index sidecar is current and only the sender scans.
+ */
+export type Scenario = 'first' | 'delta' | 'delta-warm';
+
+export interface DwcpBenchRun {
+  link: string;
+  tool: string;
+  scenario: Scenario;
+  seconds: number;
+  logicalMBps: number;
+  wireBytes: number;
+  senderCpuSeconds: number;
+  receiverCpuSeconds: number;
+  verified: boolean;
+  /** 1-minute load average when the run started: the machine is shared, and this shows how much. */
+  loadAvg1: number;
+  /** Every iteration's time; the other figures are from the median one. */
+  secondsAll?: number[];
+  vs?: Record<string, { speedup: number; wireRatio: number }>;
+}
+
+export async function sha256sum(file: string): Promise<string> {
+  return (await sh('sha256sum', [file])).split(' ')[0] ?? '';
+}
+
+export async function measure(spec: RunSpec, logicalBytes: number, scratch: string): Promise<DwcpBenchRun> {
+  const receiverTime = path.join(scratch, 'receiver.time');
+  const senderTime = path.join(scratch, 'sender.time');
+  const loadAvg1 = os.loadavg()[0] ?? 0;
+  const receiving = timedProcess({ ns: spec.link.receiverNs, argv: spec.receiver, timeFile: receiverTime });
+  await waitListening(spec.link.receiverNs, spec.port);
+  const sending = timedProcess({
+    ns: spec.link.senderNs,
+    argv: spec.sender,
+    timeFile: senderTime,
+    stdin: spec.warmSender === true,
+  });
+  if (spec.warmSender === true) await sending.waitFor('ready');
+  const before = await counters(spec.link);
+  const started = performance.now();
+  if (spec.warmSender === true) sending.write('go\n');
+  const sender = await sending.done;
+  if (sender.code !== 0) throw new Error(`${spec.tool} sender failed (${sender.code}): ${sender.stderr}`);
+  if (spec.stopFile !== undefined) await writeFile(spec.stopFile, '');
+  const receiver = await receiving.done;
+  if (receiver.code !== 0) throw new Error(`${spec.tool} receiver failed (${receiver.code}): ${receiver.stderr}`);
+  const finished = spec.stopFile !== undefined ? sender.exitedAt : Math.max(sender.exitedAt, receiver.exitedAt);
+  const wireBytes = (await counters(spec.link)) - before;
+  const seconds = (finished - started) / 1000;
+  const verified = (await sha256sum(spec.target)) === spec.expectedSha256;
+  if (!verified) throw new Error(`${spec.tool} on ${spec.link.name} produced a different image`);
+  return {
+    link: spec.link.name,
+    tool: spec.tool,
+    scenario: spec.scenario,
+    seconds,
+    logicalMBps: logicalBytes / 1e6 / seconds,
+    wireBytes,
+    senderCpuSeconds: reportedCpu(sender),
+    receiverCpuSeconds: reportedCpu(receiver),
+    verified,
+    loadAvg1,
+  };
+}

@@ -1,0 +1,135 @@
+/** The DWCP benchmark's ratios, its compact results file, and the docs sections written from that file. */
+import { runLine } from '../results';
+import type { RunMetadata } from '../run-metadata';
+import type { DwcpDataset } from './dataset';
+import type { DwcpBenchRun } from './measure';
+
+export interface DwcpResults {
+  /** Absent from files written before the run record (bench/run-metadata.ts) existed. */
+  run?: RunMetadata;
+  benchmark: 'dwcp';
+  date: string;
+  machine?: { cpus: number; cpuModel: string; memoryGiB: number };
+  dataset: DwcpDataset;
+  links: Array<{ name: string; rateMbps: number | null }>;
+  iterations?: number;
+  runs: DwcpBenchRun[];
+}
+
+/** Results stay a few KB: figures rounded to 4 significant digits, one line per run. */
+export function compactJson(results: { runs: DwcpBenchRun[] } & Record<string, unknown>): string {
+  const round = (_key: string, value: unknown): unknown =>
+    typeof value === 'number' && !Number.isInteger(value) ? Number(value.toPrecision(4)) : value;
+  const { runs, ...rest } = results;
+  const head = JSON.stringify(rest, round, 1).replace(/\n}$/, '');
+  const lines = runs.map((run) => `  ${JSON.stringify(run, round)}`);
+  return `${head},\n "runs": [\n${lines.join(',\n')}\n ]\n}\n`;
+}
+
+export function fmtBytes(n: number): string {
+  return `${(n / 1e6).toFixed(1)}`;
+}
+
+export function renderTable(runs: DwcpBenchRun[]): string {
+  const lines = [
+    '| link | tool | copy | s (median) | logical MB/s | wire MB | CPU s (send + recv) | × raw | × zstd | × rsync | wire / rsync | load |',
+    '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const r of runs) {
+    const vs = (name: string, key: 'speedup' | 'wireRatio'): string => {
+      const v = r.vs?.[name]?.[key];
+      return v === undefined ? '' : v.toFixed(2);
+    };
+    lines.push(
+      `| ${r.link} | ${r.tool} | ${r.scenario} | ${r.seconds.toFixed(1)} | ${r.logicalMBps.toFixed(1)} | ${fmtBytes(r.wireBytes)} | ` +
+        `${r.senderCpuSeconds.toFixed(1)} + ${r.receiverCpuSeconds.toFixed(1)} | ${vs('raw-tcp', 'speedup')} | ` +
+        `${vs('zstd-1-nc', 'speedup')} | ${vs('rsync', 'speedup')} | ${vs('rsync', 'wireRatio')} | ${r.loadAvg1.toFixed(1)} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+/** Each run against each baseline on the same link; delta runs compare with rsync's delta, others with first copies. */
+export function addRatios(runs: DwcpBenchRun[]): void {
+  for (const run of runs) {
+    const vs: NonNullable<DwcpBenchRun['vs']> = {};
+    for (const base of ['raw-tcp', 'zstd-1-nc', 'rsync'] as const) {
+      const scenario = base === 'rsync' && run.scenario !== 'first' ? 'delta' : 'first';
+      const baseline = runs.find((r) => r.link === run.link && r.tool === base && r.scenario === scenario);
+      if (baseline === undefined || baseline === run) continue;
+      vs[base] = {
+        speedup: run.logicalMBps / baseline.logicalMBps,
+        wireRatio: run.wireBytes / baseline.wireBytes,
+      };
+    }
+    run.vs = vs;
+  }
+}
+
+function runLineOf(file: string, r: DwcpResults): string {
+  return r.run
+    ? runLine({ file, run: r.run })
+    : runLine({
+        file,
+        legacy: {
+          command: 'npm run bench -- dwcp',
+          date: r.date,
+          machine: r.machine ?? { cpus: 0, memoryGiB: 0 },
+        },
+      });
+}
+
+/** The full table, for docs/dwcp.md. */
+export function renderDwcpTable(file: string, r: DwcpResults): string {
+  const iterations = r.iterations ?? r.runs[0]?.secondsAll?.length ?? 1;
+  return [
+    runLineOf(file, r),
+    '',
+    `Median of ${iterations} interleaved iterations. "load" is the 1-minute load average when the median run ` +
+      'started; the machine was shared with other work.',
+    '',
+    `Dataset: ${r.dataset.description}.`,
+    '',
+    renderTable(r.runs),
+  ].join('\n');
+}
+
+const find = (r: DwcpResults, link: string, tool: string, scenario: string): DwcpBenchRun | undefined =>
+  r.runs.find((x) => x.link === link && x.tool === tool && x.scenario === scenario);
+
+/** The headline comparisons, for docs/benchmarks.md: each a row of the docs/dwcp.md table. */
+export function renderDwcpSummary(file: string, r: DwcpResults): string {
+  const capped = r.links.find((l) => l.rateMbps !== null);
+  const rows: string[] = [];
+  const add = (what: string, run: DwcpBenchRun | undefined, figure: (x: DwcpBenchRun) => string): void => {
+    if (run) rows.push(`| ${what} | ${run.tool} | ${run.seconds.toFixed(1)} s | ${figure(run)} | ${run.loadAvg1} |`);
+  };
+  const ratio = (x: DwcpBenchRun, base: string): string => `${x.vs?.[base]?.speedup.toFixed(2) ?? '?'}× ${base}`;
+  add('loopback, first copy', find(r, 'loopback', 'dwcp-datacenter', 'first'), (x) =>
+    [ratio(x, 'raw-tcp'), ratio(x, 'rsync')].join(', '),
+  );
+  add('loopback, v1→v2 delta', find(r, 'loopback', 'dwcp-datacenter', 'delta'), (x) => ratio(x, 'rsync'));
+  if (capped) {
+    const link = capped.name;
+    const linkMBps = (capped.rateMbps ?? 0) / 8;
+    for (const tool of ['dwcp-datacenter', 'dwcp-auto']) {
+      add(`${link}, first copy`, find(r, link, tool, 'first'), (x) => {
+        const overLink = (x.logicalMBps / linkMBps).toFixed(2);
+        return `${x.logicalMBps.toFixed(1)} MB/s, ${overLink}× the link; ${ratio(x, 'rsync')}`;
+      });
+    }
+    add(`${link}, v1→v2 delta`, find(r, link, 'dwcp-auto', 'delta'), (x) => {
+      const wire = x.vs?.rsync?.wireRatio.toFixed(2) ?? '?';
+      return `${ratio(x, 'rsync')}, ${wire}× rsync's bytes on the wire`;
+    });
+  }
+  return [
+    runLineOf(file, r),
+    '',
+    'Rows of the full table in [dwcp.md](dwcp.md#benchmark):',
+    '',
+    '| link, copy | tool | s (median) | against the baselines | load |',
+    '| --- | --- | ---: | --- | ---: |',
+    ...rows,
+  ].join('\n');
+}
