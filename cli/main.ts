@@ -4,8 +4,10 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { checkConfigFile, ConfigError } from '../config/load-config';
+import { checkConfigFile, ConfigError, loadConfig } from '../config/load-config';
 import { createCertificateAuthority, issueHostCertificate } from '../native/dwcp/certs';
+import { systemProbes, stackContext } from '../workers/prerequisite-probes';
+import { checkPrerequisites, formatCheck } from '../workers/prerequisites';
 import { runStackFromCli } from '../workers/stack';
 import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { FLEET_USAGE, runFleetCli } from './fleet-commands';
@@ -15,6 +17,7 @@ const USAGE = `usage: novacron <command> [options]
 
 commands:
   up [--config FILE]                          run the whole stack (same as npm start)
+  doctor [--config FILE]                      check this machine's prerequisites; one line with the fix for each
   init [--request-id ID] [--disable C,...] [--wait]
                                               start cluster initialization (idempotent by request id)
   workflow show ID [--json]                   status, result or failure, progress, pending activities
@@ -179,6 +182,16 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
     case 'up': {
       await runStackFromCli(values.config);
       return 0;
+    }
+    case 'doctor': {
+      const config = loadConfig(values.config ? { file: values.config } : {});
+      const results = await checkPrerequisites(systemProbes(), stackContext(config));
+      for (const result of results) out(formatCheck(result));
+      const failed = results.filter((r) => !r.ok).length;
+      out(
+        `novacron doctor: ${failed === 0 ? 'all' : `${failed} of`} ${results.length} checks ${failed === 0 ? 'pass' : 'fail'}`,
+      );
+      return failed === 0 ? 0 : 1;
     }
     case 'config': {
       if (sub !== 'check' || !arg) throw new CliError('usage: novacron config check FILE');

@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { constants, accessSync, openSync, closeSync } from 'node:fs';
+import { openSync, closeSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { delimiter, join, posix } from 'node:path';
+import { join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { findExecutable, HYPERVISOR_BINARIES, REQUIRED_BINARIES, searchPath } from './hypervisor-binaries';
 import { LibvirtConnection } from './libvirt-connection';
 
 /**
@@ -41,17 +42,6 @@ export interface StartLocalHypervisorsInput {
   baseDir: string;
   startTimeoutMs?: number;
 }
-
-export const REQUIRED_BINARIES = [
-  'libvirtd',
-  'virtlogd',
-  'virsh',
-  'qemu-system-x86_64',
-  'qemu-img',
-  'unshare',
-  'setpriv',
-];
-export const APT_PACKAGES = 'libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils';
 
 const DEFAULT_START_TIMEOUT_MS = 90_000;
 const STOP_GRACE_MS = 10_000;
@@ -92,9 +82,10 @@ export class HarnessError extends Error {
 export function assertHypervisorBinaries(): void {
   const missing = REQUIRED_BINARIES.filter((bin) => findExecutable(bin) === undefined);
   if (missing.length > 0) {
+    const packages = [...new Set(missing.map((bin) => HYPERVISOR_BINARIES[bin]))].join(' ');
     throw new HarnessError(
       `missing ${missing.join(', ')}: install them with ` +
-        `\`apt-get install -y --no-install-recommends ${APT_PACKAGES}\` and run as root`,
+        `\`apt-get install -y --no-install-recommends ${packages}\` and run as root`,
     );
   }
 }
@@ -307,25 +298,6 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-// libvirtd and virtlogd live in /usr/sbin, which a non-login PATH may lack.
-function searchPath(): string {
-  return [process.env['PATH'] ?? '', '/usr/sbin', '/sbin'].filter((d) => d !== '').join(delimiter);
-}
-
 function daemonEnv(): NodeJS.ProcessEnv {
   return { ...process.env, PATH: searchPath(), LC_ALL: 'C', LANG: 'C' };
-}
-
-function findExecutable(name: string): string | undefined {
-  const dirs = searchPath().split(delimiter);
-  for (const dir of dirs) {
-    if (dir === '') continue;
-    try {
-      accessSync(join(dir, name), constants.X_OK);
-      return join(dir, name);
-    } catch {
-      // Not in this directory; keep looking.
-    }
-  }
-  return undefined;
 }

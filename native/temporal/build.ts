@@ -48,6 +48,13 @@ export function temporalBinaryPath(): string {
   return path.join(temporalCacheRoot(), temporalSourceHash(), BINARY_NAME);
 }
 
+/** The `go` line of go.mod: the Go that builds the server (an older Go >= 1.21 fetches it through the proxy). */
+export function requiredGoVersion(): string {
+  const version = /^go\s+(\S+)\s*$/m.exec(readFileSync(path.join(SOURCE_DIR, 'go.mod'), 'utf8'))?.[1];
+  if (!version) throw new TemporalBuildError(`${path.join(SOURCE_DIR, 'go.mod')} has no go line`);
+  return version;
+}
+
 function isExecutable(file: string): boolean {
   try {
     accessSync(file, fsConstants.X_OK);
@@ -55,6 +62,14 @@ function isExecutable(file: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The server binary when no build is needed: NOVACRON_TEMPORAL_BIN, or the cached build of this source. */
+export function builtTemporalBinary(): string | undefined {
+  const override = process.env.NOVACRON_TEMPORAL_BIN;
+  if (override) return isExecutable(override) ? override : undefined;
+  const binary = temporalBinaryPath();
+  return isExecutable(binary) ? binary : undefined;
 }
 
 function findGo(): string | undefined {
@@ -173,8 +188,9 @@ export async function ensureTemporalBinary(opts: EnsureTemporalBinaryOptions = {
   const go = findGo();
   if (!go) {
     throw new TemporalBuildError(
-      'Go is required to build the embedded Temporal server but `go` was not found: install Go 1.26+ ' +
-        '(https://go.dev/dl/, or your package manager) and retry, or set TEMPORAL_ADDRESS to use an external Temporal cluster',
+      'Go is required to build the embedded Temporal server but `go` was not found: install Go 1.21 or later ' +
+        `(https://go.dev/dl/; it fetches go${requiredGoVersion()} itself) and retry, or set TEMPORAL_ADDRESS to use an ` +
+        'external Temporal cluster',
     );
   }
 
@@ -182,7 +198,7 @@ export async function ensureTemporalBinary(opts: EnsureTemporalBinaryOptions = {
   await mkdir(dir, { recursive: true });
   return withBuildLock(path.join(dir, '.build.lock'), log, async () => {
     if (isExecutable(binary)) return binary;
-    log(`building the embedded Temporal server from Go modules (one time, several minutes) into ${dir} ...`);
+    log(`building the Temporal server from Go modules, once, several minutes; cached in ${dir}`);
     const tmp = path.join(dir, `.${BINARY_NAME}.tmp-${process.pid}`);
     try {
       await runGoBuild(go, tmp, log);

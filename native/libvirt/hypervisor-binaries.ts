@@ -1,0 +1,39 @@
+/**
+ * The programs local hypervisors need, each with the Debian/Ubuntu package that ships it, and how they are found.
+ * Apart from the harness so that the prerequisite checks can name packages without loading the harness.
+ *
+ * libvirtd and virtlogd come from libvirt-daemon, not libvirt-daemon-system: the harness starts them itself with
+ * its own config, so the system service, its polkit rules and its default network are never used.
+ */
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
+
+export const HYPERVISOR_BINARIES: Readonly<Record<string, string>> = {
+  libvirtd: 'libvirt-daemon',
+  virtlogd: 'libvirt-daemon',
+  virsh: 'libvirt-clients',
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-img': 'qemu-utils',
+  unshare: 'util-linux',
+  setpriv: 'util-linux',
+};
+export const REQUIRED_BINARIES = Object.keys(HYPERVISOR_BINARIES);
+
+/** PATH plus /usr/sbin and /sbin, where libvirtd and virtlogd live and a non-login PATH may not look. */
+export function searchPath(): string {
+  return [process.env['PATH'] ?? '', '/usr/sbin', '/sbin'].filter((d) => d !== '').join(delimiter);
+}
+
+/** The path of a program on searchPath(), or undefined. */
+export function findExecutable(name: string): string | undefined {
+  for (const dir of searchPath().split(delimiter)) {
+    if (dir === '') continue;
+    try {
+      accessSync(join(dir, name), constants.X_OK);
+      return join(dir, name);
+    } catch {
+      // Not in this directory; keep looking.
+    }
+  }
+  return undefined;
+}
