@@ -1,18 +1,28 @@
 /**
- * `npm test`: lint, then every *.test.ts under node's test runner, against real services started once here:
- * a Temporal dev server (in memory) and PostgreSQL (embedded, unless DATABASE_URL names a server, as in CI).
- * `npm test -- FILTER...` runs only files whose path contains a filter, and skips lint.
+ * `npm test`: checks this machine's prerequisites for the selected files, runs lint, then every *.test.ts under
+ * node's test runner, against real services started once here: a Temporal dev server (in memory) and PostgreSQL
+ * (embedded, unless DATABASE_URL names a server, as in CI). `npm test -- FILTER...` runs only files whose path
+ * contains a filter, and skips lint. The last line counts every test of both batches (test/runner/counts.ts).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { loadConfig } from '../config/load-config';
 import { startTemporalDevServer } from '../native/temporal';
 import { startEmbeddedPostgres } from '../store/embedded-postgres';
+import { systemProbes, testContext } from '../workers/prerequisite-probes';
+import { checkPrerequisites, formatCheck } from '../workers/prerequisites';
+import { runTestBatches } from './runner/batches';
+import { prerequisitesFor } from './runner/needs';
+import { reportRun } from './runner/report';
 import { freePort } from './support/ports';
 
 const ROOT = path.resolve(__dirname, '..');
 const SKIP_DIRS = new Set(['node_modules', 'dist', '.git', '.novacron']);
+// Node 20 applies --test-timeout to each file's process as a whole (batches.ts), so this bounds a file: it ends a
+// hang, and it must exceed the slowest file on a loaded 2-core machine (vm-lifecycle allows itself 2 × 300 s).
+const DEFAULT_TIMEOUT_MS = 20 * 60_000;
 
 function findTests(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
@@ -32,39 +42,12 @@ function runStep(name: string, command: string, args: string[]): void {
   }
 }
 
-function isHeavy(relativePath: string): boolean {
-  return relativePath.startsWith(`test${path.sep}`) || relativePath.endsWith('.integration.test.ts');
-}
-
-/** Runs node's test runner over some files, echoing its output and reading its closing counts. */
-async function runNodeTests(input: {
-  files: string[];
-  concurrency: string;
-  env: NodeJS.ProcessEnv;
-}): Promise<{ code: number; pass: number; fail: number }> {
-  return new Promise((resolve) => {
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--test',
-        `--test-concurrency=${input.concurrency}`,
-        '--test-reporter=spec',
-        ...input.files.map((f) => path.relative(ROOT, f)),
-      ],
-      { cwd: ROOT, env: input.env, stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    let tail = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      process.stdout.write(chunk);
-      tail = (tail + chunk.toString()).slice(-8192);
-    });
-    child.once('exit', (exitCode, signal) => {
-      const count = (label: string) => Number(new RegExp(`ℹ ${label} (\\d+)`).exec(tail)?.[1] ?? 0);
-      resolve({ code: exitCode ?? (signal ? 1 : 0), pass: count('pass'), fail: count('fail') });
-    });
-  });
+function positiveInteger(name: string, fallback: number): number {
+  const text = process.env[name];
+  if (text === undefined || text === '') return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${name}=${text}: expected a positive integer`);
+  return value;
 }
 
 async function main(): Promise<void> {
@@ -74,6 +57,24 @@ async function main(): Promise<void> {
     .sort();
   if (files.length === 0) {
     process.stderr.write(`no test files match ${filters.join(' ')}\n`);
+    process.exit(1);
+  }
+
+  // Only what the selected files need: a filtered run of pure unit tests must not demand libvirt.
+  const checks = await checkPrerequisites(
+    systemProbes(),
+    // Test databases, guest disks and images go to the temp dir: the floor the cluster's resources check uses.
+    testContext({
+      env: process.env,
+      scratchParent: os.tmpdir(),
+      minFreeMib: loadConfig({ env: {} }).system.minResources.diskFreeMib,
+    }),
+    prerequisitesFor(files, ROOT),
+  );
+  const missing = checks.filter((check) => !check.ok);
+  if (missing.length > 0) {
+    for (const check of missing) process.stderr.write(`${formatCheck(check)}\n`);
+    process.stderr.write(`npm test: not run; fix the ${missing.length === 1 ? 'line' : 'lines'} above\n`);
     process.exit(1);
   }
   if (filters.length === 0) runStep('lint', 'npm', ['run', '--silent', 'lint']);
@@ -100,30 +101,20 @@ async function main(): Promise<void> {
       temporalAddress = server.address;
     }
 
-    const env = {
-      ...process.env,
+    // The test processes inherit this process's environment (node's runner gives them no other).
+    Object.assign(process.env, {
       NOVACRON_TEST_DATABASE_URL: databaseUrl,
       NOVACRON_TEST_TEMPORAL_ADDRESS: temporalAddress,
       NOVACRON_TEST_SCRATCH: scratch,
-    };
-    // Files that start hypervisors, stacks and worker processes run one at a time after the rest: on a 2-core
-    // machine two of them at once starve each other's Temporal calls into deadline errors.
-    const heavy = files.filter((f) => isHeavy(path.relative(ROOT, f)));
-    const light = files.filter((f) => !heavy.includes(f));
-    const totals = { pass: 0, fail: 0 };
-    let code = 0;
-    for (const [batch, concurrency] of [
-      [light, process.env.NOVACRON_TEST_CONCURRENCY ?? '2'],
-      [heavy, '1'],
-    ] as const) {
-      if (batch.length === 0) continue;
-      const result = await runNodeTests({ files: batch, concurrency, env });
-      totals.pass += result.pass;
-      totals.fail += result.fail;
-      if (result.code !== 0) code = result.code;
-    }
-    process.stdout.write(`\nnpm test: ${totals.pass} passed, ${totals.fail} failed\n`);
-    process.exitCode = code;
+    });
+    const result = await runTestBatches({
+      root: ROOT,
+      files,
+      lightConcurrency: positiveInteger('NOVACRON_TEST_CONCURRENCY', 2),
+      timeoutMs: positiveInteger('NOVACRON_TEST_TIMEOUT_MS', DEFAULT_TIMEOUT_MS),
+      output: process.stdout,
+    });
+    process.exitCode = reportRun(result, ROOT, (text) => process.stdout.write(text));
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
     rmSync(scratch, { recursive: true, force: true });
