@@ -19,6 +19,7 @@ import type {
 } from '../activities/image-activities';
 import type { ImageControlActivities, ReplicationPlan } from '../activities/image-control-activities';
 import { temporalClient, testTemporalAddress } from '../test/support/services';
+import { waitUntil } from '../test/support/wait';
 import { loadWorkflowBundle } from '../workers/workflow-bundle';
 import type { ImageProgress, replicateImage, ReplicateImageInput } from './image-workflows';
 
@@ -43,8 +44,9 @@ type Calls = Array<[string, unknown]>;
 
 const SHA = 'a'.repeat(64);
 
-/** Heartbeats until cancelled, as the real receiver does while it waits for the sender. */
+/** Heartbeats until cancelled, as the real receiver does while it waits for the sender; records when it starts. */
 async function waitUntilCancelled(calls: Calls, name: string): Promise<never> {
+  calls.push([`${name}:started`, undefined]);
   try {
     for (;;) {
       heartbeat({ phase: 'waiting-for-sender' });
@@ -154,6 +156,13 @@ function replicate(taskQueue: string, target: string) {
   });
 }
 
+/** Resolves once the named activities run, so a cancel finds them started rather than never scheduled. */
+async function activitiesStarted(calls: Calls, ...names: string[]): Promise<void> {
+  await waitUntil(`${names.join(' and ')} to start`, () =>
+    names.every((name) => calls.some(([n]) => n === `${name}:started`)),
+  );
+}
+
 function rootCause(err: unknown): unknown {
   let cause = err instanceof WorkflowFailedError ? err.cause : err;
   while (cause instanceof Error && cause.cause && !(cause instanceof ApplicationFailure)) cause = cause.cause;
@@ -193,8 +202,7 @@ test('a permanent sender failure cancels the waiting receiver and records the re
         target: { receiveImage: () => waitUntilCancelled(calls, 'receiveImage') },
         source: {
           transferImage: async () => {
-            // Give the receiver time to start, so it is cancelled rather than never scheduled.
-            await new Promise((r) => setTimeout(r, 500));
+            await activitiesStarted(calls, 'receiveImage');
             throw ApplicationFailure.nonRetryable('no space left on the receiver', 'DwcpDiskFull');
           },
         },
@@ -235,14 +243,13 @@ test('cancelling the workflow cancels both transfer activities and ends CANCELLE
     },
     async ({ taskQueue, target }) => {
       const handle = await replicate(taskQueue, target);
-      for (let i = 0; i < 100; i++) {
-        const progress = await handle.query<ImageProgress>('imageProgress');
-        if (progress.steps.some((s) => s.name === 'transfer')) break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await activitiesStarted(calls, 'receiveImage', 'transferImage');
       const progress = await handle.query<ImageProgress>('imageProgress');
+      assert.ok(
+        progress.steps.some((s) => s.name === 'transfer'),
+        JSON.stringify(progress.steps),
+      );
       assert.equal(progress.link?.mode, 'datacenter');
-      await new Promise((r) => setTimeout(r, 300));
       await handle.cancel();
       const err = await handle.result().then(
         () => undefined,

@@ -15,6 +15,7 @@ import type {
 } from '../activities/cluster-init-activities';
 import { loadWorkflowBundle } from '../workers/workflow-bundle';
 import { temporalClient } from '../test/support/services';
+import { waitUntil } from '../test/support/wait';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import type { WorkflowOutcome } from './interceptors';
 import type { Client, Connection } from '@temporalio/client';
@@ -33,8 +34,6 @@ let bundle: WorkflowBundleWithSourceMap;
 let client: Client;
 let connection: Connection;
 let nativeConnection: NativeConnection;
-
-const finishedOutcomes: WorkflowOutcome[] = [];
 
 before(async () => {
   Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -58,6 +57,8 @@ async function runInit(input: {
   error?: unknown;
   timeline: Array<{ component: string; event: 'start' | 'end'; at: number }>;
   cancelRequested: string[];
+  /** What the metrics interceptor reported for this run, through this run's own worker. */
+  finishedOutcomes: WorkflowOutcome[];
 }> {
   const taskQueue = `init-test-${randomBytes(4).toString('hex')}`;
   const timeline: Array<{ component: string; event: 'start' | 'end'; at: number }> = [];
@@ -74,6 +75,7 @@ async function runInit(input: {
     }
   };
   const recorded: unknown[] = [];
+  const finishedOutcomes: WorkflowOutcome[] = [];
   const activities: ClusterInitActivities = {
     checkConfig: check,
     checkDataDir: check,
@@ -127,20 +129,26 @@ async function runInit(input: {
     const cancelRequested = events
       .filter((e) => e.activityTaskCancelRequestedEventAttributes)
       .map((e) => scheduled.get(String(e.activityTaskCancelRequestedEventAttributes!.scheduledEventId))!);
-    return { ...outcome, timeline, cancelRequested };
+    return { ...outcome, timeline, cancelRequested, finishedOutcomes };
   });
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 describe('initializeCluster workflow', () => {
   test('runs each level in parallel and reports every component with its level', async () => {
-    const slow: CheckBehaviour = async () => {
-      await sleep(400);
+    // Each level-0 check waits for the other to start. Run in parallel, both start whatever the load; run in
+    // sequence, the first one times out alone and the boot fails.
+    const started = new Set<string>();
+    const slow: CheckBehaviour = async (input) => {
+      started.add(input.component);
+      await waitUntil('both level-0 checks to start', () => started.has('config') && started.has('data-dir'), {
+        timeoutMs: 5_000,
+      });
       return { slow: true };
     };
-    const { report, timeline } = await runInit({ behaviour: { config: slow, 'data-dir': slow } });
-    assert.ok(report, 'the boot completed');
+    const { report, error, timeline, finishedOutcomes } = await runInit({
+      behaviour: { config: slow, 'data-dir': slow },
+    });
+    assert.ok(report, `the boot completed: ${String(error)}`);
     assert.equal(report.status, 'ready');
     assert.deepEqual(
       report.components.map((c) => [c.name, c.phase, c.level, c.status]),
@@ -165,7 +173,7 @@ describe('initializeCluster workflow', () => {
     // ...and level 1 waited for both.
     assert.ok(startOf('resources') >= Math.max(endOf('config'), endOf('data-dir')), 'level 1 waited for level 0');
     assert.equal(report.phases.length, 4);
-    assert.deepEqual(finishedOutcomes.slice(-1), ['completed'], 'the metrics interceptor reported the run');
+    assert.deepEqual(finishedOutcomes, ['completed'], 'the metrics interceptor reported the run');
   });
 
   test('retries a failing check with backoff and counts the attempts', async () => {
@@ -199,16 +207,34 @@ describe('initializeCluster workflow', () => {
   });
 
   test('a critical failure fails fast: siblings are cancelled, later phases never run, the report travels with the failure', async () => {
-    const { error, timeline, cancelRequested } = await runInit({
+    // Postgres fails only once its sibling is in flight, and the sibling is held until the workflow has given up on
+    // it: ordered by conditions, so a slow machine cannot let the sibling finish first.
+    let namespaceStarted = false;
+    let namespaceReleased = false;
+    const { error, timeline, cancelRequested, finishedOutcomes } = await runInit({
       behaviour: {
         postgres: async () => {
-          await sleep(100);
+          await waitUntil('the temporal-namespace check to start', () => namespaceStarted);
           throw ApplicationFailure.nonRetryable('connection refused', 'PostgresUnreachable');
         },
         'temporal-namespace': async () => {
-          await sleep(2000);
+          namespaceStarted = true;
+          await waitUntil('the workflow to give up on temporal-namespace', () => namespaceReleased);
           return {};
         },
+      },
+      whileRunning: async (workflowId) => {
+        const handle = client.workflow.getHandle(workflowId);
+        try {
+          // Released only once the workflow has closed: a completion that lands while the workflow is failing would
+          // make the server reject that workflow task (UnhandledCommand) and the worker run it a second time.
+          await waitUntil(
+            'the workflow to fail without waiting for temporal-namespace',
+            async () => (await handle.describe()).status.name !== 'RUNNING',
+          );
+        } finally {
+          namespaceReleased = true;
+        }
       },
     });
     assert.ok(error instanceof WorkflowFailedError, `expected a workflow failure, got ${String(error)}`);
@@ -224,7 +250,7 @@ describe('initializeCluster workflow', () => {
     assert.equal(status('control-task-queue'), 'skipped');
     assert.deepEqual(cancelRequested, ['checkTemporalNamespace'], 'the in-flight sibling was cancelled');
     assert.ok(!timeline.some((e) => e.component === 'audit-log'), 'no later-phase check ran');
-    assert.deepEqual(finishedOutcomes.slice(-1), ['failed']);
+    assert.deepEqual(finishedOutcomes, ['failed']);
   });
 
   test('answers the bootReport query while it runs', async () => {
@@ -240,12 +266,14 @@ describe('initializeCluster workflow', () => {
       },
       whileRunning: async (workflowId) => {
         const handle = client.workflow.getHandle(workflowId);
-        for (let i = 0; i < 100; i++) {
-          seen = await handle.query<BootReport>('bootReport');
-          if (seen.components.find((c) => c.name === 'audit-log')?.status === 'running') break;
-          await sleep(100);
+        try {
+          seen = await waitUntil('audit-log to be running', async () => {
+            const live = await handle.query<BootReport>('bootReport');
+            return live.components.find((c) => c.name === 'audit-log')?.status === 'running' ? live : undefined;
+          });
+        } finally {
+          release();
         }
-        release();
       },
     });
     assert.equal(seen?.status, 'running');

@@ -3,7 +3,7 @@
  * control queue and a host queue of their own, so routing to `host-<id>`, failure handling and drift repair are
  * observed in real histories.
  */
-import { WorkflowFailedError, type Client, type Connection } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowNotFoundError, type Client, type Connection } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import assert from 'node:assert/strict';
@@ -12,6 +12,7 @@ import { after, before, test } from 'node:test';
 import type { InventoryActivities } from '../activities/inventory-activities';
 import type { LibvirtActivities } from '../activities/libvirt-activities';
 import { temporalClient, testTemporalAddress } from '../test/support/services';
+import { waitUntil } from '../test/support/wait';
 import { loadWorkflowBundle } from '../workers/workflow-bundle';
 import type { FleetStatus } from './host-fleet-monitor';
 import type { vmCreate, VmCreateInput } from './vm-create';
@@ -184,14 +185,17 @@ test('under the repair policy the fleet monitor starts a vmStart for a state mis
       args: [{ intervalMs: 50, ticksPerRun: 3 }],
     });
     const repairHandle = client.workflow.getHandle(`drift-repair-${driftId}`);
-    // The monitor starts the repair on its first tick; until then the id is unknown to the server.
-    for (let i = 0; i < 200 && !(await repairHandle.describe().catch(() => undefined)); i++) {
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    // The monitor starts the repair on its first tick; until then the id is unknown to the server (NotFound).
+    await waitUntil('the monitor to start the repair', () =>
+      repairHandle.describe().then(Boolean, (err: unknown) => {
+        if (err instanceof WorkflowNotFoundError) return false;
+        throw err;
+      }),
+    );
     const repair = await repairHandle.result();
     assert.equal((repair as { state: string }).state, 'running');
     // Three ticks per run, then continueAsNew carries the totals into the next run.
-    for (let i = 0; i < 100 && tick < 5; i++) await new Promise((r) => setTimeout(r, 50));
+    await waitUntil('a fifth fleet check, in the second run', () => tick >= 5);
     const status = await monitor.query<FleetStatus>('fleetStatus');
     assert.ok(status.totals.ticks >= 4, JSON.stringify(status));
     assert.equal(status.totals.repairsStarted, 1);
