@@ -1,25 +1,32 @@
 /**
- * The NovaCron API as a Fastify plugin. server.ts listens; tests `inject` into the same instance. Routes declare
- * zod schemas, which give validation, types and the OpenAPI document at /openapi.json.
+ * The NovaCron API as a Fastify app. server.ts listens; tests `inject` into the same instance. The shared services
+ * and authentication are fastify-plugin plugins (services.ts, auth.ts); routes declare zod schemas, which give
+ * validation, types and the OpenAPI document at /openapi.json, completed by the answers every route can give
+ * (responses.ts).
  */
 import fastifySwagger from '@fastify/swagger';
-import type { Client } from '@temporalio/client';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
+import Fastify, {
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyServerOptions,
+  type RouteOptions,
+} from 'fastify';
 import {
   jsonSchemaTransform,
+  jsonSchemaTransformObject,
   serializerCompiler,
   validatorCompiler,
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { Pool } from 'pg';
+import { z } from 'zod';
 import type { Logger } from 'pino';
-import type { NovacronConfig } from '../config/schema';
-import type { NovacronMetrics } from '../observability/metrics';
 import { recordAudit } from '../store/audit-log';
-import { BEARER_SECURITY_SCHEME, openApiAccess, registerAuth } from './auth';
+import { authPlugin, BEARER_SECURITY_SCHEME, openApiAccess } from './auth';
 import { registerErrorHandler } from './errors';
+import { declareStandardResponses } from './responses';
+import { checkResponsesAgainstDocument } from './response-contract';
 import { auditRoutes } from './routes/audit';
 import { clusterRoutes } from './routes/cluster';
 import { healthRoutes } from './routes/health';
@@ -28,6 +35,7 @@ import { imageRoutes } from './routes/images';
 import { tokenRoutes } from './routes/tokens';
 import { vmRoutes } from './routes/vms';
 import { workflowRoutes } from './routes/workflows';
+import { servicesPlugin, type Services } from './services';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -38,14 +46,12 @@ declare module 'fastify' {
   }
 }
 
-export interface AppDeps {
-  config: NovacronConfig;
-  temporal: Client;
-  pool: Pool;
-  metrics: NovacronMetrics;
+export interface AppDeps extends Services {
   logger: Logger;
-  /** Releases what the caller opened for the app (connections, pools) after the last request drained. */
-  onClose?: () => Promise<void>;
+  /** The cluster boot this process's readiness follows (the stack's boot at start); see routes/health.ts. */
+  bootWorkflowId?: string;
+  /** Check every answer against /openapi.json (tests); defaults to NOVACRON_CHECK_RESPONSES=1. */
+  checkResponses?: boolean;
 }
 
 const SAFE_REQUEST_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -55,8 +61,13 @@ const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 // refused.
 const UNAUDITED_STATUS = new Set([400, 401, 413, 415, 429]);
 
+/** A route as the onRoute hook saw it, one per method, its standard answers added. */
+export type RegisteredRoute = Pick<RouteOptions, 'url' | 'config' | 'schema'> & { method: string };
+
 export interface BuiltApp {
   app: FastifyInstance;
+  /** Every route Fastify registered, HEAD routes included. */
+  routes: readonly RegisteredRoute[];
   /** Stop accepting requests (503), drain in-flight ones, then run onClose hooks. */
   close(): Promise<void>;
 }
@@ -85,6 +96,13 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   registerErrorHandler(app);
+  const routes: RegisteredRoute[] = [];
+  app.addHook('onRoute', (route) => {
+    declareStandardResponses(route);
+    for (const method of [route.method].flat()) {
+      routes.push({ method, url: route.url, config: route.config, schema: route.schema });
+    }
+  });
 
   let closing = false;
   app.decorateRequest('auditWorkflowId', undefined);
@@ -97,7 +115,8 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
         .header('connection', 'close')
         .send({ error: 'ServiceUnavailable', message: 'shutting down', requestId: String(request.id) });
   });
-  await registerAuth(app, { pool, config });
+  await app.register(servicesPlugin, { config, pool, metrics, temporal: deps.temporal, onClose: deps.onClose });
+  await app.register(authPlugin);
   app.addHook('onResponse', async (request, reply) => {
     const labels = {
       method: request.method,
@@ -123,6 +142,7 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
     }
     return payload;
   });
+  if (deps.checkResponses ?? process.env.NOVACRON_CHECK_RESPONSES === '1') checkResponsesAgainstDocument(app);
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -134,22 +154,34 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
       const transformed = jsonSchemaTransform(input);
       return { ...transformed, schema: { ...transformed.schema, ...openApiAccess(input.route.config) } };
     },
+    // Schemas registered with an id (the error body) become components that every answer refers to.
+    transformObject: jsonSchemaTransformObject,
   });
-  await app.register(healthRoutes, { temporal: deps.temporal, pool, metrics });
-  await app.register(clusterRoutes, { config, temporal: deps.temporal, pool, metrics });
-  await app.register(workflowRoutes, { temporal: deps.temporal });
-  await app.register(hostRoutes, { pool, metrics });
-  await app.register(vmRoutes, { config, temporal: deps.temporal, pool, metrics });
-  await app.register(imageRoutes, { config, temporal: deps.temporal, pool, metrics });
-  await app.register(tokenRoutes, { pool });
-  await app.register(auditRoutes, { pool });
-  app.get('/openapi.json', { config: { role: 'viewer' }, schema: { hide: true } }, async () => app.swagger());
-  const onClose = deps.onClose;
-  if (onClose) app.addHook('onClose', async () => onClose());
+  await app.register(healthRoutes, { bootWorkflowId: deps.bootWorkflowId });
+  await app.register(clusterRoutes);
+  await app.register(workflowRoutes);
+  await app.register(hostRoutes);
+  await app.register(vmRoutes);
+  await app.register(imageRoutes);
+  await app.register(tokenRoutes);
+  await app.register(auditRoutes);
+  app.get(
+    '/openapi.json',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'This document (OpenAPI 3.1)',
+        tags: ['meta'],
+        response: { 200: z.looseObject({ openapi: z.string(), paths: z.record(z.string(), z.unknown()) }) },
+      },
+    },
+    async () => app.swagger() as unknown as { openapi: string; paths: Record<string, unknown> },
+  );
   await app.ready();
 
   return {
     app,
+    routes,
     async close() {
       closing = true;
       await app.close();

@@ -8,13 +8,15 @@
  * from PostgreSQL, or a JWT from the configured identity provider), applies the token's rate limit, and compares
  * roles: viewer < operator < admin. Handlers never check roles themselves.
  */
-import type { FastifyInstance, RouteOptions } from 'fastify';
+import type { RouteOptions } from 'fastify';
+import fp from 'fastify-plugin';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { Pool } from 'pg';
 import type { NovacronConfig } from '../config/schema';
 import { API_ROLES, authenticateApiToken, looksLikeApiToken, type ApiRole } from '../store/api-tokens';
 import { ForbiddenError, ServiceUnavailableError, TooManyRequestsError, UnauthorizedError } from './errors';
+import { RateLimiter } from './rate-limiter';
+import { SERVICES_PLUGIN } from './services';
 
 export { API_ROLES };
 export type Role = ApiRole;
@@ -82,26 +84,6 @@ export const BEARER_SECURITY_SCHEME = {
   bearerAuth: { type: 'http', scheme: 'bearer', description: 'An API token (nvc_...) or an OIDC JWT' },
 } as const;
 
-/** A token bucket per principal, in memory: each API replica limits on its own. */
-export class RateLimiter {
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
-
-  constructor(private readonly limits: { burst: number; refillPerSecond: number }) {}
-
-  /** 0 when the request may go ahead, otherwise the seconds to wait. */
-  take(input: { key: string; nowMs: number }): number {
-    const { burst, refillPerSecond } = this.limits;
-    const previous = this.buckets.get(input.key) ?? { tokens: burst, at: input.nowMs };
-    const tokens = Math.min(burst, previous.tokens + ((input.nowMs - previous.at) / 1000) * refillPerSecond);
-    if (tokens < 1) {
-      this.buckets.set(input.key, { tokens, at: input.nowMs });
-      return Math.max(1, Math.ceil((1 - tokens) / refillPerSecond));
-    }
-    this.buckets.set(input.key, { tokens: tokens - 1, at: input.nowMs });
-    return 0;
-  }
-}
-
 type JwtVerifier = (token: string) => Promise<Principal>;
 
 function claimAt(payload: Record<string, unknown>, path: string): unknown {
@@ -150,45 +132,47 @@ export async function createJwtVerifier(oidc: NonNullable<NovacronConfig['securi
   };
 }
 
-export interface AuthOptions {
-  pool: Pool;
-  config: NovacronConfig;
-}
+/**
+ * Adds the two hooks to the whole app (fastify-plugin lifts them out of the plugin's own context); register it before
+ * any route, so every route passes through assertRouteAccess.
+ */
+export const authPlugin = fp(
+  async (app) => {
+    const { pool, config } = app;
+    const verifyJwt = config.security.oidc ? await createJwtVerifier(config.security.oidc) : undefined;
+    const limiter = new RateLimiter(config.security.rateLimit);
 
-/** Adds the two hooks; call before any route is registered, so every route passes through assertRouteAccess. */
-export async function registerAuth(app: FastifyInstance, { pool, config }: AuthOptions): Promise<void> {
-  const verifyJwt = config.security.oidc ? await createJwtVerifier(config.security.oidc) : undefined;
-  const limiter = new RateLimiter(config.security.rateLimit);
+    const authenticate = async (header: string | undefined): Promise<Principal> => {
+      if (!header) throw new UnauthorizedError('missing bearer token: send Authorization: Bearer <token>');
+      const match = /^Bearer ([\x21-\x7e]{1,8192})$/i.exec(header);
+      if (!match) throw new UnauthorizedError('malformed Authorization header: expected Bearer <token>');
+      const bearer = match[1]!;
+      if (looksLikeApiToken(bearer) || !verifyJwt) {
+        const check = await authenticateApiToken(pool, { token: bearer });
+        if (!check.ok) throw new UnauthorizedError(`API token ${check.reason}`);
+        const { record } = check;
+        return { method: 'token', name: record.name, actor: `token:${record.name}`, roles: record.roles };
+      }
+      return verifyJwt(bearer);
+    };
 
-  const authenticate = async (header: string | undefined): Promise<Principal> => {
-    if (!header) throw new UnauthorizedError('missing bearer token: send Authorization: Bearer <token>');
-    const match = /^Bearer ([\x21-\x7e]{1,8192})$/i.exec(header);
-    if (!match) throw new UnauthorizedError('malformed Authorization header: expected Bearer <token>');
-    const bearer = match[1]!;
-    if (looksLikeApiToken(bearer) || !verifyJwt) {
-      const check = await authenticateApiToken(pool, { token: bearer });
-      if (!check.ok) throw new UnauthorizedError(`API token ${check.reason}`);
-      const { record } = check;
-      return { method: 'token', name: record.name, actor: `token:${record.name}`, roles: record.roles };
-    }
-    return verifyJwt(bearer);
-  };
-
-  app.decorateRequest('principal', undefined);
-  app.addHook('onRoute', (route) => assertRouteAccess(route));
-  app.addHook('onRequest', async (request) => {
-    const access = request.routeOptions.config as RouteAccess;
-    if (access.public) return;
-    const principal = await authenticate(request.headers.authorization);
-    request.principal = principal;
-    const wait = limiter.take({ key: principal.actor, nowMs: Date.now() });
-    if (wait > 0) throw new TooManyRequestsError(wait);
-    // Unmatched URLs have no declaration; they answer 404 only to an authenticated caller.
-    const required = access.role ?? 'viewer';
-    if (!hasRole(principal.roles, required)) {
-      throw new ForbiddenError(
-        `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]} needs role ${required}; ${principal.actor} has ${principal.roles.join(', ') || 'no role'}`,
-      );
-    }
-  });
-}
+    app.decorateRequest('principal', undefined);
+    app.addHook('onRoute', (route) => assertRouteAccess(route));
+    app.addHook('onRequest', async (request) => {
+      const access = request.routeOptions.config as RouteAccess;
+      if (access.public) return;
+      const principal = await authenticate(request.headers.authorization);
+      request.principal = principal;
+      const wait = limiter.take({ key: principal.actor, nowMs: Date.now() });
+      if (wait > 0) throw new TooManyRequestsError(wait);
+      // Unmatched URLs have no declaration; they answer 404 only to an authenticated caller.
+      const required = access.role ?? 'viewer';
+      if (!hasRole(principal.roles, required)) {
+        throw new ForbiddenError(
+          `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]} needs role ${required}; ${principal.actor} has ${principal.roles.join(', ') || 'no role'}`,
+        );
+      }
+    });
+  },
+  { name: 'novacron-auth', fastify: '5.x', dependencies: [SERVICES_PLUGIN] },
+);

@@ -1,8 +1,11 @@
 /**
- * Property-based fuzzing of every route in /openapi.json with a valid admin token: malformed, oversized and hostile
- * bodies, path parameters, query strings and headers. Every answer must be a 2xx or a 4xx, never a 5xx; every
- * request to a mutating route is invalid by construction and must get a 4xx; and afterwards no table has changed
- * (content hashes, audit_log included: a refused request writes no audit row) and no workflow was started.
+ * Property-based conformance and fuzzing of every route in /openapi.json: malformed, oversized and hostile bodies,
+ * path parameters, query strings and headers, sent mostly with a valid admin token and otherwise with none, a
+ * malformed or unknown one, or a viewer's. Every answer must be one the document declares for the operation, with a
+ * body its schema accepts (the app checks each answer against the document, see response-contract.ts); never a 5xx;
+ * 401 without valid credentials and 403 below the route's role; every request to a mutating route is invalid by
+ * construction and must get a 4xx. Afterwards no table has changed (content hashes; the only audit rows are the
+ * viewer's refusals, which are audited by design) and no workflow was started.
  *
  * The seed and the count are fixed so `npm test` is repeatable; a longer run:
  *   NOVACRON_FUZZ_RUNS=20000 NOVACRON_FUZZ_SEED=$RANDOM npm test -- api/fuzz.test.ts
@@ -18,6 +21,7 @@ import { recordClusterBoot } from '../store/cluster-boots';
 import { createTestDatabase, temporalClient, testConfig, type TestDatabase } from '../test/support/services';
 import { bearer, mintToken } from '../test/support/tokens';
 import { buildApp, type BuiltApp } from './app';
+import type { Role } from './auth';
 
 const RUNS = Number(process.env.NOVACRON_FUZZ_RUNS ?? 1000);
 const SEED = Number(process.env.NOVACRON_FUZZ_SEED ?? 20261122);
@@ -30,6 +34,7 @@ let client: Client;
 let connection: Connection;
 let metrics: NovacronMetrics;
 let token: string;
+let viewerToken: string;
 
 before(async () => {
   db = await createTestDatabase();
@@ -40,10 +45,23 @@ before(async () => {
   });
   ({ client, connection } = await temporalClient());
   metrics = createMetrics({ service: 'fuzz-test' });
-  built = await buildApp({ config, temporal: client, pool: db.pool, metrics, logger: pino({ level: 'silent' }) });
+  built = await buildApp({
+    config,
+    temporal: client,
+    pool: db.pool,
+    metrics,
+    logger: pino({ level: 'silent' }),
+    checkResponses: true,
+  });
   token = await mintToken(db.pool, { roles: ['admin'], name: 'fuzzer' });
+  viewerToken = await mintToken(db.pool, { roles: ['viewer'], name: 'fuzz-viewer' });
   // A completed boot makes /ready answer 200; its 503 is a readiness answer, not a server error.
-  await recordClusterBoot(db.pool, { workflowId: 'fuzz-boot', nodeId: 'fuzz', status: 'ready', report: {} });
+  await recordClusterBoot(db.pool, {
+    workflowId: 'fuzz-boot',
+    nodeId: config.system.nodeId,
+    status: 'ready',
+    report: {},
+  });
 });
 
 after(async () => {
@@ -55,6 +73,8 @@ after(async () => {
 interface Route {
   method: string;
   template: string;
+  /** Undefined for a public route (and for a URL that matches no route). */
+  role: Role | undefined;
   pathParams: string[];
   queryParams: string[];
   bodyFields: string[] | undefined;
@@ -107,7 +127,25 @@ interface FuzzRequest {
   url: string;
   payload?: string;
   headers: Record<string, string>;
+  credential: Credential;
   what: string;
+}
+
+type Credential = 'admin' | 'viewer' | 'none' | 'malformed' | 'unknown';
+const RANK: Record<Role, number> = { viewer: 1, operator: 2, admin: 3 };
+
+/** Mostly the admin, whose requests reach validation; the rest are refused by the auth hook, and must say so. */
+const credential = fc.oneof(
+  { weight: 12, arbitrary: fc.constant<Credential>('admin') },
+  { weight: 1, arbitrary: fc.constantFrom<Credential>('viewer', 'none', 'malformed', 'unknown') },
+);
+
+function authorization(kind: Credential): Record<string, string> {
+  if (kind === 'admin') return bearer(token);
+  if (kind === 'viewer') return bearer(viewerToken);
+  if (kind === 'malformed') return { authorization: 'Basic YWRtaW46YWRtaW4=' };
+  if (kind === 'unknown') return bearer('nvc_0000000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA');
+  return {};
 }
 
 /** `{}` or `null` could be a valid body (an init with defaults); random text must never be one. */
@@ -212,22 +250,24 @@ function requestCase(route: Route): fc.Arbitrary<FuzzRequest> {
     { requiredKeys: [] },
   );
   const body = mutating ? (mustBreakPath ? fc.constant(undefined) : bodyCase(route)) : fc.constant(undefined);
-  return fc.tuple(params, query, headers, body).map(([values, qs, extraHeaders, b]) => {
+  return fc.tuple(params, query, headers, body, credential).map(([values, qs, extraHeaders, b, kind]) => {
     let path = route.template;
     for (const [name, value] of values) path = path.replace(`{${name}}`, encodeURIComponent(value!));
     const url = qs ? `${path}?${qs}` : path;
     return {
       url,
       ...(b ? { payload: b.payload } : {}),
-      headers: { ...extraHeaders, ...(b ? { 'content-type': b.contentType } : {}), ...bearer(token) },
-      what: `${route.method} ${url.slice(0, 160)} ${b?.what ?? ''}`,
+      headers: { ...extraHeaders, ...(b ? { 'content-type': b.contentType } : {}), ...authorization(kind) },
+      credential: kind,
+      what: `${route.method} ${url.slice(0, 160)} as ${kind} ${b?.what ?? ''}`,
     };
   });
 }
 
+/** Every table but audit_log, whose new rows are checked one by one. */
 async function tableHashes(): Promise<Record<string, string>> {
   const tables = await db.pool.query<{ name: string }>(
-    "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' AND table_name <> 'audit_log' ORDER BY 1",
   );
   const hashes: Record<string, string> = {};
   for (const { name } of tables.rows) {
@@ -244,13 +284,14 @@ async function workflowStarts(): Promise<number> {
   return metric.values.reduce((sum, v) => sum + v.value, 0);
 }
 
-test(`fuzz every route (${RUNS} runs, seed ${SEED}): never a 5xx, nothing written, no workflow started`, async () => {
+test(`fuzz every route (${RUNS} runs, seed ${SEED}): answers the document declares, nothing written`, async () => {
   const doc = (await built.app.inject({ method: 'GET', url: '/openapi.json', headers: bearer(token) })).json<{
     paths: Record<
       string,
       Record<
         string,
         {
+          'x-novacron-role'?: Role;
           parameters?: Array<{ in: string; name: string }>;
           requestBody?: { content: Record<string, { schema: { properties?: Record<string, unknown> } }> };
         }
@@ -261,6 +302,7 @@ test(`fuzz every route (${RUNS} runs, seed ${SEED}): never a 5xx, nothing writte
     Object.entries(ops).map(([method, op]) => ({
       method: method.toUpperCase(),
       template,
+      role: op['x-novacron-role'],
       pathParams: (op.parameters ?? []).filter((p) => p.in === 'path').map((p) => p.name),
       queryParams: (op.parameters ?? []).filter((p) => p.in === 'query').map((p) => p.name),
       bodyFields: op.requestBody
@@ -286,6 +328,7 @@ test(`fuzz every route (${RUNS} runs, seed ${SEED}): never a 5xx, nothing writte
   );
 
   const before = await tableHashes();
+  const lastAuditId = Number((await db.pool.query('SELECT coalesce(max(id), 0) AS id FROM audit_log')).rows[0].id);
   const startsBefore = await workflowStarts();
   const responses = new Map<number, number>();
   await fc.assert(
@@ -298,10 +341,15 @@ test(`fuzz every route (${RUNS} runs, seed ${SEED}): never a 5xx, nothing writte
         {
           weight: 1,
           arbitrary: fc
-            .tuple(strayUrls, fc.constantFrom('GET', 'POST', 'DELETE'))
-            .map(([url, method]): { route: Route; r: FuzzRequest } => ({
-              route: { method, template: url, pathParams: [], queryParams: [], bodyFields: undefined },
-              r: { url, headers: bearer(token), what: `${method} ${url.slice(0, 80)}` },
+            .tuple(strayUrls, fc.constantFrom('GET', 'POST', 'DELETE'), credential)
+            .map(([url, method, kind]): { route: Route; r: FuzzRequest } => ({
+              route: { method, template: url, role: undefined, pathParams: [], queryParams: [], bodyFields: undefined },
+              r: {
+                url,
+                headers: authorization(kind),
+                credential: kind,
+                what: `${method} ${url.slice(0, 80)} as ${kind}`,
+              },
             })),
         },
       ),
@@ -314,8 +362,15 @@ test(`fuzz every route (${RUNS} runs, seed ${SEED}): never a 5xx, nothing writte
         });
         const status = response.statusCode;
         responses.set(status, (responses.get(status) ?? 0) + 1);
+        // The app's own check turns an answer the document does not declare into a 500 that says so.
         assert.ok(status < 500, `${r.what} -> ${status} ${response.body.slice(0, 300)}`);
-        assert.ok(![401, 403, 429].includes(status), `${r.what} -> ${status}: the admin token must pass`);
+        if (r.credential === 'admin') {
+          assert.ok(![401, 403, 429].includes(status), `${r.what} -> ${status}: the admin token must pass`);
+        } else if (route.role && r.credential !== 'viewer') {
+          assert.equal(status, 401, `${r.what}: no valid credentials`);
+        } else if (route.role && RANK[route.role] > RANK.viewer) {
+          assert.equal(status, 403, `${r.what}: below ${route.role}`);
+        }
         if (MUTATING.has(route.method)) {
           assert.ok(status >= 400, `${r.what} is invalid but got ${status} ${response.body.slice(0, 300)}`);
         }
@@ -328,10 +383,19 @@ test(`fuzz every route (${RUNS} runs, seed ${SEED}): never a 5xx, nothing writte
     { seed: SEED, numRuns: RUNS, endOnFailure: true },
   );
   assert.deepEqual(await tableHashes(), before, 'no table changed');
+  const audited = await db.pool.query<{ actor: string; outcome: string; status: number }>(
+    "SELECT DISTINCT actor, outcome, (details->>'status')::int AS status FROM audit_log WHERE id > $1",
+    [lastAuditId],
+  );
+  assert.deepEqual(
+    audited.rows,
+    audited.rows.length > 0 ? [{ actor: 'token:fuzz-viewer', outcome: 'rejected', status: 403 }] : [],
+    'the only audit rows are refusals of the viewer (a 403 is audited: a known actor was refused)',
+  );
   assert.equal(await workflowStarts(), startsBefore, 'no workflow was started');
   assert.ok((responses.get(400) ?? 0) > RUNS / 4, `mostly validation failures: ${JSON.stringify([...responses])}`);
   assert.ok(
-    responses.has(413) && responses.has(415),
-    `size and media type limits hit: ${JSON.stringify([...responses])}`,
+    [401, 403, 413, 415].every((s) => responses.has(s)),
+    `credentials, size and media type limits hit: ${JSON.stringify([...responses])}`,
   );
 });

@@ -90,6 +90,7 @@ describe('the API refuses injection in every name, id and path parameter', () =>
       pool: db.pool,
       metrics,
       logger: pino({ level: 'silent' }),
+      checkResponses: true,
     });
     token = await mintToken(db.pool, { roles: ['admin'], name: 'injector' });
   });

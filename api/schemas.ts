@@ -1,5 +1,7 @@
 /** Shared zod schemas: one schema gives validation, the TypeScript type and the OpenAPI document. */
+import type { Workflow } from '@temporalio/common';
 import { z } from 'zod';
+import type * as workflows from '../workflows';
 
 export const workflowIdSchema = z
   .string()
@@ -13,12 +15,17 @@ export const requestIdSchema = z
   .max(64)
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits and . _ - (at most 64)');
 
-export const errorBodySchema = z.object({
-  error: z.string(),
-  message: z.string(),
-  requestId: z.string(),
-  issues: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
-});
+/** The OpenAPI component every error answer refers to, so generated clients have one error type. */
+export const ERROR_BODY_ID = 'ErrorBody';
+
+export const errorBodySchema = z
+  .object({
+    error: z.string(),
+    message: z.string(),
+    requestId: z.string(),
+    issues: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+  })
+  .meta({ id: ERROR_BODY_ID });
 
 export const WORKFLOW_STATUSES = [
   'RUNNING',
@@ -30,6 +37,14 @@ export const WORKFLOW_STATUSES = [
   'TIMED_OUT',
 ] as const;
 
+type Exported = typeof workflows;
+/** The workflow functions the control worker registers, by name (the queries it also exports are left out). */
+export type WorkflowFunctions = {
+  [K in keyof Exported as Exported[K] extends Workflow ? K : never]: Exported[K];
+};
+export type WorkflowName = keyof WorkflowFunctions;
+
+/** The workflow types GET /v1/workflows filters by; the type check keeps it to the workflows there are. */
 export const WORKFLOW_TYPES = [
   'initializeCluster',
   'vmCreate',
@@ -40,7 +55,7 @@ export const WORKFLOW_TYPES = [
   'fleetMonitor',
   'registerImage',
   'replicateImage',
-] as const;
+] as const satisfies readonly WorkflowName[];
 
 export const workflowStartedSchema = z.object({
   workflowId: z.string(),

@@ -8,13 +8,19 @@ import { createMetrics } from '../observability/metrics';
 import { createPool } from '../store/pool';
 import { connectWithRetry, temporalTarget } from '../workers/temporal-clients';
 import { buildApp } from './app';
+import { workflowIdSchema } from './schemas';
 
 export interface ApiServerHandle {
   url: string;
   close(): Promise<void>;
 }
 
-export async function startApiServer(input: { config: NovacronConfig; logger: Logger }): Promise<ApiServerHandle> {
+export async function startApiServer(input: {
+  config: NovacronConfig;
+  logger: Logger;
+  /** The cluster boot readiness follows: the one the stack starts for this node (NOVACRON_BOOT_WORKFLOW_ID). */
+  bootWorkflowId?: string;
+}): Promise<ApiServerHandle> {
   const { config, logger } = input;
   if (!config.storage.databaseUrl) {
     throw new ConfigError('invalid config: storage.databaseUrl: the API needs DATABASE_URL (npm start sets it)');
@@ -39,6 +45,7 @@ export async function startApiServer(input: { config: NovacronConfig; logger: Lo
     pool,
     metrics,
     logger,
+    ...(input.bootWorkflowId ? { bootWorkflowId: input.bootWorkflowId } : {}),
     onClose: async () => {
       await connection.close();
       await pool.end();
@@ -56,8 +63,13 @@ async function main(): Promise<void> {
     process.stderr.write(`novacron api: ${(err as Error).message}\n`);
     process.exit(2);
   }
+  const boot = workflowIdSchema.optional().safeParse(process.env.NOVACRON_BOOT_WORKFLOW_ID || undefined);
+  if (!boot.success) {
+    process.stderr.write(`novacron api: NOVACRON_BOOT_WORKFLOW_ID: ${boot.error.issues[0]?.message}\n`);
+    process.exit(2);
+  }
   const logger = createLogger({ service: 'api', config });
-  const server = await startApiServer({ config, logger });
+  const server = await startApiServer({ config, logger, ...(boot.data ? { bootWorkflowId: boot.data } : {}) });
   const stop = () => {
     server.close().then(
       () => process.exit(0),

@@ -83,6 +83,7 @@ test('the API serves HTTPS with a certificate from `novacron certs`; untrusted c
     pool: db.pool,
     metrics: createMetrics({ service: 'tls-test' }),
     logger: pino({ level: 'silent' }),
+    checkResponses: true,
   });
   try {
     const address = await built.app.listen({ host: '127.0.0.1', port: 0 });
@@ -139,6 +140,7 @@ test('no secret appears in the log: bearer tokens, new token secrets and secret-
     pool: db.pool,
     metrics: createMetrics({ service: 'redaction-test' }),
     logger,
+    checkResponses: true,
   });
   const admin = await mintToken(db.pool, { roles: ['admin'], name: 'redaction-admin' });
   let newToken: string | undefined;

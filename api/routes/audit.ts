@@ -1,15 +1,10 @@
 /** The audit trail: who did what, when, under which request and workflow, and how it ended. Admin only. */
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import type { Pool } from 'pg';
 import { z } from 'zod';
 import { AUDIT_OUTCOMES, listAudit } from '../../store/audit-log';
 import { requestIdSchema, workflowIdSchema } from '../schemas';
 
-export interface AuditRoutesOptions {
-  pool: Pool;
-}
-
-const auditRowSchema = z.object({
+export const auditRowSchema = z.object({
   id: z.number(),
   at: z.string(),
   actor: z.string(),
@@ -21,7 +16,10 @@ const auditRowSchema = z.object({
   details: z.record(z.string(), z.unknown()).optional(),
 });
 
-export const auditRoutes: FastifyPluginAsyncZod<AuditRoutesOptions> = async (app, { pool }) => {
+export const auditListSchema = z.object({ entries: z.array(auditRowSchema) });
+
+export const auditRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { pool } = app;
   app.get(
     '/v1/audit',
     {
@@ -40,7 +38,7 @@ export const auditRoutes: FastifyPluginAsyncZod<AuditRoutesOptions> = async (app
           before: z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
           limit: z.coerce.number().int().min(1).max(1000).default(100),
         }),
-        response: { 200: z.object({ entries: z.array(auditRowSchema) }) },
+        response: { 200: auditListSchema },
       },
     },
     async (request) => {

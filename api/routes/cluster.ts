@@ -1,32 +1,29 @@
 /** Cluster initialization: start (idempotent by request id) and the latest recorded boot. */
-import { WorkflowExecutionAlreadyStartedError, type Client } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { randomUUID } from 'node:crypto';
-import type { Pool } from 'pg';
 import { z } from 'zod';
-import type { NovacronConfig } from '../../config/schema';
-import type { NovacronMetrics } from '../../observability/metrics';
 import { latestClusterBoot } from '../../store/cluster-boots';
 import { ComponentGraphError, planBoot } from '../../domain/component-graph';
 import { CLUSTER_COMPONENTS } from '../../workflows/cluster-components';
 import { clusterInitInput } from '../../domain/cluster-init';
 import { ApiError, NotFoundError } from '../errors';
 import { errorBodySchema, requestIdSchema, workflowStartedSchema } from '../schemas';
+import { startOrFindWorkflow } from './start-workflow';
 
 const componentNames = CLUSTER_COMPONENTS.map((c) => c.name) as [string, ...string[]];
 
-export interface ClusterRoutesOptions {
-  config: NovacronConfig;
-  temporal: Client;
-  pool: Pool;
-  metrics: NovacronMetrics;
-}
+export const clusterBootSchema = z.object({
+  workflowId: z.string(),
+  nodeId: z.string(),
+  status: z.string(),
+  startedAt: z.string(),
+  completedAt: z.string().optional(),
+  report: z.unknown(),
+});
 
-export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async (
-  app,
-  { config, temporal, pool, metrics },
-) => {
+export const clusterRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { config, pool } = app;
   app.post(
     '/v1/cluster/init',
     {
@@ -39,7 +36,7 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
           requestId: requestIdSchema.optional(),
           disabledComponents: z.array(z.enum(componentNames)).max(componentNames.length).optional(),
         }),
-        response: { 200: workflowStartedSchema, 202: workflowStartedSchema, 400: errorBodySchema },
+        response: { 200: workflowStartedSchema, 202: workflowStartedSchema },
       },
       // A POST without a body means "all defaults"; Fastify hands validation null for it.
       preValidation: async (request) => {
@@ -58,21 +55,15 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
       const requestId = request.body.requestId ?? request.headers['idempotency-key'] ?? randomUUID();
       const workflowId = `cluster-init-${requestId}`;
       request.auditWorkflowId = workflowId;
-      try {
-        const handle = await temporal.workflow.start('initializeCluster', {
-          workflowId,
-          taskQueue: config.temporal.taskQueue,
-          args: [input],
-          // A finished init with this id must not run again: the request id is an idempotency key.
-          workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
-        });
-        metrics.workflowStarts.inc({ workflow_type: 'initializeCluster' });
-        return reply.status(202).send({ workflowId, runId: handle.firstExecutionRunId, existing: false });
-      } catch (err) {
-        if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
-        const existing = await temporal.workflow.getHandle(workflowId).describe();
-        return reply.status(200).send({ workflowId, runId: existing.runId, existing: true });
-      }
+      const { status, ...started } = await startOrFindWorkflow(app, {
+        type: 'initializeCluster',
+        workflowId,
+        args: [input],
+        // A finished init with this id must not run again: the request id is an idempotency key, and finds it.
+        reusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        whenEnded: 'find',
+      });
+      return reply.status(status).send(started);
     },
   );
 
@@ -83,17 +74,7 @@ export const clusterRoutes: FastifyPluginAsyncZod<ClusterRoutesOptions> = async 
       schema: {
         summary: 'The most recent recorded cluster boot report',
         tags: ['cluster'],
-        response: {
-          200: z.object({
-            workflowId: z.string(),
-            nodeId: z.string(),
-            status: z.string(),
-            startedAt: z.string(),
-            completedAt: z.string().optional(),
-            report: z.unknown(),
-          }),
-          404: errorBodySchema,
-        },
+        response: { 200: clusterBootSchema, 404: errorBodySchema },
       },
     },
     async () => {

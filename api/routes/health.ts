@@ -1,21 +1,29 @@
-/** Liveness, readiness and metrics: unauthenticated, cheap, and safe to poll. */
-import type { Client } from '@temporalio/client';
+/**
+ * Liveness, readiness and metrics: unauthenticated, cheap, and safe to poll.
+ *
+ * Readiness follows what this process needs to serve: PostgreSQL and Temporal reachable, and its first boot done.
+ * That boot is the one named at start (`bootWorkflowId`: the stack passes the init it starts for this node), else
+ * this node's first boot that came up. A later init, such as one an admin starts with POST /v1/cluster/init, neither
+ * holds readiness while it runs nor drops it if it fails: behind a load balancer, every replica would otherwise
+ * leave service at once, the one the admin needs to follow the init included.
+ */
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import type { NovacronMetrics } from '../../observability/metrics';
-import { latestClusterBoot } from '../../store/cluster-boots';
+import type { BootRecordStatus } from '../../store/cluster-boots';
 
 export interface HealthRoutesOptions {
-  temporal: Client;
-  pool: Pool;
-  metrics: NovacronMetrics;
+  bootWorkflowId?: string | undefined;
 }
 
-const readySchema = z.object({
-  ready: z.boolean(),
-  checks: z.object({ postgres: z.string(), temporal: z.string(), clusterInit: z.string() }),
-});
+const readySchema = z
+  .object({
+    ready: z.boolean(),
+    checks: z.object({ postgres: z.string(), temporal: z.string(), clusterInit: z.string() }),
+  })
+  .describe('Not ready: `checks` says which dependency or boot is not there yet');
+
+const BOOTED: ReadonlySet<BootRecordStatus> = new Set(['ready', 'degraded']);
 
 async function settle(check: () => Promise<string>): Promise<string> {
   try {
@@ -25,7 +33,28 @@ async function settle(check: () => Promise<string>): Promise<string> {
   }
 }
 
-export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (app, { temporal, pool, metrics }) => {
+/** The state of the boot readiness follows: `ready` or `degraded` once it came up. */
+async function firstBootState(pool: Pool, input: { nodeId: string; bootWorkflowId?: string }): Promise<string> {
+  // With no boot named, a boot that came up wins over later ones; without one, the newest tells what is going on.
+  const { rows } = await pool.query<{ workflow_id: string; status: BootRecordStatus }>(
+    `SELECT workflow_id, status FROM cluster_boots
+      WHERE CASE WHEN $2::text IS NULL THEN node_id = $1 ELSE workflow_id = $2 END
+      ORDER BY status IN ('ready', 'degraded') DESC, started_at DESC LIMIT 1`,
+    [input.nodeId, input.bootWorkflowId ?? null],
+  );
+  const boot = rows[0];
+  if (!boot) {
+    return input.bootWorkflowId
+      ? `pending: ${input.bootWorkflowId} has not started`
+      : `pending: no cluster init has run on node ${input.nodeId}`;
+  }
+  if (BOOTED.has(boot.status)) return boot.status;
+  return boot.status === 'running' ? `pending: ${boot.workflow_id} is running` : `failed: ${boot.workflow_id}`;
+}
+
+export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (app, { bootWorkflowId }) => {
+  const { pool, temporal, metrics, config } = app;
+
   app.get(
     '/health',
     {
@@ -44,9 +73,9 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
     {
       config: { public: true },
       schema: {
-        summary: 'Readiness: PostgreSQL and Temporal reachable, and a cluster init has completed',
+        summary: "Readiness: PostgreSQL and Temporal reachable, and this process's first cluster boot came up",
         tags: ['health'],
-        response: { 200: readySchema, 503: readySchema },
+        response: { 200: readySchema.describe('Ready'), 503: readySchema },
       },
     },
     async (_request, reply) => {
@@ -59,23 +88,32 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
           await temporal.workflowService.getSystemInfo({});
           return 'ok';
         }),
-        settle(async () => {
-          const boot = await latestClusterBoot(pool);
-          if (!boot) return 'pending: no cluster init has run';
-          if (boot.status === 'running') return `pending: ${boot.workflowId} is running`;
-          return boot.status === 'failed' ? `failed: ${boot.workflowId}` : boot.status;
-        }),
+        settle(() =>
+          firstBootState(pool, { nodeId: config.system.nodeId, ...(bootWorkflowId ? { bootWorkflowId } : {}) }),
+        ),
       ]);
-      const ready =
-        postgres === 'ok' && temporalState === 'ok' && (clusterInit === 'ready' || clusterInit === 'degraded');
+      const ready = postgres === 'ok' && temporalState === 'ok' && BOOTED.has(clusterInit as BootRecordStatus);
       return reply
         .status(ready ? 200 : 503)
         .send({ ready, checks: { postgres, temporal: temporalState, clusterInit } });
     },
   );
 
-  app.get('/metrics', { config: { public: true }, schema: { hide: true } }, async (_request, reply) => {
-    const text = await metrics.registry.metrics();
-    return reply.type(metrics.registry.contentType).send(text);
-  });
+  app.get(
+    '/metrics',
+    {
+      config: { public: true },
+      schema: {
+        summary: 'Prometheus metrics of this process',
+        tags: ['health'],
+        response: {
+          200: { description: 'The Prometheus text format', content: { 'text/plain': { schema: z.string() } } },
+        },
+      },
+    },
+    async (_request, reply) => {
+      const text = await metrics.registry.metrics();
+      return reply.type(metrics.registry.contentType).send(text);
+    },
+  );
 };

@@ -1,23 +1,16 @@
 /** Hosts (registered by their agents), maintenance, and the drift found between libvirt and the store. */
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import type { Pool } from 'pg';
 import { Gauge } from 'prom-client';
 import { z } from 'zod';
-import type { NovacronMetrics } from '../../observability/metrics';
 import { DRIFT_KINDS, listDrift, openDriftCounts } from '../../store/drift';
 import { getHost, HOST_STATES, listHosts, setHostMaintenance } from '../../store/hosts';
 import { NotFoundError } from '../errors';
 import { errorBodySchema } from '../schemas';
 
-export interface HostRoutesOptions {
-  pool: Pool;
-  metrics: NovacronMetrics;
-}
-
 const HOST_ID = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export const hostIdSchema = z.string().regex(HOST_ID, 'must be a host id (lowercase letters, digits and dashes)');
 
-const hostSchema = z.object({
+export const hostSchema = z.object({
   id: z.string(),
   address: z.string(),
   libvirtUri: z.string(),
@@ -39,7 +32,7 @@ const hostSchema = z.object({
   allocated: z.object({ vms: z.number(), vcpus: z.number(), memoryMib: z.number(), diskMib: z.number() }),
 });
 
-const driftSchema = z.object({
+export const driftSchema = z.object({
   id: z.number(),
   hostId: z.string(),
   vmId: z.string().optional(),
@@ -54,7 +47,10 @@ const driftSchema = z.object({
   repairWorkflowId: z.string().optional(),
 });
 
-export const hostRoutes: FastifyPluginAsyncZod<HostRoutesOptions> = async (app, { pool, metrics }) => {
+export const hostListSchema = z.object({ hosts: z.array(hostSchema) });
+
+export const hostRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { pool, metrics } = app;
   // Read from the store at scrape time, so every API replica reports the same numbers.
   new Gauge({
     name: 'novacron_drift_open',
@@ -84,7 +80,7 @@ export const hostRoutes: FastifyPluginAsyncZod<HostRoutesOptions> = async (app, 
       schema: {
         summary: 'Registered hosts with their lease, last inventory report and allocated capacity',
         tags: ['hosts'],
-        response: { 200: z.object({ hosts: z.array(hostSchema) }) },
+        response: { 200: hostListSchema },
       },
     },
     async () => ({ hosts: await listHosts(pool) }),
@@ -117,7 +113,7 @@ export const hostRoutes: FastifyPluginAsyncZod<HostRoutesOptions> = async (app, 
         tags: ['hosts'],
         params: z.strictObject({ id: hostIdSchema }),
         body: z.strictObject({ enabled: z.boolean() }),
-        response: { 200: hostSchema, 400: errorBodySchema, 404: errorBodySchema },
+        response: { 200: hostSchema, 404: errorBodySchema },
       },
     },
     async (request) => {

@@ -4,33 +4,23 @@
  * are workflows; the route answers what it can at once (400, 404, 409), writes nothing itself, and returns 202
  * with the workflow id, which GET /v1/workflows/:id follows (progress and transfer bytes included).
  */
-import type { Client } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import { SAFE_ID_PATTERN, type NovacronConfig } from '../../config/schema';
-import type { NovacronMetrics } from '../../observability/metrics';
+import { SAFE_ID_PATTERN } from '../../config/schema';
 import { getHost, type HostRecord } from '../../store/hosts';
 import { getImage, listImages } from '../../store/images';
 import { IMAGE_FORMATS, REPLICA_STATES } from '../../domain/image';
 import { LINK_MODES, listLinkProbes } from '../../store/link-probes';
-import type { RegisterImageInput, ReplicateImageInput } from '../../workflows/image-workflows';
 import { ConflictError, NotFoundError } from '../errors';
-import { errorBodySchema } from '../schemas';
+import { errorBodySchema, type WorkflowFunctions } from '../schemas';
 import { hostIdSchema } from './hosts';
 import { startOrFindWorkflow, workflowStartResponses } from './start-workflow';
 
-export interface ImageRoutesOptions {
-  config: NovacronConfig;
-  temporal: Client;
-  pool: Pool;
-  metrics: NovacronMetrics;
-}
-
 const imageIdSchema = z.string().regex(SAFE_ID_PATTERN, 'must be an image id (lowercase letters, digits and dashes)');
 
-const imageSchema = z.object({
+export const imageSchema = z.object({
   id: z.string(),
   format: z.enum(IMAGE_FORMATS),
   sizeBytes: z.number(),
@@ -49,14 +39,14 @@ const imageSchema = z.object({
   ),
 });
 
-const startedSchema = z.object({
+export const imageStartedSchema = z.object({
   workflowId: z.string(),
   runId: z.string(),
   imageId: z.string(),
   existing: z.boolean(),
 });
 
-const linkProbeSchema = z.object({
+export const linkProbeSchema = z.object({
   id: z.number(),
   sourceHostId: z.string(),
   targetHostId: z.string(),
@@ -69,6 +59,9 @@ const linkProbeSchema = z.object({
   workflowId: z.string().optional(),
 });
 
+export const imageListSchema = z.object({ images: z.array(imageSchema) });
+export const linkProbeListSchema = z.object({ probes: z.array(linkProbeSchema) });
+
 /** A host that can take part in a DWCP transfer right now; `field` names the request field on refusal. */
 async function transferHost(pool: Pool, hostId: string, field: string): Promise<HostRecord> {
   const host = await getHost(pool, hostId);
@@ -78,26 +71,19 @@ async function transferHost(pool: Pool, hostId: string, field: string): Promise<
   return host;
 }
 
-export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
-  app,
-  { config, temporal, pool, metrics },
-) => {
-  const startWorkflow = async (input: {
-    type: 'registerImage' | 'replicateImage';
+export const imageRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { pool } = app;
+  const startWorkflow = async <N extends 'registerImage' | 'replicateImage'>(input: {
+    type: N;
     workflowId: string;
-    args: [RegisterImageInput] | [ReplicateImageInput];
+    args: Parameters<WorkflowFunctions[N]>;
     imageId: string;
     reusePolicy: WorkflowIdReusePolicy;
-  }): Promise<{ status: 200 | 202; body: z.infer<typeof startedSchema> }> => {
+  }): Promise<{ status: 200 | 202; body: z.infer<typeof imageStartedSchema> }> => {
+    const { imageId, ...start } = input;
     // A running workflow with this id is the same request again; one that ended may not be started again.
-    const { status, ...started } = await startOrFindWorkflow({
-      ...input,
-      temporal,
-      metrics,
-      taskQueue: config.temporal.taskQueue,
-      whenEnded: 'conflict',
-    });
-    return { status, body: { ...started, imageId: input.imageId } };
+    const { status, ...started } = await startOrFindWorkflow(app, { ...start, whenEnded: 'conflict' });
+    return { status, body: { ...started, imageId } };
   };
 
   app.post(
@@ -113,7 +99,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
           format: z.enum(IMAGE_FORMATS).default('raw'),
           description: z.string().max(500).default(''),
         }),
-        response: workflowStartResponses(startedSchema),
+        response: workflowStartResponses(imageStartedSchema),
       },
     },
     async (request, reply) => {
@@ -144,7 +130,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
       schema: {
         summary: 'Images and the state of their copy on each host',
         tags: ['images'],
-        response: { 200: z.object({ images: z.array(imageSchema) }) },
+        response: { 200: imageListSchema },
       },
     },
     async () => ({ images: await listImages(pool) }),
@@ -158,7 +144,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
         summary: 'One image: size, sha256 and its copies',
         tags: ['images'],
         params: z.strictObject({ id: imageIdSchema }),
-        response: { 200: imageSchema, 400: errorBodySchema, 404: errorBodySchema },
+        response: { 200: imageSchema, 404: errorBodySchema },
       },
     },
     async (request) => {
@@ -177,7 +163,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
         tags: ['images'],
         params: z.strictObject({ id: imageIdSchema }),
         body: z.strictObject({ hostId: hostIdSchema, sourceHostId: hostIdSchema.optional() }),
-        response: workflowStartResponses(startedSchema),
+        response: workflowStartResponses(imageStartedSchema),
       },
     },
     async (request, reply) => {
@@ -222,7 +208,7 @@ export const imageRoutes: FastifyPluginAsyncZod<ImageRoutesOptions> = async (
           targetHostId: hostIdSchema.optional(),
           limit: z.coerce.number().int().min(1).max(1000).default(100),
         }),
-        response: { 200: z.object({ probes: z.array(linkProbeSchema) }) },
+        response: { 200: linkProbeListSchema },
       },
     },
     async (request) => {

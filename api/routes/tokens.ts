@@ -1,14 +1,9 @@
 /** API tokens: create (the secret is shown once, in this response), list and revoke. Admin only. */
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import type { Pool } from 'pg';
 import { z } from 'zod';
 import { API_ROLES, TOKEN_NAME_PATTERN, createApiToken, listApiTokens, revokeApiToken } from '../../store/api-tokens';
 import { NotFoundError } from '../errors';
 import { errorBodySchema } from '../schemas';
-
-export interface TokenRoutesOptions {
-  pool: Pool;
-}
 
 const MAX_TOKEN_LIFETIME_SECONDS = 10 * 365 * 24 * 3600;
 
@@ -16,7 +11,7 @@ const tokenNameSchema = z
   .string()
   .regex(TOKEN_NAME_PATTERN, 'must be letters, digits and . _ - (at most 64), starting with a letter or digit');
 
-const tokenSchema = z.object({
+export const tokenSchema = z.object({
   id: z.string(),
   name: z.string(),
   roles: z.array(z.enum(API_ROLES)),
@@ -26,7 +21,12 @@ const tokenSchema = z.object({
   revokedAt: z.string().optional(),
 });
 
-export const tokenRoutes: FastifyPluginAsyncZod<TokenRoutesOptions> = async (app, { pool }) => {
+/** The one answer that carries a token's secret. */
+export const createdTokenSchema = tokenSchema.extend({ token: z.string() });
+export const tokenListSchema = z.object({ tokens: z.array(tokenSchema) });
+
+export const tokenRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { pool } = app;
   app.post(
     '/v1/tokens',
     {
@@ -39,7 +39,7 @@ export const tokenRoutes: FastifyPluginAsyncZod<TokenRoutesOptions> = async (app
           roles: z.array(z.enum(API_ROLES)).min(1).max(API_ROLES.length),
           expiresInSeconds: z.number().int().min(60).max(MAX_TOKEN_LIFETIME_SECONDS).optional(),
         }),
-        response: { 201: tokenSchema.extend({ token: z.string() }), 400: errorBodySchema, 409: errorBodySchema },
+        response: { 201: createdTokenSchema, 409: errorBodySchema },
       },
     },
     async (request, reply) => {
@@ -63,7 +63,7 @@ export const tokenRoutes: FastifyPluginAsyncZod<TokenRoutesOptions> = async (app
         summary: 'List API tokens (never their secrets)',
         tags: ['tokens'],
         querystring: z.strictObject({ includeRevoked: z.enum(['true', 'false']).default('false') }),
-        response: { 200: z.object({ tokens: z.array(tokenSchema) }) },
+        response: { 200: tokenListSchema },
       },
     },
     async (request) => ({

@@ -3,34 +3,22 @@
  * workflow: the route checks what it can answer at once (400, 404, 409) and writes nothing itself, then returns
  * 202 with the workflow id, which GET /v1/workflows/:id follows.
  */
-import type { Client } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { createHash, randomUUID } from 'node:crypto';
-import type { Pool } from 'pg';
 import { z } from 'zod';
-import type { NovacronConfig } from '../../config/schema';
-import type { NovacronMetrics } from '../../observability/metrics';
 import { listEvents } from '../../store/events';
 import { getHost } from '../../store/hosts';
 import { getVm, getVmByName, listVms } from '../../store/vms';
-import type { VmCreateInput } from '../../workflows/vm-create';
 import { VM_STATES, vmSpecSchema, type VmRecord, type VmState } from '../../domain/vm-spec';
 import { ConflictError, NotFoundError } from '../errors';
-import { errorBodySchema, requestIdSchema } from '../schemas';
+import { errorBodySchema, requestIdSchema, type WorkflowFunctions } from '../schemas';
 import { hostIdSchema } from './hosts';
 import { startOrFindWorkflow, workflowStartResponses } from './start-workflow';
 
-export interface VmRoutesOptions {
-  config: NovacronConfig;
-  temporal: Client;
-  pool: Pool;
-  metrics: NovacronMetrics;
-}
-
 const vmIdParams = z.strictObject({ id: z.uuid('must be a VM id (a UUID)') });
 
-const vmSchema = z.object({
+export const vmSchema = z.object({
   id: z.string(),
   name: z.string(),
   hostId: z.string().optional(),
@@ -43,11 +31,27 @@ const vmSchema = z.object({
   updatedAt: z.string(),
 });
 
-const vmStartedSchema = z.object({
+export const vmStartedSchema = z.object({
   workflowId: z.string(),
   runId: z.string(),
   vmId: z.string(),
   existing: z.boolean(),
+});
+
+export const vmListSchema = z.object({ vms: z.array(vmSchema) });
+
+export const eventListSchema = z.object({
+  events: z.array(
+    z.object({
+      id: z.number(),
+      at: z.string(),
+      kind: z.string(),
+      hostId: z.string().optional(),
+      vmId: z.string().optional(),
+      workflowId: z.string().optional(),
+      message: z.string(),
+    }),
+  ),
 });
 
 const idempotencyHeaders = z.object({ 'idempotency-key': requestIdSchema.optional() });
@@ -60,12 +64,9 @@ function vmIdFromRequestId(requestId: string): string {
 }
 
 type Operation = 'start' | 'stop' | 'reboot' | 'delete';
-const WORKFLOW_BY_OPERATION: Record<Operation, string> = {
-  start: 'vmStart',
-  stop: 'vmStop',
-  reboot: 'vmReboot',
-  delete: 'vmDelete',
-};
+type VmWorkflow = 'vmCreate' | 'vmStart' | 'vmStop' | 'vmReboot' | 'vmDelete';
+/** One of the VM workflows with its own input: a start the type checker matches name to arguments for. */
+type VmWorkflowStart = { [N in VmWorkflow]: { type: N; args: Parameters<WorkflowFunctions[N]> } }[VmWorkflow];
 /** States from which each operation makes sense; anything else is a 409 before a workflow starts. */
 const ALLOWED_FROM: Record<Operation, readonly VmState[]> = {
   start: ['stopped', 'failed'],
@@ -74,22 +75,21 @@ const ALLOWED_FROM: Record<Operation, readonly VmState[]> = {
   delete: ['running', 'stopped', 'failed'],
 };
 
-export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { config, temporal, pool, metrics }) => {
-  const startWorkflow = async (input: {
-    type: string;
+export const vmRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { pool } = app;
+  const startWorkflow = async <N extends VmWorkflow>(input: {
+    type: N;
     workflowId: string;
-    args: unknown[];
+    args: Parameters<WorkflowFunctions[N]>;
     vmId: string;
   }): Promise<{ status: 200 | 202; body: z.infer<typeof vmStartedSchema> }> => {
-    const { status, ...started } = await startOrFindWorkflow({
-      ...input,
-      temporal,
-      metrics,
-      taskQueue: config.temporal.taskQueue,
+    const { vmId, ...start } = input;
+    const { status, ...started } = await startOrFindWorkflow(app, {
+      ...start,
       reusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
       whenEnded: 'find',
     });
-    return { status, body: { ...started, vmId: input.vmId } };
+    return { status, body: { ...started, vmId } };
   };
 
   app.post(
@@ -120,8 +120,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
       const workflowId = `vm-create-${vmId}`;
       request.auditWorkflowId = workflowId;
       request.auditTarget = vmId;
-      const input: VmCreateInput = { vmId, spec };
-      const started = await startWorkflow({ type: 'vmCreate', workflowId, args: [input], vmId });
+      const started = await startWorkflow({ type: 'vmCreate', workflowId, args: [{ vmId, spec }], vmId });
       return reply.status(started.status).send(started.body);
     },
   );
@@ -134,7 +133,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
         summary: 'VMs, optionally by host or state',
         tags: ['vms'],
         querystring: z.strictObject({ hostId: hostIdSchema.optional(), state: z.enum(VM_STATES).optional() }),
-        response: { 200: z.object({ vms: z.array(vmSchema) }) },
+        response: { 200: vmListSchema },
       },
     },
     async (request) => {
@@ -151,7 +150,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
         summary: 'One VM: its spec, host, state and the workflow holding it, if any',
         tags: ['vms'],
         params: vmIdParams,
-        response: { 200: vmSchema, 400: errorBodySchema, 404: errorBodySchema },
+        response: { 200: vmSchema, 404: errorBodySchema },
       },
     },
     async (request) => {
@@ -173,7 +172,13 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
     return vm;
   };
 
-  const operationRoute = <B extends z.ZodType>(operation: Exclude<Operation, 'delete'>, body: B, summary: string) =>
+  /** `start` turns the validated body into the operation's workflow start, typed by the workflow's input. */
+  const operationRoute = <B extends z.ZodType>(
+    operation: Exclude<Operation, 'delete'>,
+    body: B,
+    summary: string,
+    start: (vmId: string, options: z.output<B>) => VmWorkflowStart,
+  ) =>
     app.post(
       `/v1/vms/:id/${operation}`,
       {
@@ -196,17 +201,16 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
         const key = request.headers['idempotency-key'] ?? randomUUID().slice(0, 8);
         const workflowId = `vm-${operation}-${vm.id}-${key}`;
         request.auditWorkflowId = workflowId;
-        const started = await startWorkflow({
-          type: WORKFLOW_BY_OPERATION[operation],
-          workflowId,
-          args: [{ vmId: vm.id, ...(request.body as object) }],
-          vmId: vm.id,
-        });
+        // The validator produced the body from `body`; the type provider cannot follow a generic schema that far.
+        const started = await startWorkflow({ ...start(vm.id, request.body as z.output<B>), workflowId, vmId: vm.id });
         return reply.status(started.status).send(started.body);
       },
     );
 
-  operationRoute('start', z.strictObject({}), 'Start a stopped VM on its host');
+  operationRoute('start', z.strictObject({}), 'Start a stopped VM on its host', (vmId) => ({
+    type: 'vmStart',
+    args: [{ vmId }],
+  }));
   operationRoute(
     'stop',
     z.strictObject({
@@ -214,11 +218,13 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
       timeoutMs: z.number().int().min(0).max(600_000).optional(),
     }),
     'Stop a VM: ACPI shutdown, destroyed after timeoutMs (default 30 s), or at once with force',
+    (vmId, options) => ({ type: 'vmStop', args: [{ vmId, ...options }] }),
   );
   operationRoute(
     'reboot',
     z.strictObject({ hard: z.boolean().optional() }),
     'Reboot a running VM (hard: reset, for guests that ignore ACPI)',
+    (vmId, options) => ({ type: 'vmReboot', args: [{ vmId, ...options }] }),
   );
 
   app.delete(
@@ -255,21 +261,7 @@ export const vmRoutes: FastifyPluginAsyncZod<VmRoutesOptions> = async (app, { co
           vmId: z.uuid().optional(),
           limit: z.coerce.number().int().min(1).max(1000).default(100),
         }),
-        response: {
-          200: z.object({
-            events: z.array(
-              z.object({
-                id: z.number(),
-                at: z.string(),
-                kind: z.string(),
-                hostId: z.string().optional(),
-                vmId: z.string().optional(),
-                workflowId: z.string().optional(),
-                message: z.string(),
-              }),
-            ),
-          }),
-        },
+        response: { 200: eventListSchema },
       },
     },
     async (request) => {

@@ -1,13 +1,13 @@
 /** Follow, list and cancel any NovaCron workflow; these are how long operations are watched from the API. */
-import { WorkflowFailedError, type Client, type WorkflowExecutionDescription } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowExecutionDescription } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter, TemporalFailure } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { ConflictError } from '../errors';
-import { errorBodySchema, WORKFLOW_STATUSES, WORKFLOW_TYPES, workflowIdSchema } from '../schemas';
+import { errorBodySchema, WORKFLOW_STATUSES, WORKFLOW_TYPES, workflowIdSchema, type WorkflowName } from '../schemas';
 
 /** The query each workflow type answers with its live progress. */
-const PROGRESS_QUERIES: Partial<Record<string, string>> = {
+const PROGRESS_QUERIES: Record<WorkflowName, string> = {
   initializeCluster: 'bootReport',
   vmCreate: 'vmProgress',
   vmStart: 'vmProgress',
@@ -35,7 +35,7 @@ const pendingActivitySchema = z.object({
   heartbeatDetails: z.unknown().optional(),
 });
 
-const workflowSummarySchema = z.object({
+export const workflowSummarySchema = z.object({
   workflowId: z.string(),
   runId: z.string(),
   type: z.string(),
@@ -45,7 +45,7 @@ const workflowSummarySchema = z.object({
   closeTime: z.string().optional(),
 });
 
-const workflowDetailSchema = workflowSummarySchema.extend({
+export const workflowDetailSchema = workflowSummarySchema.extend({
   historyLength: z.number(),
   result: z.unknown().optional(),
   failure: failureSchema.optional(),
@@ -91,11 +91,16 @@ function heartbeatOf(payloads: Parameters<typeof defaultPayloadConverter.fromPay
   }
 }
 
-export interface WorkflowRoutesOptions {
-  temporal: Client;
-}
+export const workflowListSchema = z.object({ workflows: z.array(workflowSummarySchema) });
 
-export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = async (app, { temporal }) => {
+export const cancelRequestedSchema = z.object({
+  workflowId: z.string(),
+  runId: z.string(),
+  status: z.literal('CANCEL_REQUESTED'),
+});
+
+export const workflowRoutes: FastifyPluginAsyncZod = async (app) => {
+  const { temporal } = app;
   app.get(
     '/v1/workflows/:id',
     {
@@ -130,7 +135,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
           (err: unknown) => failureOf(err),
         );
       }
-      const query = PROGRESS_QUERIES[description.type];
+      const query = (PROGRESS_QUERIES as Partial<Record<string, string>>)[description.type];
       if (query && status === 'RUNNING') {
         detail.progress = await handle.query(query).catch(() => undefined);
       }
@@ -150,7 +155,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
           status: z.enum(WORKFLOW_STATUSES).optional(),
           limit: z.coerce.number().int().min(1).max(1000).default(50),
         }),
-        response: { 200: z.object({ workflows: z.array(workflowSummarySchema) }) },
+        response: { 200: workflowListSchema },
       },
     },
     async (request) => {
@@ -189,7 +194,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<WorkflowRoutesOptions> = asyn
         tags: ['workflows'],
         params: z.strictObject({ id: workflowIdSchema }),
         response: {
-          202: z.object({ workflowId: z.string(), runId: z.string(), status: z.literal('CANCEL_REQUESTED') }),
+          202: cancelRequestedSchema,
           404: errorBodySchema,
           409: errorBodySchema,
         },
