@@ -1,7 +1,7 @@
 /**
  * The image activities in MockActivityEnvironment, over real DWCP receivers on 127.0.0.1 with certificates from a
- * throwaway CA and real qemu-img: heartbeated progress, typed permanent failures, and cancellation that stops the
- * transfer and leaves no partial file.
+ * throwaway CA and real qemu-img: heartbeated progress, typed permanent failures, a cancelled activity that stops
+ * the transfer and leaves no partial file, and a receiver's cancel that keeps its journal for the retries to resume.
  */
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
@@ -15,6 +15,7 @@ import { after, before, test } from 'node:test';
 import { configSchema } from '../config/schema';
 import {
   createCertificateAuthority,
+  DwcpError,
   DwcpReceiver,
   DwcpWorkerPool,
   issueHostCertificate,
@@ -46,12 +47,12 @@ after(async () => {
   await pool.close();
 });
 
-function activities(hostId: string) {
+function activities(hostId: string, hostConfig = config) {
   const host = hosts[hostId]!;
   return createImageActivities({
     hostId,
     imageRoot: host.imageRoot,
-    config,
+    config: hostConfig,
     images: new DiskImages({ imageRoot: host.imageRoot }),
     receiver: host.receiver,
     tls: host.tls,
@@ -193,6 +194,61 @@ test('cancelling receiveImage stops the transfer and leaves no partial file or j
   const leftovers = existsSync(library) ? (await readdir(library)).filter((f) => f.startsWith('never')) : [];
   assert.deepEqual(leftovers, []);
   assert.equal(hosts.dst!.receiver.cancel('9b9b9b9b-1111-4222-8333-444455556666'), false, 'no longer expected');
+});
+
+test('a receiver that cancels keeps its journal: both activities fail retryably, and their retries resume', async () => {
+  const size = 16 * MiB;
+  const image = {
+    imageId: 'resumed',
+    format: 'raw' as const,
+    sha256: await placeImage('src', 'resumed', randomBytes(size)),
+  };
+  const transferId = '3c3c3c3c-1111-4222-8333-444455556666';
+  const transfer = { ...image, transferId, targetHostId: 'dst', endpoint: `127.0.0.1:${hosts.dst!.receiver.port}` };
+  const probe = { rttMs: 0.2, bandwidthMbps: 20_000 };
+  // 80 Mbit/s: the 16 MiB take over a second to send, so the cancel at a quarter lands mid-transfer.
+  const throttled = configSchema.parse({ dwcp: { mode: 'datacenter', transport: { rateLimitMbps: 80 } } });
+  const receiving = new MockActivityEnvironment();
+  receiving.on('heartbeat', (beat: TransferHeartbeat) => {
+    // What an agent's receiver does as it shuts down (close() cancels every transfer), for this one transfer.
+    if (beat.logicalBytes >= size / 4) hosts.dst!.receiver.cancel(transferId);
+  });
+  const [receiveErr, sendErr] = await Promise.all([
+    runIn(receiving, () => activities('dst').receiveImage({ ...image, transferId, sourceHostId: 'src' })).catch(
+      (e: unknown) => e,
+    ),
+    runIn(new MockActivityEnvironment(), () =>
+      activities('src', throttled).transferImage({ ...transfer, probe }),
+    ).catch((e: unknown) => e),
+  ]);
+  assert.equal(failureType(receiveErr), 'DwcpCancelled');
+  assert.equal(failureType(sendErr), 'DwcpCancelled', 'the sender stops, and a retry of it may still succeed');
+  // The CANCELLED the sender read from the wire says the same as the activities: a retry can succeed.
+  const cancelled = DwcpError.fromCode({ code: 'CANCELLED', message: 'cancelled by the receiver' });
+  assert.equal(cancelled.retryable, !(sendErr as ApplicationFailure).nonRetryable, 'DwcpCancelledError.retryable');
+  const library = path.join(hosts.dst!.imageRoot, 'library');
+  assert.deepEqual(
+    (await readdir(library)).filter((f) => f.startsWith('resumed.')).sort(),
+    ['resumed.raw.dwcp-journal', 'resumed.raw.dwcp-partial'],
+    'the partial file and its journal stay for the retry',
+  );
+
+  // The retries, as Temporal would run them: the same transfer id on both sides.
+  const [received, sent] = await Promise.all([
+    runIn(new MockActivityEnvironment(), () =>
+      activities('dst').receiveImage({ ...image, transferId, sourceHostId: 'src' }),
+    ),
+    runIn(new MockActivityEnvironment(), () => activities('src').transferImage({ ...transfer, probe })),
+  ]);
+  assert.equal(
+    createHash('sha256')
+      .update(await readFile(received.path))
+      .digest('hex'),
+    image.sha256,
+  );
+  assert.equal(sent.logicalBytes, size);
+  assert.ok(sent.chunks.resumed > 0, `the retry resumed from the journal: ${JSON.stringify(sent.chunks)}`);
+  assert.ok(sent.wireBytes < size, `only what the first attempt had not delivered crossed again: ${sent.wireBytes}`);
 });
 
 test('endpoints parse as host:port, IPv6 in brackets, and anything else is refused for good', () => {

@@ -19,7 +19,6 @@ import {
   chunkingParams,
   classifyMode,
   dialTls,
-  DwcpCancelledError,
   DwcpError,
   isSidecarPath,
   hashFileInPool,
@@ -128,13 +127,13 @@ function toActivityFailure(err: unknown): never {
   const signal = cancellationSignal();
   if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new CancelledFailure('cancelled');
   if (err instanceof DwcpError) {
-    // A peer that cancelled or closed (an agent shutting down) may be back on the next attempt.
-    const retryable = err.retryable || err instanceof DwcpCancelledError;
+    // A peer that cancelled or closed (an agent shutting down) may be back on the next attempt: DwcpCancelledError
+    // is retryable, like every DWCP error that a later attempt can resume.
     const type = `Dwcp${err.code.charAt(0)}${err.code
       .slice(1)
       .toLowerCase()
       .replace(/_(\w)/g, (_, c: string) => c.toUpperCase())}`;
-    if (retryable) throw ApplicationFailure.retryable(err.message, type);
+    if (err.retryable) throw ApplicationFailure.retryable(err.message, type);
     throw ApplicationFailure.nonRetryable(err.message, type);
   }
   throw err;

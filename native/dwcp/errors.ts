@@ -18,7 +18,10 @@ export type DwcpErrorCode = (typeof DwcpErrorCode)[keyof typeof DwcpErrorCode];
 
 export class DwcpError extends Error {
   readonly code: DwcpErrorCode;
-  /** Whether reconnecting and resuming the same transfer can succeed. */
+  /**
+   * Whether trying the same transfer again can succeed: a reconnect within the send, or a later send of the same
+   * transfer id (a retried activity), which resumes from the receiver's journal.
+   */
   readonly retryable: boolean;
 
   constructor(code: DwcpErrorCode, message: string, options: { retryable: boolean; cause?: unknown }) {
@@ -135,9 +138,17 @@ export class DwcpDiskFullError extends DwcpError {
   }
 }
 
+/**
+ * One end stopped the transfer: its own AbortSignal, or the receiver's cancel() or close(). Retryable, because a
+ * cancel loses nothing: the receiver keeps the partial file and its journal, and an agent that shut down (its
+ * activities are cancelled as its worker stops) registers the same transfer again when it is back, so a retried
+ * send resumes. The send that saw the cancel does not reconnect, though (sender-context.ts): the receiver has
+ * dropped the transfer until it is registered again. Whoever cancelled on purpose knows it and does not retry (a
+ * Temporal activity whose workflow cancelled it reports the cancellation, not this error).
+ */
 export class DwcpCancelledError extends DwcpError {
   constructor(message: string, cause?: unknown) {
-    super(DwcpErrorCode.CANCELLED, message, { retryable: false, cause });
+    super(DwcpErrorCode.CANCELLED, message, { retryable: true, cause });
   }
 }
 

@@ -6,7 +6,7 @@
 import type { ChunkIndex } from './chunk-index';
 import type { FrameSocket } from './connection';
 import type { DwcpWorkerPool } from './worker-pool';
-import { DwcpCancelledError, DwcpError, DwcpProtocolError } from './errors';
+import { DwcpError, DwcpProtocolError } from './errors';
 import { ErrorBodySchema, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
 import type { Hello, NackReason } from './protocol';
 import { emptyChunkStats, progressReporter, type ReceiveResult, type TransferProgress } from './transfer-types';
@@ -155,10 +155,13 @@ export abstract class ReceiveTransfer {
     loop().catch((err: unknown) => this.onChunkError(socket, err));
   }
 
-  /** Connection and protocol trouble only costs this connection (the sender reconnects); disk trouble is final. */
+  /**
+   * Connection and protocol trouble (and a cancel the sender reported) only costs this connection: the sender
+   * reconnects or sends again later. Disk trouble is final.
+   */
   private onChunkError(socket: FrameSocket, err: unknown): void {
     const error = DwcpError.fromNative(err, 'receiving');
-    if (error.retryable || error instanceof DwcpCancelledError) {
+    if (error.retryable) {
       this.retire(socket);
       return;
     }

@@ -141,7 +141,9 @@ export class SenderContext {
       } catch (err) {
         const error = DwcpError.fromNative(err, 'transfer');
         if (this.options.signal?.aborted) throw new DwcpCancelledError('transfer cancelled', error);
-        if (!error.retryable) throw error;
+        // A receiver that cancelled no longer expects the transfer: reconnecting now would only meet UNKNOWN_TRANSFER
+        // until the budget ran out. The next send of it, once it is registered again, resumes from the journal.
+        if (!error.retryable || error instanceof DwcpCancelledError) throw error;
         if (this.acks !== acksBefore) {
           failingSince = undefined;
           delay = initialDelay;
