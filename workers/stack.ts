@@ -8,15 +8,21 @@ import path from 'node:path';
 import { ConfigError, loadConfig } from '../config/load-config';
 import type { NovacronConfig } from '../config/schema';
 import { clusterInitInput } from '../domain/cluster-init';
-import { startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
+import { ensureTemporalBinary, startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
+import { builtTemporalBinary } from '../native/temporal/build';
 import { createLogger } from '../observability/logger';
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/embedded-postgres';
 import { createInitialAdminToken } from '../store/api-tokens';
 import { migrate } from '../store/migrate';
 import { createPool, redactDatabaseUrl } from '../store/pool';
 import { startLocalHostAgents } from './host-agent-local';
+import { systemProbes, stackContext } from './prerequisite-probes';
+import { checkPrerequisites, formatCheck, type Prerequisite } from './prerequisites';
 import { superviseService, type SupervisedService } from './supervisor';
 import { temporalTarget } from './temporal-clients';
+
+/** Without these the stack runs, with no local hosts: a control plane needs no hypervisor on its own machine. */
+const LOCAL_HOST_PREREQUISITES = new Set<Prerequisite>(['hypervisors', 'openssl']);
 
 export interface StackHandle {
   apiUrl: string;
@@ -46,6 +52,8 @@ export async function startStack(input: {
   config: NovacronConfig;
   env?: NodeJS.ProcessEnv;
   print?: (line: string) => void;
+  /** False when the prerequisite checks found this machine cannot run them (they printed why). Default true. */
+  localHypervisors?: boolean;
 }): Promise<StackHandle> {
   const { config } = input;
   const print = input.print ?? ((line: string) => process.stdout.write(`${line}\n`));
@@ -65,20 +73,26 @@ export async function startStack(input: {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(report);
   };
 
-  // Temporal starts while PostgreSQL does, and the worker and API start as soon as PostgreSQL is up: their module
-  // loading overlaps the Temporal server's start, and they wait for it (connectWithRetry).
+  // Temporal starts while PostgreSQL does. With the server already built, the worker and API start as soon as
+  // PostgreSQL is up: their module loading overlaps the server's few seconds of start, and they wait for it
+  // (connectWithRetry). A first start builds the server for minutes, longer than they wait, so they start after.
+  const mustBuildTemporal = !config.temporal.address && builtTemporalBinary() === undefined;
   if (!config.temporal.address) {
+    if (mustBuildTemporal)
+      print('the Temporal server is built first; the control worker and the API start once it is up');
     print(`starting the embedded Temporal server on 127.0.0.1:${config.temporal.embedded.port}`);
-    temporalStarting = startTemporalDevServer({
-      port: config.temporal.embedded.port,
-      uiPort: config.temporal.embedded.uiPort,
-      dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
-      namespaces: [config.temporal.namespace],
-      onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
-    }).then((server) => {
-      cleanups.push(() => server.stop());
-      return server;
-    });
+    temporalStarting = ensureTemporalBinary({ log: print }).then(() =>
+      startTemporalDevServer({
+        port: config.temporal.embedded.port,
+        uiPort: config.temporal.embedded.uiPort,
+        dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
+        namespaces: [config.temporal.namespace],
+        onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
+      }).then((server) => {
+        cleanups.push(() => server.stop());
+        return server;
+      }),
+    );
     // Observed below; this only keeps an early PostgreSQL failure from leaving the rejection unhandled.
     temporalStarting.catch(() => undefined);
   }
@@ -127,27 +141,30 @@ export async function startStack(input: {
       stopServices.push(...services.map((service) => () => service.stop()));
       return services;
     };
-    if (announcedAddress) launchServices(announcedAddress);
+    const launchEarly = announcedAddress !== undefined && !mustBuildTemporal;
+    if (launchEarly) launchServices(announcedAddress);
 
     const embedded = await temporalStarting;
     const temporalAddress = embedded?.address ?? announcedAddress!;
     const webUiUrl = embedded?.uiUrl;
     const readyClock = Date.now();
-    if (!announcedAddress) launchServices(temporalAddress);
+    if (!launchEarly) launchServices(temporalAddress);
     // Local hypervisors are not part of readiness: a libvirtd's first start probes QEMU for tens of seconds, so
     // hosts join in the background and register themselves when their agents are up.
-    localHostsStarting = startLocalHostAgents({
-      config,
-      env: { ...(input.env ?? process.env), DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress },
-      logger,
-      print,
-    }).then((localHosts) => {
-      stopServices.push(() => localHosts.stop());
-      if (localHosts.hostIds.length > 0)
-        print(`local hypervisors up: ${localHosts.hostIds.join(', ')} (see /v1/hosts)`);
-      return localHosts;
-    });
-    localHostsStarting.catch(() => undefined);
+    if (input.localHypervisors !== false) {
+      localHostsStarting = startLocalHostAgents({
+        config,
+        env: { ...(input.env ?? process.env), DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress },
+        logger,
+        print,
+      }).then((localHosts) => {
+        stopServices.push(() => localHosts.stop());
+        if (localHosts.hostIds.length > 0)
+          print(`local hypervisors up: ${localHosts.hostIds.join(', ')} (see /v1/hosts)`);
+        return localHosts;
+      });
+      localHostsStarting.catch(() => undefined);
+    }
 
     const effective: NovacronConfig = { ...config, temporal: { ...config.temporal, address: temporalAddress } };
     const target = temporalTarget(effective);
@@ -202,7 +219,22 @@ export async function runStackFromCli(configFile?: string): Promise<void> {
     }
     throw err;
   }
-  const stack = await startStack({ config });
+  // Checked before anything starts: a missing program is one line with its fix, not minutes of failing services.
+  const results = await checkPrerequisites(systemProbes(), stackContext(config));
+  const failed = results.filter((result) => !result.ok);
+  for (const result of failed) process.stderr.write(`${formatCheck(result)}\n`);
+  const hard = failed.filter((result) => !LOCAL_HOST_PREREQUISITES.has(result.prerequisite));
+  if (hard.length > 0) {
+    process.stderr.write('novacron: not started; fix the lines above (`novacron doctor` checks them again)\n');
+    process.exit(1);
+  }
+  const localHypervisors = failed.length === 0;
+  if (!localHypervisors)
+    process.stderr.write(
+      'novacron: starting without local hypervisors; fix the lines above for two local hosts, ' +
+        'or add hosts: see README "Adding a hypervisor host"\n',
+    );
+  const stack = await startStack({ config, localHypervisors });
   let stopping = false;
   await new Promise<void>((resolve) => {
     const shutdown = () => {
