@@ -118,7 +118,8 @@ test('stop heartbeats while the guest ignores ACPI, then destroys it; a stopped 
   const env = new MockActivityEnvironment();
   let beats = 0;
   env.on('heartbeat', () => beats++);
-  const result = await env.run(() => acts.stopVmDomain({ vmId: VM_ID, name: 'web', timeoutMs: 600 }));
+  // 2.5 s of waiting is ten 250 ms polls: even a machine ten times slower than usual heartbeats twice.
+  const result = await env.run(() => acts.stopVmDomain({ vmId: VM_ID, name: 'web', timeoutMs: 2_500 }));
   assert.deepEqual(result, { outcome: 'destroyed' });
   assert.ok(beats >= 2, `heartbeats while waiting: ${beats}`);
   assert.deepEqual(calls, ['shutdown web', 'destroy web']);
