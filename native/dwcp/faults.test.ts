@@ -9,7 +9,9 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
+import { waitUntil } from '../../test/support/wait';
 import { chunkingParams } from './chunking';
+import { dialTls, type Dialer } from './connection';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpDiskFullError } from './errors';
 import { createTestPki, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
@@ -98,7 +100,6 @@ test('a receiver killed mid-transfer is restarted and the transfer resumes where
   const transferId = randomUUID();
 
   const first = await startReceiverProcess({ port: 0, transferId, targetPath: target });
-  let killedAt = 0;
   /** Chunks the journal on disk recorded when the receiver was killed: the ones a resume must not resend. */
   let journaledAtKill = 0;
   let restarted: Promise<{ done: Promise<string> }> | undefined;
@@ -116,19 +117,17 @@ test('a receiver killed mid-transfer is restarted and the transfer resumes where
     reconnect: { timeoutMs: 30_000, initialDelayMs: 100, maxDelayMs: 500 },
     onProgress: (p) => {
       // Kill once the journal (fsync'd batches, which lag the ACKs by however slow the disk is) holds a fair share.
-      if (killedAt !== 0 || p.logicalBytes < size * 0.3) return;
+      if (restarted !== undefined || p.logicalBytes < size * 0.3) return;
       journaledAtKill = journaledChunks(`${target}.dwcp-journal`);
       if (journaledAtKill * chunking.avgBytes > size * 0.2) {
-        killedAt = p.logicalBytes;
+        // The new receiver binds the same port, so it starts once the killed one is gone, not after a guessed delay.
+        const gone = new Promise((resolve) => first.child.once('exit', resolve));
         first.child.kill('SIGKILL');
-        restarted = new Promise((resolve) => setTimeout(resolve, 300)).then(() =>
-          startReceiverProcess({ port: first.port, transferId, targetPath: target }),
-        );
+        restarted = gone.then(() => startReceiverProcess({ port: first.port, transferId, targetPath: target }));
       }
     },
   });
-  assert.ok(killedAt > 0, 'the receiver was killed during the transfer');
-  assert.ok(restarted !== undefined);
+  assert.ok(restarted !== undefined, 'the receiver was killed during the transfer');
   const second = await restarted;
   assert.equal(await second.done, expected);
   assert.equal(await sha256File({ path: target }), expected);
@@ -256,8 +255,7 @@ test('a sender whose certificate comes from another CA is refused', async () => 
       }),
       DwcpAuthError,
     );
-    for (let i = 0; i < 50 && authFailures.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
-    assert.ok(authFailures.length >= 1, 'the receiver saw the failed handshake');
+    await waitUntil('the receiver to report the failed handshake', () => authFailures.length >= 1);
     // The transfer is still waiting for the legitimate sender.
     const sent = await sendFile({
       host: '127.0.0.1',
@@ -358,7 +356,11 @@ test('a receiver on a full file system reports DISK_FULL and the sender stops', 
         targetPath: path.join(mountPoint, 'b.img'),
         checkFreeSpace: false,
       });
-      const started = Date.now();
+      let dials = 0;
+      const countingDial: Dialer = (options) => {
+        dials++;
+        return dialTls(options);
+      };
       await assert.rejects(
         sendFile({
           host: '127.0.0.1',
@@ -368,11 +370,16 @@ test('a receiver on a full file system reports DISK_FULL and the sender stops', 
           transferId,
           sourcePath: source,
           chunking,
+          streams: 2,
+          dial: countingDial,
+          // A sender that wrongly retried would give up soon (and fail the type check) instead of after a minute.
+          reconnect: { timeoutMs: 5_000 },
         }),
         (err: unknown) => err instanceof DwcpDiskFullError && /ENOSPC/.test(err.message),
       );
       await assert.rejects(received, DwcpDiskFullError);
-      assert.ok(Date.now() - started < 10_000, 'the sender stopped instead of retrying');
+      // Counted, not timed: one attempt opens one connection per stream, and a reconnect would open more.
+      assert.ok(dials >= 1 && dials <= 2, `${dials} connections: the sender reconnected after DISK_FULL`);
       // The journal survives, so the transfer can resume once space is freed.
       await access(path.join(mountPoint, 'b.img.dwcp-journal'));
     });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Duplex, Readable, Writable } from 'node:stream';
@@ -100,8 +100,9 @@ test('a new version reuses the chunks of a base image, so only the changes cross
 });
 
 test('sending over an existing older target transfers only the delta', async () => {
-  const target = path.join(dir, 'out', 'in-place.img');
+  const target = path.join(dir, 'in-place', 'target.img');
   const v1 = noiseContent({ bytes: 2 * 1024 * 1024, seed: 21 });
+  await mkdir(path.dirname(target));
   await writeTestFile({ path: target, content: v1 });
   const v2 = Buffer.concat([v1.subarray(0, 500_000), v1.subarray(520_000)]);
   const source = path.join(dir, 'in-place-v2.img');
