@@ -89,25 +89,11 @@ export function runWorkerTask(
       return encodeChunk({ data: readRangeSync(task.path, task.offset, task.length), level: task.level });
     case 'encode':
       return encodeChunk({ data: task.data, level: task.level });
-    case 'decode': {
-      let data: Buffer;
-      try {
-        data = decodeChunk(task);
-      } catch (err) {
-        if (err instanceof DwcpChecksumError) return { data: undefined };
-        throw err;
-      }
-      return { data: matchesHash(data, task.expectedHash) ? data : undefined };
-    }
+    case 'decode':
+      return { data: decodeVerified(task) };
     case 'decodeInto': {
-      let data: Buffer;
-      try {
-        data = decodeChunk(task);
-      } catch (err) {
-        if (err instanceof DwcpChecksumError) return { written: false };
-        throw err;
-      }
-      if (!matchesHash(data, task.expectedHash)) return { written: false };
+      const data = decodeVerified(task);
+      if (data === undefined) return { written: false };
       writeRangeSync(task.target, data);
       return { written: true };
     }
@@ -131,6 +117,23 @@ export function runWorkerTask(
     case 'calibrate':
       return calibrate(task.sample, task.durationMs);
   }
+}
+
+/** The decoded chunk, or undefined when the payload does not decode or the content does not match expectedHash. */
+function decodeVerified(input: {
+  encoding: ChunkEncoding;
+  payload: Buffer;
+  rawLength: number;
+  expectedHash?: Buffer;
+}): Buffer | undefined {
+  let data: Buffer;
+  try {
+    data = decodeChunk(input);
+  } catch (err) {
+    if (err instanceof DwcpChecksumError) return undefined;
+    throw err;
+  }
+  return matchesHash(data, input.expectedHash) ? data : undefined;
 }
 
 function matchesHash(data: Buffer, expected: Buffer | undefined): boolean {
