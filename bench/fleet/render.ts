@@ -50,7 +50,7 @@ export function renderFleet(file: string, r: FleetResults): string {
     `${r.hosts} harness hosts (${r.domainType}), each with its host agent as a separate process, a control worker ` +
       `and the API on this machine; lease TTL ${settings.leaseTtlSeconds} s, heartbeat every ` +
       `${settings.heartbeatIntervalMs} ms, monitor tick ${settings.monitorIntervalMs} ms, staleness bound ` +
-      `${seconds(settings.stalenessBoundMs)}. Drift latency runs from just before the \`virsh\` call to the ` +
+      `${settings.stalenessBoundMs / 1000} s. Drift latency runs from just before the \`virsh\` call to the ` +
       "finding's `detectedAt`; host down, from the agent's SIGKILL to the API showing the host `down`.",
     '',
     '| measure | n | p50 | min | max |',

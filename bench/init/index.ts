@@ -132,7 +132,8 @@ function render(file: string, r: InitResults): string {
     `| boot report \`totalMs\`, p50 | ${report.levelParallel.p50} ms | ${report.sequential.p50} ms | ` +
       `${(report.sequential.p50 / report.levelParallel.p50).toFixed(2)} |`,
     '',
-    '| `npm start` (embedded PostgreSQL and Temporal, worker and API as child processes) | time to `/ready` 200 after Temporal is up |',
+    '| `startStack`, as `npm start` runs it (embedded PostgreSQL and Temporal, worker and API as child processes, local ' +
+      'hypervisors starting beside them when the machine has libvirt) | time to `/ready` 200 after Temporal is up |',
     '| --- | ---: |',
     `| first start, fresh data dir | ${r.stackReadyAfterTemporalMs.firstStart} ms |`,
     `| restart, existing data dir | ${r.stackReadyAfterTemporalMs.restart} ms |`,

@@ -160,9 +160,10 @@ function render(file: string, r: LifecycleResults): string {
       ] as const
     ).map(([what, s]) => `| ${what} | ${s.p50} ms | ${s.p90} ms | ${s.p99} ms | ${s.min} ms | ${s.max} ms |`),
     '',
-    `Orchestration overhead: ${r.overheadMsP50} ms at p50, a ratio of ${r.overheadRatioP50} (${r.overheadRatioP99} ` +
-      `at p99). vmCreate step p50s: ${steps.join(', ')}; the rest of the workflow's time is task dispatch between ` +
-      'steps.',
+    `Orchestration overhead (workflow p50 minus raw p50): ${r.overheadMsP50} ms; workflow / raw ${r.overheadRatioP50} ` +
+      `at p50, ${r.overheadRatioP99} at p99 (a ratio under 1 means the load on the machine moved more than ` +
+      `NovaCron adds). vmCreate step p50s: ${steps.join(', ')}; the rest of the workflow's time is task dispatch ` +
+      'between steps.',
   ].join('\n');
 }
 
