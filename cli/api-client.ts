@@ -1,5 +1,7 @@
 /** A small HTTP client for the CLI that turns API error bodies into one-line CliErrors, and its argument parsing. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { z } from 'zod';
+import type { errorBodySchema } from '../api/schemas';
 
 type ParseArgsOptionsConfig = NonNullable<ParseArgsConfig['options']>;
 
@@ -54,7 +56,10 @@ export class ApiClient {
       parsed = undefined;
     }
     if (!response.ok) {
-      const message = (parsed as { message?: string } | undefined)?.message ?? (text.trim() || response.statusText);
+      // Every error the API answers has this body (its OpenAPI document says so); a proxy in between may not.
+      const message =
+        (parsed as Partial<z.infer<typeof errorBodySchema>> | undefined)?.message ??
+        (text.trim() || response.statusText);
       throw new CliError(`${response.status}: ${message}`, 1);
     }
     return parsed as T;

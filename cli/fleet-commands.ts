@@ -1,4 +1,7 @@
 /** `novacron host ...` and `novacron vm ...`: hosts, maintenance and the VM lifecycle, through the API. */
+import type { z } from 'zod';
+import type { hostListSchema, hostSchema } from '../api/routes/hosts';
+import type { vmListSchema, vmStartedSchema } from '../api/routes/vms';
 import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { followWorkflow } from './follow-workflow';
 
@@ -13,30 +16,11 @@ export const FLEET_USAGE = `  host list                                   hosts 
   vm show ID
   vm start|stop|reboot|delete ID [--force] [--timeout-ms N] [--hard] [--wait]`;
 
-interface HostLike {
-  id: string;
-  state: string;
-  address: string;
-  cpus: number;
-  memoryMib: number;
-  lease?: { fencingToken: number; alive: boolean };
-  allocated: { vms: number; vcpus: number; memoryMib: number };
-}
-
-interface VmLike {
-  id: string;
-  name: string;
-  hostId?: string;
-  state: string;
-  operationWorkflowId?: string;
-  lastError?: string;
-}
-
-interface Started {
-  workflowId: string;
-  vmId: string;
-  existing: boolean;
-}
+// The answers of the routes these commands call, as the routes' own schemas define them.
+type Host = z.infer<typeof hostSchema>;
+type HostList = z.infer<typeof hostListSchema>;
+type VmList = z.infer<typeof vmListSchema>;
+type Started = z.infer<typeof vmStartedSchema>;
 
 function integer(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
@@ -79,7 +63,7 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
 
   if (command === 'host') {
     if (sub === 'list') {
-      const { hosts } = await api.get<{ hosts: HostLike[] }>('/v1/hosts');
+      const { hosts } = await api.get<HostList>('/v1/hosts');
       for (const h of hosts) {
         const lease = h.lease ? `token ${h.lease.fencingToken}${h.lease.alive ? '' : ' (expired)'}` : 'no lease';
         out(
@@ -95,7 +79,7 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
       return 0;
     }
     if (sub === 'maintenance' && arg && (extra === 'on' || extra === 'off')) {
-      const host = await api.post<HostLike>(`/v1/hosts/${encodeURIComponent(arg)}/maintenance`, {
+      const host = await api.post<Host>(`/v1/hosts/${encodeURIComponent(arg)}/maintenance`, {
         enabled: extra === 'on',
       });
       out(`${host.id} is ${host.state}`);
@@ -127,7 +111,7 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
       const query = new URLSearchParams();
       if (values.host) query.set('hostId', values.host);
       if (values.state) query.set('state', values.state);
-      const { vms } = await api.get<{ vms: VmLike[] }>(`/v1/vms${query.size > 0 ? `?${query.toString()}` : ''}`);
+      const { vms } = await api.get<VmList>(`/v1/vms${query.size > 0 ? `?${query.toString()}` : ''}`);
       for (const vm of vms) {
         const busy = vm.operationWorkflowId ? `  (${vm.operationWorkflowId})` : '';
         out(`${vm.id}  ${vm.name.padEnd(20)} ${vm.state.padEnd(10)} ${(vm.hostId ?? '-').padEnd(16)}${busy}`);

@@ -1,6 +1,9 @@
 /** `novacron image ...` and `novacron link list`: the image library and DWCP replication, through the API. */
+import type { z } from 'zod';
+import type { TransferHeartbeat } from '../activities/image-activities';
+import type { imageListSchema, imageStartedSchema, linkProbeListSchema } from '../api/routes/images';
 import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
-import { followWorkflow, type FollowedWorkflow } from './follow-workflow';
+import { followWorkflow, type WorkflowDetail } from './follow-workflow';
 
 type Output = (line: string) => void;
 
@@ -12,19 +15,10 @@ export const IMAGE_USAGE = `  image register ID --host H [--format raw|qcow2] [-
                                               copy an image to host H over DWCP; --wait shows bytes moved
   link list [--from H] [--to H] [--limit N]   link probe samples between hosts, newest first`;
 
-interface ImageLike {
-  id: string;
-  format: string;
-  sizeBytes: number;
-  sha256: string;
-  replicas: Array<{ hostId: string; state: string }>;
-}
-
-interface Started {
-  workflowId: string;
-  imageId: string;
-  existing: boolean;
-}
+// The answers of the routes these commands call, as the routes' own schemas define them.
+type ImageList = z.infer<typeof imageListSchema>;
+type Started = z.infer<typeof imageStartedSchema>;
+type LinkProbeList = z.infer<typeof linkProbeListSchema>;
 
 const MiB = 1024 * 1024;
 
@@ -33,9 +27,10 @@ function mib(bytes: number): string {
 }
 
 /** The sender's newest heartbeat, as one line: what an operator watching a replication wants to see. */
-function transferLine(detail: FollowedWorkflow): string | undefined {
-  const beat = detail.pendingActivities?.find((a) => a.activityType === 'transferImage')?.heartbeatDetails as
-    { phase?: string; logicalBytes?: number; totalBytes?: number; wireBytes?: number } | undefined;
+function transferLine(detail: WorkflowDetail): string | undefined {
+  // The route passes heartbeats through as they are; before the transfer starts, one carries only its phase.
+  const beat = detail.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails as
+    Partial<TransferHeartbeat> | undefined;
   if (!beat || typeof beat.logicalBytes !== 'number' || typeof beat.totalBytes !== 'number') return undefined;
   const percent = beat.totalBytes > 0 ? Math.floor((100 * beat.logicalBytes) / beat.totalBytes) : 100;
   return `${beat.phase ?? 'sending'} ${mib(beat.logicalBytes)} of ${mib(beat.totalBytes)} (${percent}%), ${mib(beat.wireBytes ?? 0)} on the wire`;
@@ -75,7 +70,7 @@ export async function runImageCli(argv: string[], out: Output): Promise<number> 
       return 0;
     }
     if (sub === 'list') {
-      const { images } = await api.get<{ images: ImageLike[] }>('/v1/images');
+      const { images } = await api.get<ImageList>('/v1/images');
       for (const image of images) {
         const ready = image.replicas.filter((r) => r.state === 'ready').map((r) => r.hostId);
         const other = image.replicas.filter((r) => r.state !== 'ready').map((r) => `${r.hostId} (${r.state})`);
@@ -108,16 +103,7 @@ export async function runImageCli(argv: string[], out: Output): Promise<number> 
     if (values.from) query.set('sourceHostId', values.from);
     if (values.to) query.set('targetHostId', values.to);
     if (values.limit) query.set('limit', values.limit);
-    const { probes } = await api.get<{
-      probes: Array<{
-        measuredAt: string;
-        sourceHostId: string;
-        targetHostId: string;
-        rttMs: number;
-        bandwidthMbps: number;
-        mode: string;
-      }>;
-    }>(`/v1/links${query.size > 0 ? `?${query.toString()}` : ''}`);
+    const { probes } = await api.get<LinkProbeList>(`/v1/links${query.size > 0 ? `?${query.toString()}` : ''}`);
     for (const p of probes) {
       out(
         `${p.measuredAt}  ${p.sourceHostId} -> ${p.targetHostId}  rtt ${p.rttMs.toFixed(2)} ms  ` +

@@ -9,8 +9,14 @@ import { createCertificateAuthority, issueHostCertificate } from '../native/dwcp
 import { systemProbes, stackContext } from '../workers/prerequisite-probes';
 import { checkPrerequisites, formatCheck } from '../workers/prerequisites';
 import { runStackFromCli } from '../workers/stack';
+import type { z } from 'zod';
+import type { auditListSchema } from '../api/routes/audit';
+import type { createdTokenSchema, tokenListSchema, tokenSchema } from '../api/routes/tokens';
+import type { cancelRequestedSchema, workflowListSchema } from '../api/routes/workflows';
+import type { workflowStartedSchema } from '../api/schemas';
 import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { FLEET_USAGE, runFleetCli } from './fleet-commands';
+import type { WorkflowDetail } from './follow-workflow';
 import { IMAGE_USAGE, runImageCli } from './image-commands';
 
 const USAGE = `usage: novacron <command> [options]
@@ -42,18 +48,6 @@ options:
   -h, --help    this text`;
 
 type Output = (line: string) => void;
-
-interface WorkflowDetail {
-  workflowId: string;
-  type: string;
-  status: string;
-  startTime: string;
-  closeTime?: string;
-  result?: unknown;
-  failure?: { message: string; type?: string };
-  progress?: unknown;
-  pendingActivities: Array<{ activityType: string; attempt: number; lastFailure?: string }>;
-}
 
 interface BootReportLike {
   status: string;
@@ -91,8 +85,7 @@ function printWorkflow(detail: WorkflowDetail, out: Output): void {
   for (const a of detail.pendingActivities) {
     out(`  pending ${a.activityType} attempt ${a.attempt}${a.lastFailure ? `: ${a.lastFailure}` : ''}`);
   }
-  const report =
-    detail.result ?? detail.progress ?? (detail.failure as { details?: unknown[] } | undefined)?.details?.[0];
+  const report = detail.result ?? detail.progress ?? detail.failure?.details?.[0];
   if (isBootReport(report)) printBootReport(report, out);
   else if (detail.result !== undefined) out(`  result: ${JSON.stringify(detail.result)}`);
 }
@@ -112,14 +105,7 @@ async function waitForClose(api: ApiClient, workflowId: string, out: Output): Pr
   }
 }
 
-interface TokenInfo {
-  id: string;
-  name: string;
-  roles: string[];
-  createdAt: string;
-  expiresAt?: string;
-  revokedAt?: string;
-}
+type TokenInfo = z.infer<typeof tokenSchema>;
 
 function describeToken(t: TokenInfo): string {
   const state = t.revokedAt ? `revoked ${t.revokedAt}` : t.expiresAt ? `expires ${t.expiresAt}` : 'no expiry';
@@ -203,7 +189,7 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
       const body: Record<string, unknown> = {};
       if (values['request-id']) body.requestId = values['request-id'];
       if (values.disable) body.disabledComponents = values.disable.split(',').map((s) => s.trim());
-      const started = await api.post<{ workflowId: string; existing: boolean }>('/v1/cluster/init', body);
+      const started = await api.post<z.infer<typeof workflowStartedSchema>>('/v1/cluster/init', body);
       out(`${started.existing ? 'already started' : 'started'} ${started.workflowId}`);
       if (!values.wait) return 0;
       const detail = await waitForClose(api, started.workflowId, out);
@@ -222,15 +208,18 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
         if (values.type) query.set('type', values.type);
         if (values.status) query.set('status', values.status.toUpperCase());
         if (values.limit) query.set('limit', values.limit);
-        const { workflows } = await api.get<{
-          workflows: Array<{ workflowId: string; type: string; status: string; startTime: string }>;
-        }>(`/v1/workflows${query.size > 0 ? `?${query.toString()}` : ''}`);
+        const { workflows } = await api.get<z.infer<typeof workflowListSchema>>(
+          `/v1/workflows${query.size > 0 ? `?${query.toString()}` : ''}`,
+        );
         for (const w of workflows) out(`${w.startTime}  ${w.status.padEnd(10)} ${w.type.padEnd(20)} ${w.workflowId}`);
         if (workflows.length === 0) out('no workflows match');
         return 0;
       }
       if (sub === 'cancel' && arg) {
-        const result = await api.post<{ workflowId: string }>(`/v1/workflows/${encodeURIComponent(arg)}/cancel`, {});
+        const result = await api.post<z.infer<typeof cancelRequestedSchema>>(
+          `/v1/workflows/${encodeURIComponent(arg)}/cancel`,
+          {},
+        );
         out(`cancel requested for ${result.workflowId}`);
         return 0;
       }
@@ -239,7 +228,7 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
     case 'token': {
       if (sub === 'create' && arg) {
         if (!values.role) throw new CliError('usage: novacron token create NAME --role viewer|operator|admin');
-        const created = await api.post<TokenInfo & { token: string }>('/v1/tokens', {
+        const created = await api.post<z.infer<typeof createdTokenSchema>>('/v1/tokens', {
           name: arg,
           roles: list(values.role),
           ...(values.expires ? { expiresInSeconds: parseDuration(values.expires) } : {}),
@@ -250,7 +239,7 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
         return 0;
       }
       if (sub === 'list') {
-        const { tokens } = await api.get<{ tokens: TokenInfo[] }>(
+        const { tokens } = await api.get<z.infer<typeof tokenListSchema>>(
           `/v1/tokens${values['include-revoked'] ? '?includeRevoked=true' : ''}`,
         );
         for (const t of tokens) out(describeToken(t));
@@ -269,17 +258,9 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
       if (values.actor) query.set('actor', values.actor);
       if (values.workflow) query.set('workflowId', values.workflow);
       if (values.limit) query.set('limit', values.limit);
-      const { entries } = await api.get<{
-        entries: Array<{
-          at: string;
-          actor: string;
-          action: string;
-          target?: string;
-          workflowId?: string;
-          outcome: string;
-          requestId?: string;
-        }>;
-      }>(`/v1/audit${query.size > 0 ? `?${query.toString()}` : ''}`);
+      const { entries } = await api.get<z.infer<typeof auditListSchema>>(
+        `/v1/audit${query.size > 0 ? `?${query.toString()}` : ''}`,
+      );
       for (const e of entries) {
         const extra = [e.target, e.workflowId && `workflow ${e.workflowId}`, e.requestId && `request ${e.requestId}`];
         out(`${e.at}  ${e.outcome.padEnd(9)} ${e.actor}  ${e.action}  ${extra.filter(Boolean).join('  ')}`);
