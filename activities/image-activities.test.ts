@@ -23,6 +23,7 @@ import {
   type TlsMaterial,
 } from '../native/dwcp';
 import { DiskImages } from '../native/libvirt';
+import { waitUntil } from '../test/support/wait';
 import { createImageActivities, parseEndpoint, type TransferHeartbeat } from './image-activities';
 
 const MiB = 1024 * 1024;
@@ -47,14 +48,14 @@ after(async () => {
   await pool.close();
 });
 
-function activities(hostId: string, hostConfig = config) {
+function activities(hostId: string, hostConfig = config, receiver = hosts[hostId]!.receiver) {
   const host = hosts[hostId]!;
   return createImageActivities({
     hostId,
     imageRoot: host.imageRoot,
     config: hostConfig,
     images: new DiskImages({ imageRoot: host.imageRoot }),
-    receiver: host.receiver,
+    receiver,
     tls: host.tls,
     pool,
   });
@@ -175,10 +176,30 @@ test('content that no longer matches the image fails both sides for good and kee
   assert.equal(existsSync(path.join(hosts.dst!.imageRoot, 'library', 'changed.raw')), false);
 });
 
+/** The host's receiver, seen through a proxy that notes when a transfer is registered with it. */
+function watchedReceiver(hostId: string): { receiver: DwcpReceiver; registered: () => boolean } {
+  let registered = false;
+  const receiver = new Proxy(hosts[hostId]!.receiver, {
+    get(inner, property) {
+      if (property === 'expectFile') {
+        return (input: Parameters<DwcpReceiver['expectFile']>[0]) => {
+          const result = inner.expectFile(input);
+          registered = true;
+          return result;
+        };
+      }
+      const value: unknown = Reflect.get(inner, property, inner);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(inner) : value;
+    },
+  });
+  return { receiver, registered: () => registered };
+}
+
 test('cancelling receiveImage stops the transfer and leaves no partial file or journal', async () => {
   const env = new MockActivityEnvironment();
+  const watched = watchedReceiver('dst');
   const running = runIn(env, () =>
-    activities('dst').receiveImage({
+    activities('dst', config, watched.receiver).receiveImage({
       imageId: 'never',
       format: 'raw' as const,
       sha256: 'e'.repeat(64),
@@ -186,7 +207,8 @@ test('cancelling receiveImage stops the transfer and leaves no partial file or j
       sourceHostId: 'src',
     }),
   );
-  await new Promise((r) => setTimeout(r, 200));
+  // Cancelled once the transfer is registered, the state this test is about, rather than after a guessed delay.
+  await waitUntil('receiveImage to register the transfer', watched.registered);
   env.cancel();
   const err = await running.catch((e: unknown) => e);
   assert.ok(err instanceof CancelledFailure, `expected CancelledFailure, got ${String(err)}`);
