@@ -61,7 +61,7 @@ test('several missing programs name each package once, in one line', async () =>
   const probes = machine({ findExecutable: () => undefined });
   assert.deepEqual(await failures(probes), [
     '✗ libvirtd, virtlogd, virsh, qemu-system-x86_64, qemu-img, unshare, setpriv not found (local hypervisors); ' +
-      'fix: apt-get install -y --no-install-recommends libvirt-daemon libvirt-clients qemu-system-x86 qemu-utils util-linux',
+      'fix: apt-get install -y --no-install-recommends libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils util-linux',
     '✗ openssl not found (certificates for DWCP, the API and Temporal); ' +
       'fix: apt-get install -y --no-install-recommends openssl',
   ]);

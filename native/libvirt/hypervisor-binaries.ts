@@ -2,15 +2,17 @@
  * The programs local hypervisors need, each with the Debian/Ubuntu package that ships it, and how they are found.
  * Apart from the harness so that the prerequisite checks can name packages without loading the harness.
  *
- * libvirtd and virtlogd come from libvirt-daemon, not libvirt-daemon-system: the harness starts them itself with
- * its own config, so the system service, its polkit rules and its default network are never used.
+ * libvirtd and virtlogd ship in libvirt-daemon, but the package to install is libvirt-daemon-system: the QEMU
+ * driver looks up its compiled-in default user, libvirt-qemu, before it reads the harness's qemu.conf (user root),
+ * and that user is created by libvirt-daemon-system. Seen in a fresh Debian 12 with libvirt-daemon alone: libvirtd
+ * exits with "Failed to parse user 'libvirt-qemu'".
  */
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
 export const HYPERVISOR_BINARIES: Readonly<Record<string, string>> = {
-  libvirtd: 'libvirt-daemon',
-  virtlogd: 'libvirt-daemon',
+  libvirtd: 'libvirt-daemon-system',
+  virtlogd: 'libvirt-daemon-system',
   virsh: 'libvirt-clients',
   'qemu-system-x86_64': 'qemu-system-x86',
   'qemu-img': 'qemu-utils',
