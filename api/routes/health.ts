@@ -2,10 +2,10 @@
  * Liveness, readiness and metrics: unauthenticated, cheap, and safe to poll.
  *
  * Readiness follows what this process needs to serve: PostgreSQL and Temporal reachable, and its first boot done.
- * That boot is the one named at start (`bootWorkflowId`: the stack passes the init it starts for this node), else
- * this node's first boot that came up. A later init, such as one an admin starts with POST /v1/cluster/init, neither
- * holds readiness while it runs nor drops it if it fails: behind a load balancer, every replica would otherwise
- * leave service at once, the one the admin needs to follow the init included.
+ * That boot is the one named at start (`bootWorkflowId`: the stack passes the init it starts for this node); with
+ * none named, it is done once any boot of this node came up. A later init, such as one an admin starts with
+ * POST /v1/cluster/init, neither holds readiness while it runs nor drops it if it fails: behind a load balancer,
+ * every replica would otherwise leave service at once, the one the admin needs to follow the init included.
  */
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Pool } from 'pg';
@@ -35,7 +35,8 @@ async function settle(check: () => Promise<string>): Promise<string> {
 
 /** The state of the boot readiness follows: `ready` or `degraded` once it came up. */
 async function firstBootState(pool: Pool, input: { nodeId: string; bootWorkflowId?: string }): Promise<string> {
-  // With no boot named, a boot that came up wins over later ones; without one, the newest tells what is going on.
+  // With no boot named, the newest boot that came up wins over any later one; without one, the newest boot says
+  // what is going on (running or failed).
   const { rows } = await pool.query<{ workflow_id: string; status: BootRecordStatus }>(
     `SELECT workflow_id, status FROM cluster_boots
       WHERE CASE WHEN $2::text IS NULL THEN node_id = $1 ELSE workflow_id = $2 END
