@@ -23,6 +23,7 @@ import { startAgentProcess, TEST_FLEET_OVERRIDES, waitForHostsUp } from '../supp
 import type { ChildHandle } from '../support/processes';
 import { createTestDatabase, scratchDir, temporalClient, testConfig, type TestDatabase } from '../support/services';
 import { bearer, mintToken } from '../support/tokens';
+import { waitUntil } from '../support/wait';
 
 const HOSTS = ['host-1', 'host-2'];
 const MiB = 1024 * 1024;
@@ -144,14 +145,23 @@ async function register(imageId: string, hostId = 'host-1'): Promise<ImageView> 
   return response.json<ImageView>();
 }
 
-async function replicate(imageId: string, hostId: string): Promise<ReplicateImageResult> {
-  const started = await post(`/v1/images/${imageId}/replicate`, { hostId });
-  return client.workflow.getHandle(started.workflowId).result() as Promise<ReplicateImageResult>;
+async function replicate(
+  imageId: string,
+  hostId: string,
+): Promise<{ workflowId: string; result: ReplicateImageResult }> {
+  const { workflowId } = await post(`/v1/images/${imageId}/replicate`, { hostId });
+  return { workflowId, result: (await client.workflow.getHandle(workflowId).result()) as ReplicateImageResult };
 }
 
-const baseData = randomBytes(8 * MiB);
+async function rowCounts(): Promise<{ images: string; probes: string }> {
+  const rows = await db.pool.query<{ images: string; probes: string }>(
+    'SELECT (SELECT count(*) FROM images) AS images, (SELECT count(*) FROM link_probes) AS probes',
+  );
+  return rows.rows[0]!;
+}
 
 test('bad requests are refused with the field named, and nothing is written', async () => {
+  const before = await rowCounts();
   const cases: Array<[{ method: 'GET' | 'POST'; url: string; payload?: object }, number, RegExp]> = [
     [{ method: 'POST', url: '/v1/images', payload: { id: 'Bad Id', hostId: 'host-1' } }, 400, /body\.id/],
     [
@@ -170,10 +180,7 @@ test('bad requests are refused with the field named, and nothing is written', as
     assert.equal(response.statusCode, status, `${request.method} ${request.url}: ${response.body}`);
     assert.match(response.json<{ message: string }>().message, message);
   }
-  const rows = await db.pool.query(
-    'SELECT (SELECT count(*) FROM images) AS images, (SELECT count(*) FROM link_probes) AS probes',
-  );
-  assert.deepEqual(rows.rows[0], { images: '0', probes: '0' });
+  assert.deepEqual(await rowCounts(), before);
 });
 
 test('registering a file that is not on the host fails the workflow with a clear cause and records nothing', async () => {
@@ -187,7 +194,7 @@ test('registering a file that is not on the host fails the workflow with a clear
 });
 
 test('an image registered on one host replicates to another byte for byte, with the link probe stored', async () => {
-  const file = await writeImage({ hostId: 'host-1', imageId: 'base', data: baseData, sizeBytes: 32 * MiB });
+  const file = await writeImage({ hostId: 'host-1', imageId: 'base', data: randomBytes(8 * MiB), sizeBytes: 32 * MiB });
   const image = await register('base');
   assert.equal(image.sha256, await sha256Of(file));
   assert.equal(image.sizeBytes, 32 * MiB);
@@ -196,7 +203,7 @@ test('an image registered on one host replicates to another byte for byte, with 
     [['host-1', 'ready']],
   );
 
-  const result = await replicate('base', 'host-2');
+  const { workflowId, result } = await replicate('base', 'host-2');
   assert.equal(result.alreadyPresent, false);
   assert.equal(await sha256Of(libraryPath('host-2', 'base')), image.sha256);
   assert.ok(result.transfer!.chunks.zero > 0, 'the zero tail is skipped, not sent');
@@ -211,24 +218,28 @@ test('an image registered on one host replicates to another byte for byte, with 
     ],
   );
   const links = (await inject({ method: 'GET', url: '/v1/links?sourceHostId=host-1' })).json<{
-    probes: Array<{ targetHostId: string; rttMs: number; bandwidthMbps: number; mode: string }>;
+    probes: Array<{ targetHostId: string; rttMs: number; bandwidthMbps: number; mode: string; workflowId?: string }>;
   }>();
-  assert.equal(links.probes.length, 1);
-  assert.equal(links.probes[0]!.targetHostId, 'host-2');
-  assert.ok(links.probes[0]!.bandwidthMbps > 0 && links.probes[0]!.rttMs >= 0);
-  assert.equal(result.link?.mode, links.probes[0]!.mode);
+  const probes = links.probes.filter((p) => p.workflowId === workflowId);
+  assert.equal(probes.length, 1, 'this replication stored one probe');
+  assert.equal(probes[0]!.targetHostId, 'host-2');
+  assert.ok(probes[0]!.bandwidthMbps > 0 && probes[0]!.rttMs >= 0);
+  assert.equal(result.link?.mode, probes[0]!.mode);
 
   const again = await replicate('base', 'host-2');
-  assert.equal(again.alreadyPresent, true, 'a ready replica is not copied again');
+  assert.equal(again.result.alreadyPresent, true, 'a ready replica is not copied again');
 });
 
 test('a new version sends only its changed chunks when the target holds the old one', async () => {
-  const changed = Buffer.from(baseData);
+  // The old version is already in the target's library (the receiver offers every library file as a base).
+  const old = randomBytes(8 * MiB);
+  await writeImage({ hostId: 'host-2', imageId: 'delta-v1', data: old, sizeBytes: 32 * MiB });
+  const changed = Buffer.from(old);
   randomBytes(512 * 1024).copy(changed, 3 * MiB);
-  await writeImage({ hostId: 'host-1', imageId: 'base-v2', data: changed, sizeBytes: 32 * MiB });
-  const image = await register('base-v2');
-  const result = await replicate('base-v2', 'host-2');
-  assert.equal(await sha256Of(libraryPath('host-2', 'base-v2')), image.sha256);
+  await writeImage({ hostId: 'host-1', imageId: 'delta-v2', data: changed, sizeBytes: 32 * MiB });
+  const image = await register('delta-v2');
+  const { result } = await replicate('delta-v2', 'host-2');
+  assert.equal(await sha256Of(libraryPath('host-2', 'delta-v2')), image.sha256);
   assert.ok(result.transfer!.chunks.refs > 0, 'unchanged chunks are copied from base on the target');
   assert.ok(
     result.transfer!.wireBytes < 2 * MiB,
@@ -240,18 +251,16 @@ test('a replication shows its progress while it runs, and cancelling it stops bo
   await writeImage({ hostId: 'host-1', imageId: 'large', data: randomBytes(48 * MiB), sizeBytes: 48 * MiB });
   await register('large');
   const started = await post('/v1/images/large/replicate', { hostId: 'host-2' });
-  let seen: WorkflowView['pendingActivities'][number]['heartbeatDetails'];
-  let view: WorkflowView | undefined;
-  for (let i = 0; i < 300 && !seen; i++) {
-    view = (await inject({ method: 'GET', url: `/v1/workflows/${started.workflowId}` })).json<WorkflowView>();
-    const sending = view.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails;
-    if (sending && sending.logicalBytes > 0 && sending.logicalBytes < sending.totalBytes) seen = sending;
-    else await new Promise((r) => setTimeout(r, 100));
-  }
-  assert.ok(seen, `no partial progress seen; last view ${JSON.stringify(view)}`);
+  const { view, seen } = await waitUntil('partial progress of the transfer', async () => {
+    const current = (await inject({ method: 'GET', url: `/v1/workflows/${started.workflowId}` })).json<WorkflowView>();
+    const sending = current.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails;
+    return sending && sending.logicalBytes > 0 && sending.logicalBytes < sending.totalBytes
+      ? { view: current, seen: sending }
+      : undefined;
+  });
   assert.equal(seen.phase, 'sending');
   assert.equal(seen.totalBytes, 48 * MiB);
-  assert.ok(view?.progress?.link?.mode, 'the progress query names the link mode');
+  assert.ok(view.progress?.link?.mode, 'the progress query names the link mode');
 
   const cancel = await inject({ method: 'POST', url: `/v1/workflows/${started.workflowId}/cancel` });
   assert.ok([200, 202].includes(cancel.statusCode), cancel.body);
@@ -267,23 +276,29 @@ test('a replication shows its progress while it runs, and cancelling it stops bo
 });
 
 test('the CLI follows a replication with byte counts, lists images and probes, and refuses bad usage in one line', async () => {
+  // 48 MiB at the agents' rate limit take seconds, so --wait prints progress before the end.
+  await writeImage({ hostId: 'host-1', imageId: 'cli-large', data: randomBytes(48 * MiB), sizeBytes: 48 * MiB });
+  await register('cli-large');
+  await writeImage({ hostId: 'host-1', imageId: 'cli-small', data: randomBytes(MiB), sizeBytes: 2 * MiB });
+  await register('cli-small');
   const api = await built.app.listen({ host: '127.0.0.1', port: 0 });
   process.env.NOVACRON_API_TOKEN = operatorToken;
   const lines: string[] = [];
   const out = (line: string) => lines.push(line);
 
-  assert.equal(await runCli(['image', 'replicate', 'large', '--to', 'host-2', '--wait', '--api', api], out), 0);
+  assert.equal(await runCli(['image', 'replicate', 'cli-large', '--to', 'host-2', '--wait', '--api', api], out), 0);
   assert.match(lines.join('\n'), /sending [\d.]+ MiB of 48\.0 MiB \(\d+%\), [\d.]+ MiB on the wire/);
   assert.equal(lines.at(-1), 'COMPLETED');
 
   lines.length = 0;
   assert.equal(await runCli(['image', 'list', '--api', api], out), 0);
-  assert.match(lines.join('\n'), /^base\s+raw\s+32\.0 MiB\s+[0-9a-f]{12}\s+on host-1, host-2$/m);
-  assert.match(lines.join('\n'), /^large\s+raw\s+48\.0 MiB\s+[0-9a-f]{12}\s+on host-1, host-2$/m);
+  assert.match(lines.join('\n'), /^cli-large\s+raw\s+48\.0 MiB\s+[0-9a-f]{12}\s+on host-1, host-2$/m);
+  assert.match(lines.join('\n'), /^cli-small\s+raw\s+2\.0 MiB\s+[0-9a-f]{12}\s+on host-1$/m);
 
   lines.length = 0;
   assert.equal(await runCli(['link', 'list', '--from', 'host-1', '--api', api], out), 0);
-  assert.ok(lines.length >= 3, lines.join('\n'));
+  const stored = await db.pool.query("SELECT 1 FROM link_probes WHERE source_host_id = 'host-1'");
+  assert.equal(lines.length, stored.rowCount, `one line per stored probe:\n${lines.join('\n')}`);
   assert.match(lines[0]!, /host-1 -> host-2 {2}rtt [\d.]+ ms {2}\d+ Mbit\/s {2}(datacenter|hybrid|internet)$/);
 
   await assert.rejects(runCli(['image', 'replicate', 'base', '--api', api], out), /needs --to H/);
@@ -298,13 +313,12 @@ test('the target agent killed mid-transfer comes back and the replication resume
   await writeImage({ hostId: 'host-1', imageId: 'resumable', data, sizeBytes: 48 * MiB });
   const image = await register('resumable');
   const started = await post('/v1/images/resumable/replicate', { hostId: 'host-2' });
-  for (let i = 0; i < 300; i++) {
+  // Past the receiver's first journal flush (1 s), so the restarted agent has something to resume from.
+  await waitUntil('20 MiB of the transfer to be sent', async () => {
     const view = (await inject({ method: 'GET', url: `/v1/workflows/${started.workflowId}` })).json<WorkflowView>();
     const beat = view.pendingActivities.find((a) => a.activityType === 'transferImage')?.heartbeatDetails;
-    // Past the receiver's first journal flush (1 s), so the restarted agent has something to resume from.
-    if (beat && beat.logicalBytes > 20 * MiB) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+    return beat !== undefined && beat.logicalBytes > 20 * MiB;
+  });
   const target = agents[1]!;
   target.child.kill('SIGKILL');
   await target.exited;
