@@ -30,6 +30,24 @@ export async function recordClusterBoot(
   );
 }
 
+/**
+ * The boot a control process's readiness follows: the named one, or with none named the newest boot of the node
+ * that came up (over any later one still running or failed), else the newest boot of the node.
+ */
+export async function bootForReadiness(
+  pool: Pool,
+  input: { nodeId: string; bootWorkflowId?: string },
+): Promise<Pick<ClusterBootRecord, 'workflowId' | 'status'> | undefined> {
+  const { rows } = await pool.query<{ workflow_id: string; status: BootRecordStatus }>(
+    `SELECT workflow_id, status FROM cluster_boots
+      WHERE CASE WHEN $2::text IS NULL THEN node_id = $1 ELSE workflow_id = $2 END
+      ORDER BY status IN ('ready', 'degraded') DESC, started_at DESC LIMIT 1`,
+    [input.nodeId, input.bootWorkflowId ?? null],
+  );
+  const row = rows[0];
+  return row ? { workflowId: row.workflow_id, status: row.status } : undefined;
+}
+
 export async function latestClusterBoot(pool: Pool): Promise<ClusterBootRecord | undefined> {
   const result = await pool.query<{
     workflow_id: string;

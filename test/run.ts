@@ -106,6 +106,8 @@ async function main(): Promise<void> {
       NOVACRON_TEST_DATABASE_URL: databaseUrl,
       NOVACRON_TEST_TEMPORAL_ADDRESS: temporalAddress,
       NOVACRON_TEST_SCRATCH: scratch,
+      // Every API the tests start checks each answer against its own /openapi.json (api/response-contract.ts).
+      NOVACRON_CHECK_RESPONSES: '1',
     });
     const result = await runTestBatches({
       root: ROOT,

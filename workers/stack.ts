@@ -128,11 +128,14 @@ export async function startStack(input: {
     const announcedAddress =
       config.temporal.address ??
       (config.temporal.embedded.port !== 0 ? `127.0.0.1:${config.temporal.embedded.port}` : undefined);
+    // Named before the API starts: its /ready follows this start's own boot, not an earlier one or a manual init.
+    const initWorkflowId = `cluster-init-boot-${new Date().toISOString().replace(/[:.]/g, '-')}`;
     const launchServices = (temporalAddress: string): SupervisedService[] => {
       const childEnv: NodeJS.ProcessEnv = {
         ...(input.env ?? process.env),
         DATABASE_URL: databaseUrl,
         TEMPORAL_ADDRESS: temporalAddress,
+        NOVACRON_BOOT_WORKFLOW_ID: initWorkflowId,
       };
       const services = [
         superviseService({ name: 'control-worker', entry: 'workers/control-worker.ts', env: childEnv }, logger),
@@ -174,7 +177,6 @@ export async function startStack(input: {
     });
     cleanups.push(() => connection.close());
     const client = new Client({ connection, namespace: target.namespace });
-    const initWorkflowId = `cluster-init-boot-${new Date().toISOString().replace(/[:.]/g, '-')}`;
     const init = await client.workflow.start('initializeCluster', {
       workflowId: initWorkflowId,
       taskQueue: config.temporal.taskQueue,

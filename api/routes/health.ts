@@ -10,7 +10,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import type { BootRecordStatus } from '../../store/cluster-boots';
+import { bootForReadiness, type BootRecordStatus } from '../../store/cluster-boots';
 
 export interface HealthRoutesOptions {
   bootWorkflowId?: string | undefined;
@@ -35,22 +35,14 @@ async function settle(check: () => Promise<string>): Promise<string> {
 
 /** The state of the boot readiness follows: `ready` or `degraded` once it came up. */
 async function firstBootState(pool: Pool, input: { nodeId: string; bootWorkflowId?: string }): Promise<string> {
-  // With no boot named, the newest boot that came up wins over any later one; without one, the newest boot says
-  // what is going on (running or failed).
-  const { rows } = await pool.query<{ workflow_id: string; status: BootRecordStatus }>(
-    `SELECT workflow_id, status FROM cluster_boots
-      WHERE CASE WHEN $2::text IS NULL THEN node_id = $1 ELSE workflow_id = $2 END
-      ORDER BY status IN ('ready', 'degraded') DESC, started_at DESC LIMIT 1`,
-    [input.nodeId, input.bootWorkflowId ?? null],
-  );
-  const boot = rows[0];
+  const boot = await bootForReadiness(pool, input);
   if (!boot) {
     return input.bootWorkflowId
       ? `pending: ${input.bootWorkflowId} has not started`
       : `pending: no cluster init has run on node ${input.nodeId}`;
   }
   if (BOOTED.has(boot.status)) return boot.status;
-  return boot.status === 'running' ? `pending: ${boot.workflow_id} is running` : `failed: ${boot.workflow_id}`;
+  return boot.status === 'running' ? `pending: ${boot.workflowId} is running` : `failed: ${boot.workflowId}`;
 }
 
 export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (app, { bootWorkflowId }) => {
