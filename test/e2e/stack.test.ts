@@ -15,6 +15,8 @@ import { scratchDir } from '../support/services';
 import { bearer } from '../support/tokens';
 
 const READY_TIMEOUT_MS = 240_000;
+/** For lines the stack prints right after the ready line: a bound for a broken stack, not a speed requirement. */
+const LINE_TIMEOUT_MS = 30_000;
 
 function cli(args: string[], apiUrl: string, token: string): { code: number | null; stdout: string; stderr: string } {
   const result = spawnSync(path.join(ROOT, 'bin', 'novacron'), [...args, '--api', apiUrl], {
@@ -58,10 +60,10 @@ test('npm start brings the stack to ready; a restart keeps workflow history and 
   try {
     await stack.waitForOutput(/NovaCron is ready \((\d+) ms/, READY_TIMEOUT_MS);
     // The first start mints an admin token and prints it once; the CLI and the API calls below use it.
-    token = (await stack.waitForOutput(/NOVACRON_API_TOKEN=(nvc_\S+)/, 1000))[1]!;
+    token = (await stack.waitForOutput(/NOVACRON_API_TOKEN=(nvc_\S+)/, LINE_TIMEOUT_MS))[1]!;
     const auth = { headers: bearer(token) };
-    firstInitId = (await stack.waitForOutput(/Boot report\s+\S+\/v1\/workflows\/(\S+)/, 1000))[1]!;
-    const uiUrl = (await stack.waitForOutput(/Temporal UI\s+(http:\/\/\S+)/, 1000))[1]!;
+    firstInitId = (await stack.waitForOutput(/Boot report\s+\S+\/v1\/workflows\/(\S+)/, LINE_TIMEOUT_MS))[1]!;
+    const uiUrl = (await stack.waitForOutput(/Temporal UI\s+(http:\/\/\S+)/, LINE_TIMEOUT_MS))[1]!;
 
     const ready = await fetch(`${apiUrl}/ready`);
     assert.equal(ready.status, 200);
