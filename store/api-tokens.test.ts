@@ -18,14 +18,20 @@ after(async () => {
 });
 
 test('concurrent first starts mint exactly one admin token; later starts mint none', async () => {
-  const minted = await Promise.all(Array.from({ length: 5 }, () => createInitialAdminToken(db.pool)));
-  const tokens = minted.filter((t): t is string => t !== undefined);
-  assert.equal(tokens.length, 1, JSON.stringify(minted));
-  assert.equal(await createInitialAdminToken(db.pool), undefined);
-  const check = await authenticateApiToken(db.pool, { token: tokens[0]! });
-  assert.ok(check.ok);
-  assert.deepEqual(check.record.roles, ['admin']);
-  assert.equal(check.record.name, 'initial-admin');
+  // A first start needs an empty token table: a database of its own, whatever other tests wrote to theirs.
+  const fresh = await createTestDatabase();
+  try {
+    const minted = await Promise.all(Array.from({ length: 5 }, () => createInitialAdminToken(fresh.pool)));
+    const tokens = minted.filter((t): t is string => t !== undefined);
+    assert.equal(tokens.length, 1, JSON.stringify(minted));
+    assert.equal(await createInitialAdminToken(fresh.pool), undefined);
+    const check = await authenticateApiToken(fresh.pool, { token: tokens[0]! });
+    assert.ok(check.ok);
+    assert.deepEqual(check.record.roles, ['admin']);
+    assert.equal(check.record.name, 'initial-admin');
+  } finally {
+    await fresh.drop();
+  }
 });
 
 test('a token authenticates only with its exact secret, until it expires or is revoked', async () => {
