@@ -218,6 +218,30 @@ test('cancelling receiveImage stops the transfer and leaves no partial file or j
   assert.equal(hosts.dst!.receiver.cancel('9b9b9b9b-1111-4222-8333-444455556666'), false, 'no longer expected');
 });
 
+// Bounded: without the fix the activity waits for a sender forever.
+test(
+  'a cancel that arrives before receiveImage registers its transfer still ends it, and nothing is registered',
+  { timeout: 60_000 },
+  async () => {
+    const env = new MockActivityEnvironment();
+    const watched = watchedReceiver('dst');
+    // Cancelled before the activity runs: the abort event has fired before receiveImage could listen for it, as it
+    // does when the cancel lands while the library directory is being created.
+    env.cancel();
+    const err = await runIn(env, () =>
+      activities('dst', config, watched.receiver).receiveImage({
+        imageId: 'early',
+        format: 'raw' as const,
+        sha256: 'f'.repeat(64),
+        transferId: '7c7c7c7c-1111-4222-8333-444455556666',
+        sourceHostId: 'src',
+      }),
+    ).catch((e: unknown) => e);
+    assert.ok(err instanceof CancelledFailure, `expected CancelledFailure, got ${String(err)}`);
+    assert.equal(watched.registered(), false, 'the transfer was never registered');
+  },
+);
+
 test('a receiver that cancels keeps its journal: both activities fail retryably, and their retries resume', async () => {
   const size = 16 * MiB;
   const image = {

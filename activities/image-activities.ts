@@ -269,6 +269,9 @@ export function createImageActivities(deps: ImageActivityDeps) {
       signal.addEventListener('abort', onCancel, { once: true });
       try {
         await mkdir(libraryDir, { recursive: true });
+        // A cancel that came before the transfer was registered found nothing to stop, and the listener never
+        // fires again: honour it here. expectFile registers synchronously, so no cancel can slip in between.
+        signal.throwIfAborted();
         const result = await deps.receiver.expectFile({
           transferId: input.transferId,
           targetPath,
