@@ -94,18 +94,9 @@ export async function acquireHostLease(
       [hostLeaseResource(input.hostId), input.holder, input.ttlMs],
     );
     const token = Number(lease.rows[0]!.fencing_token);
-    const revived = await client.query(
-      `UPDATE hosts SET state = 'up', state_changed_at = now(), updated_at = now() WHERE id = $1 AND state = 'down'`,
-      [input.hostId],
-    );
+    const revived = await markHostUp(client, input.hostId);
     await client.query('COMMIT');
-    if (revived.rowCount === 1) {
-      await recordEvent(pool, {
-        kind: 'host.up',
-        hostId: input.hostId,
-        message: `host ${input.hostId} is up again (lease token ${token})`,
-      });
-    }
+    if (revived) await recordHostUp(pool, { hostId: input.hostId, token });
     return token;
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
@@ -113,6 +104,23 @@ export async function acquireHostLease(
   } finally {
     client.release();
   }
+}
+
+/** Down to up; true when the host was down. Maintenance is left alone: it is the operator's. */
+async function markHostUp(client: Pool | PoolClient, hostId: string): Promise<boolean> {
+  const revived = await client.query(
+    `UPDATE hosts SET state = 'up', state_changed_at = now(), updated_at = now() WHERE id = $1 AND state = 'down'`,
+    [hostId],
+  );
+  return revived.rowCount === 1;
+}
+
+async function recordHostUp(pool: Pool, input: { hostId: string; token: number }): Promise<void> {
+  await recordEvent(pool, {
+    kind: 'host.up',
+    hostId: input.hostId,
+    message: `host ${input.hostId} is up again (lease token ${input.token})`,
+  });
 }
 
 export type LeaseRenewal = 'renewed' | 'expired' | 'lost';
@@ -130,7 +138,12 @@ export async function renewHostLease(
      WHERE resource = $1 AND holder = $2 AND fencing_token = $3 AND expires_at > now()`,
     [hostLeaseResource(input.hostId), input.holder, input.token, input.ttlMs],
   );
-  if (renewed.rowCount === 1) return 'renewed';
+  if (renewed.rowCount === 1) {
+    // A live lease was just extended, so a host marked down is not: the monitor's expiry check can read the lease
+    // table before a new agent's first lease commits and mark the host down after it, and only this brings it back.
+    if (await markHostUp(pool, input.hostId)) await recordHostUp(pool, { hostId: input.hostId, token: input.token });
+    return 'renewed';
+  }
   const current = await pool.query<{ holder: string; fencing_token: string }>(
     'SELECT holder, fencing_token FROM leases WHERE resource = $1',
     [hostLeaseResource(input.hostId)],

@@ -1,0 +1,81 @@
+/**
+ * Host leases against a real PostgreSQL: the fleet monitor's expiry check racing a new agent's first lease, and a
+ * late renewal of a lease that really expired.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { createTestDatabase, type TestDatabase } from '../test/support/services';
+import { waitUntil } from '../test/support/wait';
+import { listEvents } from './events';
+import { acquireHostLease, getHost, markExpiredHostsDown, registerHost, renewHostLease } from './hosts';
+
+let db: TestDatabase;
+
+before(async () => {
+  db = await createTestDatabase();
+});
+
+after(async () => {
+  await db.drop();
+});
+
+async function register(hostId: string): Promise<void> {
+  await registerHost(db.pool, {
+    id: hostId,
+    address: '127.0.0.1',
+    libvirtUri: 'qemu:///system',
+    cpus: 2,
+    memoryMib: 2048,
+    diskMib: 10_240,
+    labels: {},
+    imageRoot: `/tmp/${hostId}`,
+  });
+}
+
+test('a host the monitor marked down while its first lease committed comes back up at the next renewal', async () => {
+  await register('race-1');
+  // Hold the host row so that the monitor's statement takes its snapshot (no lease yet) and then waits to update.
+  const blocker = await db.pool.connect();
+  try {
+    await blocker.query('BEGIN');
+    await blocker.query(`SELECT 1 FROM hosts WHERE id = 'race-1' FOR UPDATE`);
+    const monitor = markExpiredHostsDown(db.pool);
+    await waitUntil('the monitor to wait for the host row', async () => {
+      const { rows } = await db.pool.query<{ waiting: string }>(
+        `SELECT count(*) AS waiting FROM pg_stat_activity
+          WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE hosts h SET state = ''down''%'`,
+      );
+      return Number(rows[0]!.waiting) > 0;
+    });
+    // The agent's lease commits while the host is still up, so taking it brings nothing back up.
+    const token = await acquireHostLease(db.pool, { hostId: 'race-1', holder: 'agent-a', ttlMs: 60_000 });
+    await blocker.query('COMMIT');
+    assert.deepEqual(await monitor, ['race-1']);
+    const marked = await getHost(db.pool, 'race-1');
+    assert.equal(marked?.state, 'down');
+    assert.equal(marked?.lease?.alive, true, 'down with a live lease: the race this test is about');
+
+    assert.equal(
+      await renewHostLease(db.pool, { hostId: 'race-1', holder: 'agent-a', token, ttlMs: 60_000 }),
+      'renewed',
+    );
+    assert.equal((await getHost(db.pool, 'race-1'))?.state, 'up');
+    const events = await listEvents(db.pool, { hostId: 'race-1', limit: 10 });
+    assert.deepEqual(
+      events.map((e) => e.kind),
+      ['host.up', 'host.down'],
+    );
+  } finally {
+    blocker.release();
+  }
+});
+
+test('a renewal that comes after the lease expired leaves the host down', async () => {
+  await register('late-1');
+  const token = await acquireHostLease(db.pool, { hostId: 'late-1', holder: 'agent-b', ttlMs: 1 });
+  await waitUntil('the lease to expire and the host to be marked down', async () =>
+    (await markExpiredHostsDown(db.pool)).includes('late-1'),
+  );
+  assert.equal(await renewHostLease(db.pool, { hostId: 'late-1', holder: 'agent-b', token, ttlMs: 60_000 }), 'expired');
+  assert.equal((await getHost(db.pool, 'late-1'))?.state, 'down');
+});
