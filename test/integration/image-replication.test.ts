@@ -19,7 +19,7 @@ import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors 
 import { createMetrics } from '../../observability/metrics';
 import { startControlWorker, type ControlWorkerHandle } from '../../workers/control-worker';
 import type { ReplicateImageResult } from '../../workflows/image-workflows';
-import { startAgentProcess, TEST_FLEET_OVERRIDES, waitForHostsUp } from '../support/fleet';
+import { startAgentProcess, stopAgentProcesses, TEST_FLEET_OVERRIDES, waitForHostsUp } from '../support/fleet';
 import type { ChildHandle } from '../support/processes';
 import { createTestDatabase, scratchDir, temporalClient, testConfig, type TestDatabase } from '../support/services';
 import { bearer, mintToken } from '../support/tokens';
@@ -76,10 +76,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const agent of agents) {
-    if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGTERM');
-    await agent.exited;
-  }
+  await stopAgentProcesses(agents);
   await built?.close();
   await worker?.shutdown();
   await connection?.close();

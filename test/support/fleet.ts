@@ -80,6 +80,14 @@ export function startAgentProcess(input: {
   );
 }
 
+/** SIGTERM to every agent still running, then waits for all of them to exit. */
+export async function stopAgentProcesses(agents: Iterable<ChildHandle>): Promise<void> {
+  for (const agent of agents) {
+    if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGTERM');
+    await agent.exited;
+  }
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until each host is registered with a live lease and has reported its inventory. */
@@ -191,10 +199,7 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
   let built: BuiltApp | undefined;
 
   const stop = async (): Promise<void> => {
-    for (const agent of Object.values(agents)) {
-      if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGTERM');
-      await agent.exited;
-    }
+    await stopAgentProcesses(Object.values(agents));
     await built?.close();
     await worker?.shutdown();
     await connection?.close();
