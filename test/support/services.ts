@@ -48,8 +48,17 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     pool,
     async drop() {
       await pool.end();
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await admin.end();
+      try {
+        // Plain first: it ends an autovacuum worker in the database itself, which FORCE may not as a non-superuser
+        // (CI's role: "must be a member of the role whose process is being terminated").
+        await admin.query(`DROP DATABASE IF EXISTS ${name}`);
+      } catch (err) {
+        // 55006: a connection the test left behind (a child process's pool); FORCE ends it.
+        if ((err as { code?: string }).code !== '55006') throw err;
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await admin.end();
+      }
     },
   };
 }
