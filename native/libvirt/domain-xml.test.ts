@@ -177,3 +177,36 @@ test('parser refuses DTDs and malformed documents', () => {
   assert.throws(() => parseXml('<a>x & y</a>'));
   assert.equal(textContent(parseXml('<a>&#60;&#x3e;<![CDATA[<&>]]></a>')), '<><&>');
 });
+
+test('OEM strings become an SMBIOS sysinfo block that the firmware is told to use', () => {
+  const plain = parseXml(buildDomainXml(baseSpec));
+  assert.equal(childElement(plain, 'sysinfo'), undefined);
+  assert.equal(childElement(child(plain, 'os'), 'smbios'), undefined);
+
+  const root = parseXml(buildDomainXml({ ...baseSpec, oemStrings: ['novacron.dirty-mibps=200', 'a&b <c>'] }));
+  const sysinfo = child(root, 'sysinfo');
+  assert.equal(sysinfo.attributes['type'], 'smbios');
+  assert.deepEqual(childElements(child(sysinfo, 'oemStrings'), 'entry').map(textContent), [
+    'novacron.dirty-mibps=200',
+    'a&b <c>',
+  ]);
+  assert.deepEqual(child(root, 'os', 'smbios').attributes, { mode: 'sysinfo' });
+});
+
+test('a console log path is the serial port log, replaced at each start', () => {
+  assert.equal(childElement(child(parseXml(buildDomainXml(baseSpec)), 'devices', 'serial'), 'log'), undefined);
+  const root = parseXml(buildDomainXml({ ...baseSpec, consoleLogPath: '/var/log/guests/web-1.console.log' }));
+  assert.deepEqual(child(root, 'devices', 'serial', 'log').attributes, {
+    file: '/var/log/guests/web-1.console.log',
+    append: 'off',
+  });
+});
+
+test('unsafe console log paths and OEM strings are refused', () => {
+  for (const consoleLogPath of ['relative.log', '/a/../b.log', '/logs/', '/a b.log']) {
+    assert.throws(() => buildDomainXml({ ...baseSpec, consoleLogPath }), DomainSpecError, consoleLogPath);
+  }
+  for (const oemStrings of [[''], ['line\nbreak'], ['x'.repeat(1025)], Array.from({ length: 65 }, () => 'x')]) {
+    assert.throws(() => buildDomainXml({ ...baseSpec, oemStrings }), DomainSpecError);
+  }
+});

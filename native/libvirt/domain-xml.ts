@@ -26,6 +26,7 @@ const MAX_VCPUS = 256;
 const MIN_MEMORY_MIB = 16;
 const MAX_MEMORY_MIB = 4 * 1024 * 1024;
 const MAX_METADATA_VALUE_LENGTH = 1024;
+const MAX_OEM_STRINGS = 64;
 
 export interface DiskSpec {
   path: string;
@@ -62,6 +63,13 @@ export interface DomainSpec {
   imageRoot: string;
   /** Defaults to `detectDomainType()`. */
   domainType?: DomainType;
+  /**
+   * A file on the host that keeps everything the guest writes to its serial console (virtlogd writes it, replaced
+   * at each start). Two hosts running the same domain need different paths: a second writer truncates the file.
+   */
+  consoleLogPath?: string;
+  /** SMBIOS OEM strings (type 11), which the guest reads from its firmware tables: per-VM settings with no agent. */
+  oemStrings?: readonly string[];
 }
 
 export class DomainSpecError extends Error {
@@ -159,6 +167,13 @@ export function validateDomainSpec(spec: DomainSpec): void {
       throw new DomainSpecError(`mac ${JSON.stringify(net.mac)} must be six lowercase hex octets`);
     }
   }
+  if (spec.consoleLogPath !== undefined) {
+    assertSafeAbsolutePath(spec.consoleLogPath, 'consoleLogPath');
+    if (spec.consoleLogPath.endsWith('/')) throw new DomainSpecError('consoleLogPath names a directory');
+  }
+  const oemStrings = spec.oemStrings ?? [];
+  if (oemStrings.length > MAX_OEM_STRINGS) throw new DomainSpecError(`at most ${MAX_OEM_STRINGS} oemStrings`);
+  oemStrings.forEach((entry, i) => assertMetadataValue(entry, `oemStrings[${i}]`));
   assertMetadataValue(spec.metadata.vmId, 'metadata.vmId');
   if (spec.metadata.owner !== undefined) assertMetadataValue(spec.metadata.owner, 'metadata.owner');
   for (const [key, value] of Object.entries(spec.metadata.labels ?? {})) {
@@ -173,6 +188,7 @@ export function validateDomainSpec(spec: DomainSpec): void {
 export function buildDomainXml(spec: DomainSpec): string {
   validateDomainSpec(spec);
   const type = spec.domainType ?? detectDomainType();
+  const oemStrings = spec.oemStrings ?? [];
   const meta = (local: string, children: string[] = [], attrs: Record<string, string> = {}): XmlElement =>
     element(`${METADATA_PREFIX}:${local}`, attrs, children);
   const labels = Object.entries(spec.metadata.labels ?? {})
@@ -191,7 +207,21 @@ export function buildDomainXml(spec: DomainSpec): string {
     ]),
     element('memory', { unit: 'MiB' }, [String(spec.memoryMiB)]),
     element('vcpu', {}, [String(spec.vcpus)]),
-    element('os', {}, [element('type', { arch: 'x86_64', machine: 'pc' }, ['hvm']), element('boot', { dev: 'hd' })]),
+    oemStrings.length === 0
+      ? undefined
+      : element('sysinfo', { type: 'smbios' }, [
+          element(
+            'oemStrings',
+            {},
+            oemStrings.map((entry) => element('entry', {}, [entry])),
+          ),
+        ]),
+    element('os', {}, [
+      element('type', { arch: 'x86_64', machine: 'pc' }, ['hvm']),
+      element('boot', { dev: 'hd' }),
+      // Without it the <sysinfo> block is only described, not given to the guest's firmware.
+      oemStrings.length === 0 ? undefined : element('smbios', { mode: 'sysinfo' }),
+    ]),
     // ACPI is what lets a graceful shutdown or reboot reach the guest OS.
     element('features', {}, [element('acpi')]),
     element('clock', { offset: 'utc' }),
@@ -213,7 +243,9 @@ export function buildDomainXml(spec: DomainSpec): string {
           element('model', { type: 'virtio' }),
         ]),
       ),
-      element('serial', { type: 'pty' }),
+      element('serial', { type: 'pty' }, [
+        spec.consoleLogPath === undefined ? undefined : element('log', { file: spec.consoleLogPath, append: 'off' }),
+      ]),
       element('console', { type: 'pty' }),
     ]),
   ]);
