@@ -15,6 +15,11 @@ export interface ChildHandle {
 export function isolatedEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [key, value] of Object.entries(process.env)) {
+    // The response contract check is the test run's, not a setting of the child's: it stays on in every API.
+    if (key === 'NOVACRON_CHECK_RESPONSES') {
+      env[key] = value;
+      continue;
+    }
     if (key.startsWith('NOVACRON_') || key === 'DATABASE_URL' || key === 'TEMPORAL_ADDRESS') continue;
     // node:test sets these for its own children; a grandchild must not think it is a test file.
     if (key.startsWith('NODE_TEST')) continue;
