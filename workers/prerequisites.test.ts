@@ -62,8 +62,17 @@ test('several missing programs name each package once, in one line', async () =>
   assert.deepEqual(await failures(probes), [
     '✗ libvirtd, virtlogd, virsh, qemu-system-x86_64, qemu-img, unshare, setpriv not found (local hypervisors); ' +
       'fix: apt-get install -y --no-install-recommends libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils util-linux',
+    "✗ gcc, cpio, mkfs.vfat, mcopy, syslinux, apt-get, dpkg-deb not found (the test guest's build); " +
+      'fix: apt-get install -y --no-install-recommends gcc cpio dosfstools mtools syslinux apt dpkg',
     '✗ openssl not found (certificates for DWCP, the API and Temporal); ' +
       'fix: apt-get install -y --no-install-recommends openssl',
+  ]);
+});
+
+test("a missing mcopy names mtools, the test guest build's package", async () => {
+  const probes = machine({ findExecutable: (name) => (name === 'mcopy' ? undefined : `/usr/bin/${name}`) });
+  assert.deepEqual(await failures(probes), [
+    "✗ mcopy not found (the test guest's build); fix: apt-get install -y --no-install-recommends mtools",
   ]);
 });
 

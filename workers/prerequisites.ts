@@ -5,6 +5,7 @@
  * probes they are given (prerequisite-probes.ts reads the real machine), so every line a user can see is tested.
  */
 import type { NovacronConfig } from '../config/schema';
+import { GUEST_BUILD_BINARIES } from '../guest/build-tools';
 import { HYPERVISOR_BINARIES } from '../native/libvirt/hypervisor-binaries';
 
 export const PREREQUISITES = ['node', 'temporal', 'hypervisors', 'openssl', 'ports', 'disk'] as const;
@@ -180,6 +181,17 @@ function checkHypervisors(probes: PrerequisiteProbes): CheckResult[] {
       ),
     );
   }
+  // The guests local hypervisors run for tests and demos are built here (npm run build:guest).
+  const missingGuestTools = Object.keys(GUEST_BUILD_BINARIES).filter((binary) => !probes.findExecutable(binary));
+  results.push(
+    missingGuestTools.length === 0
+      ? pass('hypervisors', `test guest build: ${Object.keys(GUEST_BUILD_BINARIES).join(', ')}`)
+      : fail(
+          'hypervisors',
+          `${missingGuestTools.join(', ')} not found (the test guest's build)`,
+          `${APT_INSTALL} ${[...new Set(missingGuestTools.map((binary) => GUEST_BUILD_BINARIES[binary]))].join(' ')}`,
+        ),
+  );
   results.push(
     probes.isRoot
       ? pass('hypervisors', 'running as root (local hypervisors run libvirtd in mount and PID namespaces)')
