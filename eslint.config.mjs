@@ -17,6 +17,8 @@ const LAYERS = [
   'config',
   'observability',
   'native',
+  // The test guest's image build: from Debian packages, for the hypervisors below workers and tests.
+  'guest',
   'store',
   'activities',
   'workflows',
