@@ -3,7 +3,6 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { access, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -15,6 +14,7 @@ import { dialTls, type Dialer } from './connection';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpDiskFullError } from './errors';
 import { createTestPki, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
+import { startTcpProxy, type TcpProxy } from './testing/tcp-proxy';
 import { DwcpReceiver } from './receiver';
 import { sendFile } from './send-file';
 
@@ -163,44 +163,28 @@ function journaledChunks(file: string): number {
 }
 
 /** A TCP proxy that flips one byte of the client→server byte stream (TLS ciphertext) once, after `after` bytes. */
-async function flippingProxy(input: {
-  targetPort: number;
-  after: number;
-}): Promise<{ port: number; close: () => Promise<void> }> {
+function flippingProxy(input: { targetPort: number; after: number }): Promise<TcpProxy> {
   let seen = 0;
   let flipped = false;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(input.targetPort, '127.0.0.1');
-    sockets.add(client).add(upstream);
-    client.on('data', (data: Buffer) => {
-      let out = data;
-      if (!flipped && seen + data.length > input.after) {
-        out = Buffer.from(data);
-        out[input.after - seen]! ^= 0x10;
-        flipped = true;
+  return startTcpProxy({
+    targetPort: input.targetPort,
+    pipe: (from, to, direction) => {
+      if (direction === 'to-client') {
+        from.pipe(to);
+        return;
       }
-      seen += data.length;
-      upstream.write(out);
-    });
-    upstream.pipe(client);
-    const close = (): void => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', close).on('close', close);
-    upstream.on('error', close).on('close', close);
+      from.on('data', (data: Buffer) => {
+        let out = data;
+        if (!flipped && seen + data.length > input.after) {
+          out = Buffer.from(data);
+          out[input.after - seen]! ^= 0x10;
+          flipped = true;
+        }
+        seen += data.length;
+        to.write(out);
+      });
+    },
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address() as net.AddressInfo;
-  return {
-    port: address.port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
 }
 
 test('a byte flipped inside TLS breaks only that connection; the sender reconnects and finishes', async () => {

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -13,6 +12,7 @@ import {
   resolveTransferParameters,
 } from './mode';
 import { createTestPki } from './testing/fixtures';
+import { startTcpProxy, type TcpProxy } from './testing/tcp-proxy';
 import { DwcpReceiver } from './receiver';
 
 test('datacenter needs both a short RTT and more than 1 Gbit/s', () => {
@@ -89,45 +89,23 @@ test('the probe measures RTT and throughput against a receiver over mutual TLS',
  * A TCP proxy that holds every chunk for `delayMs` in each direction: a long link on loopback, since netem is not
  * available. At most 1 MiB waits per direction, so a bulk probe cannot pile up memory.
  */
-async function delayingProxy(input: {
-  targetPort: number;
-  delayMs: number;
-}): Promise<{ port: number; close: () => Promise<void> }> {
-  const sockets = new Set<net.Socket>();
-  const forward = (from: net.Socket, to: net.Socket): void => {
-    let held = 0;
-    from.on('data', (data: Buffer) => {
-      held += data.length;
-      if (held > 1 << 20) from.pause();
-      // Timers of one duration fire in the order they were set, so the byte stream stays in order.
-      setTimeout(() => {
-        held -= data.length;
-        to.write(data);
-        if (held <= 1 << 20) from.resume();
-      }, input.delayMs);
-    });
-  };
-  const server = net.createServer((client) => {
-    const upstream = net.connect(input.targetPort, '127.0.0.1');
-    sockets.add(client).add(upstream);
-    forward(client, upstream);
-    forward(upstream, client);
-    const close = (): void => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', close).on('close', close);
-    upstream.on('error', close).on('close', close);
+function delayingProxy(input: { targetPort: number; delayMs: number }): Promise<TcpProxy> {
+  return startTcpProxy({
+    targetPort: input.targetPort,
+    pipe: (from, to) => {
+      let held = 0;
+      from.on('data', (data: Buffer) => {
+        held += data.length;
+        if (held > 1 << 20) from.pause();
+        // Timers of one duration fire in the order they were set, so the byte stream stays in order.
+        setTimeout(() => {
+          held -= data.length;
+          to.write(data);
+          if (held <= 1 << 20) from.resume();
+        }, input.delayMs);
+      });
+    },
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
 }
 
 test('the probed RTT includes the latency of the link, and a long link is not classified datacenter', async () => {
