@@ -78,4 +78,11 @@ test('a renewal that comes after the lease expired leaves the host down', async 
   );
   assert.equal(await renewHostLease(db.pool, { hostId: 'late-1', holder: 'agent-b', token, ttlMs: 60_000 }), 'expired');
   assert.equal((await getHost(db.pool, 'late-1'))?.state, 'down');
+  // A new incarnation's lease is what brings it back, with the event that says so.
+  const next = await acquireHostLease(db.pool, { hostId: 'late-1', holder: 'agent-c', ttlMs: 60_000 });
+  assert.equal(next, token + 1);
+  assert.equal((await getHost(db.pool, 'late-1'))?.state, 'up');
+  const [latest] = await listEvents(db.pool, { hostId: 'late-1', limit: 1 });
+  assert.equal(latest?.kind, 'host.up');
+  assert.match(latest.message, new RegExp(`lease token ${next}\\)`));
 });

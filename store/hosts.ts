@@ -94,9 +94,11 @@ export async function acquireHostLease(
       [hostLeaseResource(input.hostId), input.holder, input.ttlMs],
     );
     const token = Number(lease.rows[0]!.fencing_token);
-    const revived = await markHostUp(client, input.hostId);
+    await client.query(
+      `WITH token AS (SELECT $2::bigint AS fencing_token), ${REVIVE_HOST_CTES('$1')} SELECT count(*) FROM revived`,
+      [input.hostId, token],
+    );
     await client.query('COMMIT');
-    if (revived) await recordHostUp(pool, { hostId: input.hostId, token });
     return token;
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
@@ -106,22 +108,20 @@ export async function acquireHostLease(
   }
 }
 
-/** Down to up; true when the host was down. Maintenance is left alone: it is the operator's. */
-async function markHostUp(client: Pool | PoolClient, hostId: string): Promise<boolean> {
-  const revived = await client.query(
-    `UPDATE hosts SET state = 'up', state_changed_at = now(), updated_at = now() WHERE id = $1 AND state = 'down'`,
-    [hostId],
-  );
-  return revived.rowCount === 1;
-}
-
-async function recordHostUp(pool: Pool, input: { hostId: string; token: number }): Promise<void> {
-  await recordEvent(pool, {
-    kind: 'host.up',
-    hostId: input.hostId,
-    message: `host ${input.hostId} is up again (lease token ${input.token})`,
-  });
-}
+/**
+ * Down to up, with its event in the same statement (whoever sees the host up also sees why), for a statement that
+ * defines a CTE `token` with the live lease's `fencing_token` (no row: nothing happens). Maintenance is left
+ * alone: it is the operator's.
+ */
+const REVIVE_HOST_CTES = (hostIdParam: string): string => `
+  revived AS (
+    UPDATE hosts SET state = 'up', state_changed_at = now(), updated_at = now()
+    WHERE id = ${hostIdParam} AND state = 'down' AND EXISTS (SELECT 1 FROM token)
+    RETURNING id),
+  up_event AS (
+    INSERT INTO events (kind, host_id, message)
+    SELECT 'host.up', id, 'host ' || id || ' is up again (lease token ' || (SELECT fencing_token FROM token) || ')'
+    FROM revived)`;
 
 export type LeaseRenewal = 'renewed' | 'expired' | 'lost';
 
@@ -133,17 +133,18 @@ export async function renewHostLease(
   pool: Pool,
   input: { hostId: string; holder: string; token: number; ttlMs: number },
 ): Promise<LeaseRenewal> {
-  const renewed = await pool.query(
-    `UPDATE leases SET expires_at = now() + $4 * interval '1 millisecond', renewed_at = now()
-     WHERE resource = $1 AND holder = $2 AND fencing_token = $3 AND expires_at > now()`,
-    [hostLeaseResource(input.hostId), input.holder, input.token, input.ttlMs],
+  // A live lease just extended means a host marked down is not: the monitor's expiry check can read the lease table
+  // before a new agent's first lease commits and mark the host down after it, and only a renewal brings it back.
+  // One statement, so the heartbeat costs one round trip.
+  const renewed = await pool.query<{ renewed: string }>(
+    `WITH token AS (
+       UPDATE leases SET expires_at = now() + $4 * interval '1 millisecond', renewed_at = now()
+       WHERE resource = $1 AND holder = $2 AND fencing_token = $3 AND expires_at > now()
+       RETURNING fencing_token), ${REVIVE_HOST_CTES('$5')}
+     SELECT count(*) AS renewed FROM token`,
+    [hostLeaseResource(input.hostId), input.holder, input.token, input.ttlMs, input.hostId],
   );
-  if (renewed.rowCount === 1) {
-    // A live lease was just extended, so a host marked down is not: the monitor's expiry check can read the lease
-    // table before a new agent's first lease commits and mark the host down after it, and only this brings it back.
-    if (await markHostUp(pool, input.hostId)) await recordHostUp(pool, { hostId: input.hostId, token: input.token });
-    return 'renewed';
-  }
+  if (Number(renewed.rows[0]!.renewed) === 1) return 'renewed';
   const current = await pool.query<{ holder: string; fencing_token: string }>(
     'SELECT holder, fencing_token FROM leases WHERE resource = $1',
     [hostLeaseResource(input.hostId)],
