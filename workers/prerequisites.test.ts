@@ -46,7 +46,7 @@ test('a complete machine passes every check', async () => {
   );
   assert.deepEqual(
     [...new Set(results.map((r) => r.prerequisite))],
-    ['node', 'temporal', 'hypervisors', 'openssl', 'ports', 'disk'],
+    ['node', 'temporal', 'hypervisors', 'guest', 'openssl', 'ports', 'disk'],
   );
 });
 

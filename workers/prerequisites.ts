@@ -8,7 +8,7 @@ import type { NovacronConfig } from '../config/schema';
 import { GUEST_BUILD_BINARIES } from '../guest/build-tools';
 import { HYPERVISOR_BINARIES } from '../native/libvirt/hypervisor-binaries';
 
-export const PREREQUISITES = ['node', 'temporal', 'hypervisors', 'openssl', 'ports', 'disk'] as const;
+export const PREREQUISITES = ['node', 'temporal', 'hypervisors', 'guest', 'openssl', 'ports', 'disk'] as const;
 export type Prerequisite = (typeof PREREQUISITES)[number];
 
 /** The oldest Go that fetches a newer toolchain by itself when a go.mod asks for one (GOTOOLCHAIN, Go 1.21). */
@@ -166,32 +166,26 @@ function checkTemporal(probes: PrerequisiteProbes, context: PrerequisiteContext)
   return results;
 }
 
-function checkHypervisors(probes: PrerequisiteProbes): CheckResult[] {
-  const missing = Object.keys(HYPERVISOR_BINARIES).filter((binary) => probes.findExecutable(binary) === undefined);
-  const results: CheckResult[] = [];
-  if (missing.length === 0) {
-    results.push(pass('hypervisors', `libvirt and QEMU: ${Object.keys(HYPERVISOR_BINARIES).join(', ')}`));
-  } else {
-    const packages = [...new Set(missing.map((binary) => HYPERVISOR_BINARIES[binary]))];
-    results.push(
-      fail(
-        'hypervisors',
-        `${missing.join(', ')} not found (local hypervisors)`,
-        `${APT_INSTALL} ${packages.join(' ')}`,
-      ),
-    );
-  }
-  // The guests local hypervisors run for tests and demos are built here (npm run build:guest).
-  const missingGuestTools = Object.keys(GUEST_BUILD_BINARIES).filter((binary) => !probes.findExecutable(binary));
-  results.push(
-    missingGuestTools.length === 0
-      ? pass('hypervisors', `test guest build: ${Object.keys(GUEST_BUILD_BINARIES).join(', ')}`)
-      : fail(
-          'hypervisors',
-          `${missingGuestTools.join(', ')} not found (the test guest's build)`,
-          `${APT_INSTALL} ${[...new Set(missingGuestTools.map((binary) => GUEST_BUILD_BINARIES[binary]))].join(' ')}`,
-        ),
+/** One check over a table of programs and the Debian packages that bring them: one line names every package once. */
+function checkPrograms(
+  probes: PrerequisiteProbes,
+  input: { prerequisite: Prerequisite; programs: Readonly<Record<string, string>>; purpose: string },
+): CheckResult {
+  const programs = Object.keys(input.programs);
+  const missing = programs.filter((program) => probes.findExecutable(program) === undefined);
+  if (missing.length === 0) return pass(input.prerequisite, `${input.purpose}: ${programs.join(', ')}`);
+  const packages = [...new Set(missing.map((program) => input.programs[program]))];
+  return fail(
+    input.prerequisite,
+    `${missing.join(', ')} not found (${input.purpose})`,
+    `${APT_INSTALL} ${packages.join(' ')}`,
   );
+}
+
+function checkHypervisors(probes: PrerequisiteProbes): CheckResult[] {
+  const results = [
+    checkPrograms(probes, { prerequisite: 'hypervisors', programs: HYPERVISOR_BINARIES, purpose: 'local hypervisors' }),
+  ];
   results.push(
     probes.isRoot
       ? pass('hypervisors', 'running as root (local hypervisors run libvirtd in mount and PID namespaces)')
@@ -252,6 +246,16 @@ export async function checkPrerequisites(
         break;
       case 'hypervisors':
         results.push(...checkHypervisors(probes));
+        break;
+      case 'guest':
+        // The guest the migration tests boot is built here (npm run build:guest); npm start does not need it.
+        results.push(
+          checkPrograms(probes, {
+            prerequisite: 'guest',
+            programs: GUEST_BUILD_BINARIES,
+            purpose: "the test guest's build",
+          }),
+        );
         break;
       case 'openssl':
         results.push(checkOpenssl(probes));

@@ -17,7 +17,7 @@ import { migrate } from '../store/migrate';
 import { createPool, redactDatabaseUrl } from '../store/pool';
 import { startLocalHostAgents } from './host-agent-local';
 import { systemProbes, stackContext } from './prerequisite-probes';
-import { checkPrerequisites, formatCheck, type Prerequisite } from './prerequisites';
+import { checkPrerequisites, formatCheck, PREREQUISITES, type Prerequisite } from './prerequisites';
 import { superviseService, type SupervisedService } from './supervisor';
 import { temporalTarget } from './temporal-clients';
 
@@ -222,7 +222,12 @@ export async function runStackFromCli(configFile?: string): Promise<void> {
     throw err;
   }
   // Checked before anything starts: a missing program is one line with its fix, not minutes of failing services.
-  const results = await checkPrerequisites(systemProbes(), stackContext(config));
+  // The test guest's build tools are for the tests (and `novacron doctor` lists them); the stack does not build it.
+  const results = await checkPrerequisites(
+    systemProbes(),
+    stackContext(config),
+    PREREQUISITES.filter((prerequisite) => prerequisite !== 'guest'),
+  );
   const failed = results.filter((result) => !result.ok);
   for (const result of failed) process.stderr.write(`${formatCheck(result)}\n`);
   const hard = failed.filter((result) => !LOCAL_HOST_PREREQUISITES.has(result.prerequisite));

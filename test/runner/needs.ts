@@ -11,6 +11,7 @@ import type { Prerequisite } from '../../workers/prerequisites';
 
 const TRIGGERS: ReadonlyArray<[file: string, needs: Prerequisite[]]> = [
   ['native/libvirt/harness.ts', ['hypervisors']],
+  ['guest/build.ts', ['guest']],
   ['native/dwcp/certs.ts', ['openssl']],
 ];
 const EVERY_RUN: Prerequisite[] = ['node', 'temporal', 'disk'];
