@@ -8,7 +8,7 @@ import path from 'node:path';
 import { ConfigError, loadConfig } from '../config/load-config';
 import type { NovacronConfig } from '../config/schema';
 import { clusterInitInput } from '../domain/cluster-init';
-import { ensureTemporalBinary, startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
+import { startTemporalDevServer, type TemporalDevServer } from '../native/temporal';
 import { builtTemporalBinary } from '../native/temporal/build';
 import { createLogger } from '../observability/logger';
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/embedded-postgres';
@@ -81,18 +81,17 @@ export async function startStack(input: {
     if (mustBuildTemporal)
       print('the Temporal server is built first; the control worker and the API start once it is up');
     print(`starting the embedded Temporal server on 127.0.0.1:${config.temporal.embedded.port}`);
-    temporalStarting = ensureTemporalBinary({ log: print }).then(() =>
-      startTemporalDevServer({
-        port: config.temporal.embedded.port,
-        uiPort: config.temporal.embedded.uiPort,
-        dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
-        namespaces: [config.temporal.namespace],
-        onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
-      }).then((server) => {
-        cleanups.push(() => server.stop());
-        return server;
-      }),
-    );
+    temporalStarting = startTemporalDevServer({
+      port: config.temporal.embedded.port,
+      uiPort: config.temporal.embedded.uiPort,
+      dbFile: path.join(config.system.dataDir, 'temporal', 'temporal.db'),
+      namespaces: [config.temporal.namespace],
+      buildLog: print,
+      onLog: (line: string) => logger.debug({ component: 'temporal' }, line),
+    }).then((server) => {
+      cleanups.push(() => server.stop());
+      return server;
+    });
     // Observed below; this only keeps an early PostgreSQL failure from leaving the rejection unhandled.
     temporalStarting.catch(() => undefined);
   }

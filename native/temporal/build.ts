@@ -33,8 +33,15 @@ export function temporalCacheRoot(): string {
 }
 
 // The key covers exactly what determines the binary, so editing main.go or bumping a module rebuilds on next use
-// while every other start reuses the cached build.
+// while every other start reuses the cached build. Computed once per process: the prerequisite check, the stack
+// and the server start all ask for it.
+let sourceHash: string | undefined;
 export function temporalSourceHash(): string {
+  sourceHash ??= hashSources();
+  return sourceHash;
+}
+
+function hashSources(): string {
   const hash = createHash('sha256');
   for (const file of SOURCE_FILES) {
     hash.update(`${file}\0`);

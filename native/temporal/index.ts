@@ -10,6 +10,8 @@ export interface TemporalDevServerOptions {
   ip?: string; // default 127.0.0.1
   port: number; // gRPC port; 0 = pick a free port
   uiPort?: number; // undefined/0 = no UI; the caller passes 8233 for npm start
+  /** Where a first start's build of the binary reports its progress (ensureTemporalBinary's default otherwise). */
+  buildLog?: (message: string) => void;
   dbFile?: string; // undefined = in-memory (tests)
   namespaces?: string[]; // 'default' always included
   logLevel?: string;
@@ -60,7 +62,7 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   const onLog = opts.onLog;
   // Build progress goes to stderr, not onLog: callers tend to route server lines to debug logging, and a silent
   // multi-minute first build looks like a hang.
-  const binary = await ensureTemporalBinary();
+  const binary = await ensureTemporalBinary(opts.buildLog ? { log: opts.buildLog } : {});
   const ip = opts.ip ?? '127.0.0.1';
   const port = opts.port === 0 ? await findFreePort(ip) : opts.port;
   const uiPort = opts.uiPort ?? 0;
