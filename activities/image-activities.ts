@@ -163,7 +163,8 @@ export function createImageActivities(deps: ImageActivityDeps) {
   const libraryPath = (ref: ImageRef) => path.join(imageRoot, imageFileName(ref));
   const modeOverride = deps.config.dwcp.mode === 'auto' ? undefined : deps.config.dwcp.mode;
   const { rateLimitMbps } = deps.config.dwcp.transport;
-  const thresholds = deps.config.network;
+  // How a probed link picks its mode: the configured thresholds, and the configured mode when it is not auto.
+  const modeOptions = { thresholds: deps.config.network, ...(modeOverride ? { override: modeOverride } : {}) };
 
   /** What the whole file hashes to, off this process's event loop, with heartbeats while the worker reads. */
   const hashFile = async (file: string, details: object): Promise<string> => {
@@ -177,7 +178,7 @@ export function createImageActivities(deps: ImageActivityDeps) {
 
   const transferParameters = async (input: TransferImageInput, sourcePath: string): Promise<TransferParameters> => {
     const { compression } = deps.config.dwcp;
-    const base = { ...input.probe, thresholds, ...(modeOverride ? { override: modeOverride } : {}) };
+    const base = { ...input.probe, ...modeOptions };
     if (compression.algorithm === 'none') return { ...resolveTransferParameters(base), compressionLevel: 0 };
     if (compression.level !== 'auto')
       return { ...resolveTransferParameters(base), compressionLevel: compression.level };
@@ -235,7 +236,7 @@ export function createImageActivities(deps: ImageActivityDeps) {
         bandwidthMbps: result.bandwidthMbps,
         probeBytes: result.bytes,
         streams,
-        mode: classifyMode({ ...result, thresholds, ...(modeOverride ? { override: modeOverride } : {}) }),
+        mode: classifyMode({ ...result, ...modeOptions }),
       };
     },
 

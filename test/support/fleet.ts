@@ -82,10 +82,11 @@ export function startAgentProcess(input: {
 
 /** SIGTERM to every agent still running, then waits for all of them to exit. */
 export async function stopAgentProcesses(agents: Iterable<ChildHandle>): Promise<void> {
-  for (const agent of agents) {
+  const all = [...agents];
+  for (const agent of all) {
     if (agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGTERM');
-    await agent.exited;
   }
+  await Promise.all(all.map((agent) => agent.exited));
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
