@@ -5,9 +5,7 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { RunMetadata, RunRecorder } from './run-metadata';
-
-export const ROOT = path.resolve(__dirname, '..');
+import { ROOT, type RunMetadata, type RunRecorder } from './run-metadata';
 
 /** Paths in docs and results are relative to the repository root, so they read the same on every machine. */
 export function repoPath(file: string): string {

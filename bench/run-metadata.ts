@@ -7,7 +7,8 @@ import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 
-const ROOT = path.resolve(__dirname, '..');
+/** The repository root, which commands and paths in results files are relative to. */
+export const ROOT = path.resolve(__dirname, '..');
 /** Enough to see what kind of change was in the tree; the count says how many more there were. */
 const MAX_LISTED_CHANGES = 30;
 
@@ -58,7 +59,8 @@ function gitState(): RunMetadata['git'] {
   };
 }
 
-function loadAverage(): LoadAverage {
+/** The 1, 5 and 15 minute load averages, to two decimals. */
+export function loadAverage(): LoadAverage {
   const [one = 0, five = 0, fifteen = 0] = os.loadavg().map((v) => Math.round(v * 100) / 100);
   return [one, five, fifteen];
 }

@@ -4,9 +4,9 @@
  */
 import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { counters, sh, waitListening, type Link } from './netns';
+import { loadAverage } from '../run-metadata';
 
 interface Timed {
   code: number | null;
@@ -138,7 +138,7 @@ export async function sha256sum(file: string): Promise<string> {
 export async function measure(spec: RunSpec, logicalBytes: number, scratch: string): Promise<DwcpBenchRun> {
   const receiverTime = path.join(scratch, 'receiver.time');
   const senderTime = path.join(scratch, 'sender.time');
-  const loadAvg1 = os.loadavg()[0] ?? 0;
+  const [loadAvg1] = loadAverage();
   const receiving = timedProcess({ ns: spec.link.receiverNs, argv: spec.receiver, timeFile: receiverTime });
   await waitListening(spec.link.receiverNs, spec.port);
   const sending = timedProcess({

@@ -10,7 +10,7 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildDomainXml, DiskImages, DomainState, LibvirtConnection, type DomainType } from '../../native/libvirt';
-import { startLocalHypervisors } from '../../native/libvirt/harness';
+import { startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt/harness';
 import { summarize, type Summary } from '../stats';
 
 const LATENCY_SAMPLES = 100;
@@ -150,11 +150,43 @@ function guestMaker(input: { imageRoot: string; domainType: DomainType }) {
 
 export const GUEST = `1 vCPU, ${GUEST_MEMORY_MIB} MiB, an empty ${DISK_BYTES / 2 ** 20} MiB qcow2 disk, no OS`;
 
+interface Harness {
+  hypervisors: LocalHypervisors;
+  scratch: string;
+  startMs: number;
+  /** Stops the hosts now and says how long it took; the cleanup then does not stop them again. */
+  stopTimed: () => Promise<number>;
+}
+
+/** A scratch directory with `count` harness hosts for `body`; both are gone afterwards, however `body` ended. */
+async function withHarness<T>(count: number, body: (harness: Harness) => Promise<T>): Promise<T> {
+  const scratch = await mkdtemp(join(tmpdir(), 'novacron-bench-driver-'));
+  let hypervisors: LocalHypervisors | undefined;
+  let stopped: Promise<void> | undefined;
+  try {
+    const started = performance.now();
+    const hosts = await startLocalHypervisors({ count, baseDir: join(scratch, 'hv') });
+    hypervisors = hosts;
+    const startMs = Math.round(performance.now() - started);
+    return await body({
+      hypervisors: hosts,
+      scratch,
+      startMs,
+      stopTimed: async () => {
+        const stopping = performance.now();
+        await (stopped ??= hosts.stop());
+        return Math.round(performance.now() - stopping);
+      },
+    });
+  } finally {
+    if (hypervisors) await (stopped ??= hypervisors.stop());
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
 /** Per-call figures on one host with one guest, which the driver's transport decides. */
 export async function measureLatency(domainType: DomainType): Promise<LatencyResult> {
-  const scratch = await mkdtemp(join(tmpdir(), 'novacron-bench-driver-'));
-  const hypervisors = await startLocalHypervisors({ count: 1, baseDir: join(scratch, 'hv') });
-  try {
+  return withHarness(1, async ({ hypervisors, scratch }) => {
     const host = hypervisors.hosts[0]!;
     const conn = new LibvirtConnection({ uri: host.uri });
     const name = 'latency-probe';
@@ -187,20 +219,13 @@ export async function measureLatency(domainType: DomainType): Promise<LatencyRes
       domainDestroyMs: summarize(destroy),
       memoryViewsMiB,
     };
-  } finally {
-    await hypervisors.stop();
-    await rm(scratch, { recursive: true, force: true });
-  }
+  });
 }
 
 /** `guests` tiny guests created, defined and started at once, spread round-robin over `hosts` fresh harness hosts. */
 export async function measureScale(config: ScaleConfig): Promise<ScaleResult> {
-  const scratch = await mkdtemp(join(tmpdir(), 'novacron-bench-driver-'));
   const availableBefore = await memAvailableKiB();
-  let started = performance.now();
-  const hypervisors = await startLocalHypervisors({ count: config.hosts, baseDir: join(scratch, 'hv') });
-  const harnessStartMs = Math.round(performance.now() - started);
-  try {
+  return withHarness(config.hosts, async ({ hypervisors, scratch, startMs: harnessStartMs, stopTimed }) => {
     const connections = hypervisors.hosts.map((h) => new LibvirtConnection({ uri: h.uri }));
     const createGuest = guestMaker({ imageRoot: join(scratch, 'images'), domainType: config.domainType });
     const names = Array.from({ length: config.guests }, (_, i) => `scale-${String(i + 1).padStart(3, '0')}`);
@@ -214,9 +239,7 @@ export async function measureScale(config: ScaleConfig): Promise<ScaleResult> {
     const libvirtd = await rssMiB('libvirtd', scratch);
     const availableWithGuests = await memAvailableKiB();
     const destroyMs = await time(() => Promise.all(names.map((name, i) => hostOf(i).domainDestroy({ name }))));
-    started = performance.now();
-    await hypervisors.stop();
-    const harnessStopMs = Math.round(performance.now() - started);
+    const harnessStopMs = await stopTimed();
     return {
       ...config,
       harnessStartMs,
@@ -231,8 +254,5 @@ export async function measureScale(config: ScaleConfig): Promise<ScaleResult> {
       memAvailableDropMiB: mib(availableBefore - availableWithGuests),
       destroyAllMs: Math.round(destroyMs),
     };
-  } finally {
-    await hypervisors.stop();
-    await rm(scratch, { recursive: true, force: true });
-  }
+  });
 }
