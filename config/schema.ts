@@ -3,6 +3,7 @@
  * setting is caught before any process binds a port or writes a row.
  */
 import { z } from 'zod';
+import { DEFAULT_MODE_THRESHOLDS } from '../domain/mode-thresholds';
 
 export const SAFE_ID_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -134,9 +135,9 @@ export const configSchema = z.strictObject({
    */
   network: z
     .strictObject({
-      datacenterMaxRttMs: z.number().positive().default(10),
-      internetMinRttMs: z.number().positive().default(50),
-      datacenterMinBandwidthMbps: z.number().positive().default(1000),
+      datacenterMaxRttMs: z.number().positive().default(DEFAULT_MODE_THRESHOLDS.datacenterMaxRttMs),
+      internetMinRttMs: z.number().positive().default(DEFAULT_MODE_THRESHOLDS.internetMinRttMs),
+      datacenterMinBandwidthMbps: z.number().positive().default(DEFAULT_MODE_THRESHOLDS.datacenterMinBandwidthMbps),
     })
     .refine((n) => n.internetMinRttMs >= n.datacenterMaxRttMs, {
       message: 'internetMinRttMs must be at least datacenterMaxRttMs',

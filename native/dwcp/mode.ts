@@ -4,6 +4,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
+import { DEFAULT_MODE_THRESHOLDS, type ModeThresholds } from '../../domain/mode-thresholds';
 import type { TlsMaterial } from './certs';
 import { dialTls, FrameSocket, type Dialer } from './connection';
 import { chooseCompressionLevel } from './encoding';
@@ -18,18 +19,8 @@ export const DwcpMode = {
 } as const;
 export type DwcpMode = (typeof DwcpMode)[keyof typeof DwcpMode];
 
-/** Where the modes meet; the config's `network.*` keys set them per fleet. */
-export interface ModeThresholds {
-  datacenterMaxRttMs: number;
-  internetMinRttMs: number;
-  datacenterMinBandwidthMbps: number;
-}
-
-export const DEFAULT_MODE_THRESHOLDS: ModeThresholds = {
-  datacenterMaxRttMs: 10,
-  internetMinRttMs: 50,
-  datacenterMinBandwidthMbps: 1000,
-};
+// Where the modes meet; the config's `network.*` keys set them per fleet.
+export { DEFAULT_MODE_THRESHOLDS, type ModeThresholds };
 
 /**
  * With the default thresholds: datacenter when RTT < 10 ms and more than 1 Gbit/s; internet when RTT > 50 ms or
