@@ -44,18 +44,21 @@ export type WorkflowFunctions = {
 };
 export type WorkflowName = keyof WorkflowFunctions;
 
-/** The workflow types GET /v1/workflows filters by; the type check keeps it to the workflows there are. */
-export const WORKFLOW_TYPES = [
-  'initializeCluster',
-  'vmCreate',
-  'vmStart',
-  'vmStop',
-  'vmReboot',
-  'vmDelete',
-  'fleetMonitor',
-  'registerImage',
-  'replicateImage',
-] as const satisfies readonly WorkflowName[];
+/** Every workflow type, with the query it answers with its live progress: the type makes the list complete. */
+export const WORKFLOW_PROGRESS_QUERIES: Readonly<Record<WorkflowName, string>> = {
+  initializeCluster: 'bootReport',
+  vmCreate: 'vmProgress',
+  vmStart: 'vmProgress',
+  vmStop: 'vmProgress',
+  vmReboot: 'vmProgress',
+  vmDelete: 'vmProgress',
+  fleetMonitor: 'fleetStatus',
+  registerImage: 'imageProgress',
+  replicateImage: 'imageProgress',
+};
+
+/** The workflow types GET /v1/workflows filters by. */
+export const WORKFLOW_TYPES = Object.keys(WORKFLOW_PROGRESS_QUERIES) as [WorkflowName, ...WorkflowName[]];
 
 export const workflowStartedSchema = z.object({
   workflowId: z.string(),

@@ -4,20 +4,14 @@ import { ApplicationFailure, defaultPayloadConverter, TemporalFailure } from '@t
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { ConflictError } from '../errors';
-import { errorBodySchema, WORKFLOW_STATUSES, WORKFLOW_TYPES, workflowIdSchema, type WorkflowName } from '../schemas';
-
-/** The query each workflow type answers with its live progress. */
-const PROGRESS_QUERIES: Record<WorkflowName, string> = {
-  initializeCluster: 'bootReport',
-  vmCreate: 'vmProgress',
-  vmStart: 'vmProgress',
-  vmStop: 'vmProgress',
-  vmReboot: 'vmProgress',
-  vmDelete: 'vmProgress',
-  fleetMonitor: 'fleetStatus',
-  registerImage: 'imageProgress',
-  replicateImage: 'imageProgress',
-};
+import {
+  errorBodySchema,
+  WORKFLOW_PROGRESS_QUERIES,
+  WORKFLOW_STATUSES,
+  WORKFLOW_TYPES,
+  workflowIdSchema,
+  type WorkflowName,
+} from '../schemas';
 
 const failureSchema = z.object({
   message: z.string(),
@@ -135,7 +129,9 @@ export const workflowRoutes: FastifyPluginAsyncZod = async (app) => {
           (err: unknown) => failureOf(err),
         );
       }
-      const query = (PROGRESS_QUERIES as Partial<Record<string, string>>)[description.type];
+      const query = Object.hasOwn(WORKFLOW_PROGRESS_QUERIES, description.type)
+        ? WORKFLOW_PROGRESS_QUERIES[description.type as WorkflowName]
+        : undefined;
       if (query && status === 'RUNNING') {
         detail.progress = await handle.query(query).catch(() => undefined);
       }
