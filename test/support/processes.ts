@@ -11,16 +11,15 @@ export interface ChildHandle {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/** Settings of the whole test run rather than of a child's config: they reach every process the tests start. */
+const TEST_RUN_SETTINGS = new Set(['NOVACRON_CHECK_RESPONSES']);
+
 /** Env without the variables that would point a child at the test's shared services by accident. */
 export function isolatedEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [key, value] of Object.entries(process.env)) {
-    // The response contract check is the test run's, not a setting of the child's: it stays on in every API.
-    if (key === 'NOVACRON_CHECK_RESPONSES') {
-      env[key] = value;
-      continue;
-    }
-    if (key.startsWith('NOVACRON_') || key === 'DATABASE_URL' || key === 'TEMPORAL_ADDRESS') continue;
+    const isConfig = key.startsWith('NOVACRON_') || key === 'DATABASE_URL' || key === 'TEMPORAL_ADDRESS';
+    if (isConfig && !TEST_RUN_SETTINGS.has(key)) continue;
     // node:test sets these for its own children; a grandchild must not think it is a test file.
     if (key.startsWith('NODE_TEST')) continue;
     env[key] = value;
