@@ -227,6 +227,37 @@ export const configSchema = z.strictObject({
        * host certificate is issued from ca/ca.key when that is present (a development fleet on one machine).
        */
       pkiDir: z.string().min(1).optional(),
+      /**
+       * Storage pools this host sees besides `local`, by name: the directory where it mounts each one. Every host of
+       * a pool must see the same files at the same path (qcow2 overlays name their base by path).
+       */
+      storagePools: z
+        .record(z.string().regex(SAFE_ID_PATTERN, 'must be a pool name'), z.string().regex(/^\//, 'must be absolute'))
+        .default({})
+        .refine((pools) => !('local' in pools), 'local is every host\'s own image root and cannot be declared'),
+      /** The address peers send migration streams to (QEMU listens there); defaults to agent.address. */
+      migrationAddress: z.string().min(1).optional(),
+      /**
+       * The libvirt URI peers' daemons use to reach this host's libvirtd (qemu+tcp://… or qemu+tls://…), for
+       * peer-to-peer migration. Unset: migrations to this host are managed direct, driven by its agent.
+       */
+      peerLibvirtUri: z.string().min(1).optional(),
+      /**
+       * `auto` picks KVM only when /dev/kvm opens and the CPU has VMX or SVM; `qemu` forces TCG, `kvm` insists on KVM.
+       */
+      domainType: z.enum(['auto', 'kvm', 'qemu']).default('auto'),
+    })
+    .prefault({}),
+  /** Live migration: per-host concurrency, as Nova's max_concurrent_live_migrations, and how jobs are watched. */
+  migration: z
+    .strictObject({
+      /** Concurrent outgoing migrations per host; more wait their turn (Nova's default is 1). */
+      maxOutgoingPerHost: z.number().int().min(1).max(64).default(2),
+      maxIncomingPerHost: z.number().int().min(1).max(64).default(2),
+      /** How often the workflow samples libvirt's job statistics while a migration runs. */
+      pollIntervalMs: z.number().int().min(100).max(60_000).default(1000),
+      /** How long domdirtyrate-calc measures before the plan is made. */
+      dirtyRateSeconds: z.number().int().min(1).max(60).default(1),
     })
     .prefault({}),
 });

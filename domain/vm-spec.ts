@@ -8,6 +8,10 @@ import { z } from 'zod';
 export const VM_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 const DISK_NAME_PATTERN = /^[a-z0-9][a-z0-9-]{0,31}$/;
 const HOST_ID_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** Image ids and storage pool names follow the config's SAFE_ID_PATTERN. */
+const SAFE_ID_PATTERN = HOST_ID_PATTERN;
+/** The pool every host has: its own image root. Other pools are declared per host in `agent.storagePools`. */
+export const LOCAL_STORAGE_POOL = 'local';
 
 export const vmDiskSchema = z.strictObject({
   name: z.string().regex(DISK_NAME_PATTERN, 'must be lowercase letters, digits and dashes (at most 32)'),
@@ -32,6 +36,16 @@ export const vmSpecSchema = z.strictObject({
     .max(8)
     .default([])
     .refine((disks) => new Set(disks.map((d) => d.name)).size === disks.length, 'disk names must be unique'),
+  /** The first disk becomes a qcow2 overlay on this library image (its `sizeMib` is at least the image's size). */
+  image: z.string().regex(SAFE_ID_PATTERN, 'must be an image id (lowercase letters, digits and dashes)').optional(),
+  /**
+   * Where the VM's disks live: `local` (the host's own image root) or a pool that several hosts see, such as NFS.
+   * Only VMs on a shared pool can migrate live today, and only those restart elsewhere when their host fails.
+   */
+  storagePool: z
+    .string()
+    .regex(SAFE_ID_PATTERN, 'must be a storage pool name (lowercase letters, digits and dashes)')
+    .default(LOCAL_STORAGE_POOL),
   /** `user` is SLIRP networking, which needs no host bridge; `none` gives the guest no interface. */
   network: z.enum(['none', 'user']).default('none'),
   /** Higher restarts first when a host fails. */
@@ -58,12 +72,20 @@ export const VM_STATES = [
   'stopped',
   'rebooting',
   'deleting',
+  'migrating',
   'failed',
 ] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 /** States a lifecycle workflow passes through; drift is not judged while a VM is in one. */
-export const TRANSITIONAL_VM_STATES: readonly VmState[] = ['creating', 'starting', 'stopping', 'rebooting', 'deleting'];
+export const TRANSITIONAL_VM_STATES: readonly VmState[] = [
+  'creating',
+  'starting',
+  'stopping',
+  'rebooting',
+  'deleting',
+  'migrating',
+];
 
 /** Guest device names in disk order: vda, vdb, … */
 export function diskTarget(index: number): string {
@@ -78,6 +100,8 @@ export interface VmRecord {
   spec: VmSpec;
   state: VmState;
   ownerToken?: number;
+  /** Grows by one with every ownership write; a migration commits only over the generation it locked. */
+  ownerGeneration?: number;
   operationWorkflowId?: string;
   lastError?: string;
   createdAt: string;
