@@ -18,6 +18,7 @@ test('a minimal spec gets its defaults', () => {
     disks: [{ name: 'root', sizeMib: 64, format: 'qcow2' }],
     network: 'none',
     haPriority: 50,
+    storagePool: 'local',
   });
   assert.deepEqual(vmSpecSchema.parse({ name: 'x', vcpus: 2, memoryMib: 16 }).disks, []);
 });
@@ -27,6 +28,8 @@ test('each bad field is refused by name', () => {
   assert.match(firstIssue({ ...valid, name: 'a'.repeat(64) }), /^name:/);
   assert.match(firstIssue({ ...valid, name: 'web 1' }), /^name:/);
   assert.match(firstIssue({ ...valid, vcpus: 0 }), /^vcpus:/);
+  assert.match(firstIssue({ ...valid, image: 'Debian 12' }), /^image: must be an image id/);
+  assert.match(firstIssue({ ...valid, storagePool: '../nfs' }), /^storagePool: must be a storage pool name/);
   assert.match(firstIssue({ ...valid, vcpus: 1.5 }), /^vcpus:/);
   assert.match(firstIssue({ ...valid, memoryMib: 8 }), /^memoryMib:/);
   assert.match(firstIssue({ ...valid, disks: [{ name: 'Root', sizeMib: 1 }] }), /^disks\.0\.name:/);
