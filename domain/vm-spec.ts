@@ -46,6 +46,14 @@ export const vmSpecSchema = z.strictObject({
     .string()
     .regex(SAFE_ID_PATTERN, 'must be a storage pool name (lowercase letters, digits and dashes)')
     .default(LOCAL_STORAGE_POOL),
+  /**
+   * SMBIOS OEM strings (type 11) the guest reads from its firmware: settings with no agent and no network, as
+   * cloud-init's SMBIOS data source or the test guest's workload (`novacron.dirty-mibps=…`) use them.
+   */
+  oemStrings: z
+    .array(z.string().regex(/^[\x20-\x7e]{1,255}$/, 'must be 1 to 255 printable ASCII characters'))
+    .max(16)
+    .optional(),
   /** `user` is SLIRP networking, which needs no host bridge; `none` gives the guest no interface. */
   network: z.enum(['none', 'user']).default('none'),
   /** Higher restarts first when a host fails. */
