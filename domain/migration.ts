@@ -40,6 +40,8 @@ export interface MigrationPlanInput {
   /** From the link probe between source and target. */
   linkBandwidthBytesPerSecond: number;
   linkRttMs: number;
+  /** Source host CPUs not committed to guests: multifd costs about a core per channel. Unset: not known. */
+  spareCpus?: number;
   mode: MigrationMode;
   policy: MigrationPolicy;
 }
