@@ -11,10 +11,21 @@ import { listHosts, liveHostToken } from './hosts';
 // Serializes placement so that concurrent creates each see the capacity the previous ones took.
 const PLACEMENT_LOCK_KEY = 746_927_004;
 
+export type VmStoreErrorCode =
+  | 'VmNotFound'
+  | 'VmBusy'
+  | 'VmNameTaken'
+  | 'VmNotRunning'
+  | 'NoHostAvailable'
+  | 'StaleFencingToken'
+  | 'OwnershipChanged'
+  | 'MigrationNotFound'
+  | 'MigrationFinished';
+
 export class VmStoreError extends Error {
   constructor(
     message: string,
-    readonly code: 'VmNotFound' | 'VmBusy' | 'VmNameTaken' | 'NoHostAvailable' | 'StaleFencingToken',
+    readonly code: VmStoreErrorCode,
   ) {
     super(message);
     this.name = code;
@@ -28,6 +39,7 @@ interface VmRow {
   spec: VmSpec;
   state: VmState;
   owner_token: string | null;
+  owner_generation: string;
   operation_workflow_id: string | null;
   last_error: string | null;
   created_at: Date;
@@ -42,6 +54,7 @@ function toVm(row: VmRow): VmRecord {
     spec: row.spec,
     state: row.state,
     ...(row.owner_token ? { ownerToken: Number(row.owner_token) } : {}),
+    ownerGeneration: Number(row.owner_generation),
     ...(row.operation_workflow_id ? { operationWorkflowId: row.operation_workflow_id } : {}),
     ...(row.last_error ? { lastError: row.last_error } : {}),
     createdAt: row.created_at.toISOString(),
@@ -161,25 +174,39 @@ export async function claimVm(pool: Pool, input: ClaimVmInput): Promise<ClaimVmR
 }
 
 /**
- * The fenced ownership write: refused unless `token` is the host's live lease token and no newer token has
- * written this VM before. A host that lost its lease, or a stale writer, cannot take or keep the VM.
+ * The fenced ownership write. `token` must be the host's live lease token: a host that lost its lease, or a zombie
+ * incarnation of it, cannot take or keep the VM. Tokens of different hosts are not compared (each host's only
+ * grows on its own); a racing writer is caught by `expectedGeneration`, the generation it read, which every write
+ * moves on by one. The lease row is share-locked so that no new incarnation takes it before this write commits.
  */
 export async function assignVmOwner(
   client: Pool | PoolClient,
-  input: { vmId: string; hostId: string; token: number },
-): Promise<void> {
-  const result = await client.query(
-    `UPDATE vms SET host_id = $2, owner_token = $3, version = version + 1, updated_at = now()
-     WHERE id = $1 AND (owner_token IS NULL OR owner_token <= $3)
-       AND EXISTS (SELECT 1 FROM leases WHERE resource = 'host:' || $2 AND fencing_token = $3 AND expires_at > now())`,
-    [input.vmId, input.hostId, input.token],
+  input: { vmId: string; hostId: string; token: number; expectedGeneration?: number },
+): Promise<{ generation: number }> {
+  const result = await client.query<{ owner_generation: string }>(
+    `UPDATE vms SET host_id = $2, owner_token = $3, owner_generation = owner_generation + 1, version = version + 1,
+       updated_at = now()
+     WHERE id = $1 AND ($4::bigint IS NULL OR owner_generation = $4)
+       AND EXISTS (SELECT 1 FROM leases WHERE resource = 'host:' || $2 AND fencing_token = $3 AND expires_at > now()
+                   FOR SHARE)
+     RETURNING owner_generation`,
+    [input.vmId, input.hostId, input.token, input.expectedGeneration ?? null],
   );
-  if (result.rowCount !== 1) {
+  const row = result.rows[0];
+  if (row) return { generation: Number(row.owner_generation) };
+  const current = await getVm(client, input.vmId);
+  if (!current) throw new VmStoreError(`VM ${input.vmId} does not exist`, 'VmNotFound');
+  if ((await liveHostToken(client, input.hostId)) !== input.token) {
     throw new VmStoreError(
       `fencing token ${input.token} of host ${input.hostId} is stale or its lease expired; ownership not written`,
       'StaleFencingToken',
     );
   }
+  throw new VmStoreError(
+    `VM ${current.name} changed owner (generation ${current.ownerGeneration ?? 0}, expected ` +
+      `${input.expectedGeneration ?? 'any'}; now on ${current.hostId ?? 'no host'}); ownership not written`,
+    'OwnershipChanged',
+  );
 }
 
 /** Takes the VM for one lifecycle workflow and moves it into `state`; a retry of the same workflow passes. */
