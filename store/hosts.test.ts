@@ -1,13 +1,14 @@
 /**
- * Host leases against a real PostgreSQL: the fleet monitor's expiry check racing a new agent's first lease, and a
- * late renewal of a lease that really expired.
+ * Hosts against a real PostgreSQL: the fleet monitor's expiry check racing a new agent's first lease, a
+ * late renewal of a lease that really expired, the migration facts a host registers and the capacity reserved on it.
  */
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { createTestDatabase, type TestDatabase } from '../test/support/services';
 import { waitUntil } from '../test/support/wait';
 import { listEvents } from './events';
-import { acquireHostLease, getHost, markExpiredHostsDown, registerHost, renewHostLease } from './hosts';
+import { acquireHostLease, getHost, listHosts, markExpiredHostsDown, registerHost, renewHostLease } from './hosts';
 
 let db: TestDatabase;
 
@@ -85,4 +86,53 @@ test('a renewal that comes after the lease expired leaves the host down', async 
   const [latest] = await listEvents(db.pool, { hostId: 'late-1', limit: 1 });
   assert.equal(latest?.kind, 'host.up');
   assert.match(latest.message, new RegExp(`lease token ${next}\\)`));
+});
+
+test('a host shows the pools and migration addresses it registered, and its address when it named none', async () => {
+  await registerHost(db.pool, {
+    id: 'pools-1',
+    address: '10.0.0.1',
+    libvirtUri: 'qemu:///system',
+    cpus: 2,
+    memoryMib: 2048,
+    diskMib: 10_240,
+    labels: {},
+    imageRoot: '/tmp/pools-1',
+    storagePools: { nfs: '/mnt/nfs' },
+    migrationAddress: '10.1.0.1',
+    peerLibvirtUri: 'qemu+tcp://10.1.0.1/system',
+  });
+  const host = await getHost(db.pool, 'pools-1');
+  assert.deepEqual(host?.storagePools, { nfs: '/mnt/nfs' });
+  assert.equal(host?.migrationAddress, '10.1.0.1');
+  assert.equal(host?.peerLibvirtUri, 'qemu+tcp://10.1.0.1/system');
+  await register('pools-2');
+  const plain = await getHost(db.pool, 'pools-2');
+  assert.deepEqual(plain?.storagePools, {});
+  assert.equal(plain?.migrationAddress, '127.0.0.1');
+  assert.equal(plain?.peerLibvirtUri, undefined);
+});
+
+test('capacity reserved on a host counts as allocated, beside the VMs it owns', async () => {
+  await register('alloc-1');
+  const owned = randomUUID();
+  const incoming = randomUUID();
+  const spec = (vcpus: number, memoryMib: number, disk: number) =>
+    JSON.stringify({ name: 'x', vcpus, memoryMib, disks: [{ name: 'root', sizeMib: disk, format: 'qcow2' }] });
+  await db.pool.query(
+    `INSERT INTO vms (id, name, spec, state, host_id) VALUES ($1, 'owned', $2, 'running', 'alloc-1')`,
+    [owned, spec(1, 256, 1000)],
+  );
+  await db.pool.query(`INSERT INTO vms (id, name, spec, state) VALUES ($1, 'incoming', $2, 'running')`, [
+    incoming,
+    spec(2, 512, 2000),
+  ]);
+  await db.pool.query(
+    `INSERT INTO capacity_reservations (workflow_id, host_id, vm_id, vcpus, memory_mib, disk_mib)
+     VALUES ('wf-1', 'alloc-1', $1, 2, 512, 0), ('wf-2', 'alloc-1', $1, 1, 128, 300)`,
+    [incoming],
+  );
+  const expected = { vms: 3, vcpus: 4, memoryMib: 896, diskMib: 1300 };
+  assert.deepEqual((await getHost(db.pool, 'alloc-1'))?.allocated, expected);
+  assert.deepEqual((await listHosts(db.pool)).find((h) => h.id === 'alloc-1')?.allocated, expected);
 });

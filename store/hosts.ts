@@ -17,9 +17,17 @@ export interface HostRegistration {
   diskMib: number;
   labels: Record<string, string>;
   imageRoot: string;
+  /** Pools this host mounts besides `local`, name -> path on this host (config agent.storagePools). Default {}. */
+  storagePools?: Record<string, string>;
+  /** Where QEMU on this host listens for incoming migration streams; default `address`. */
+  migrationAddress?: string;
+  /** The URI peers' libvirtds reach this one by, for peer-to-peer migration. */
+  peerLibvirtUri?: string;
 }
 
-export interface HostRecord extends HostRegistration {
+export interface HostRecord extends Omit<HostRegistration, 'storagePools' | 'migrationAddress'> {
+  storagePools: Record<string, string>;
+  migrationAddress: string;
   state: HostState;
   /** host:port of the agent's DWCP receiver, once an agent with one has registered. */
   dwcpEndpoint?: string;
@@ -27,6 +35,7 @@ export interface HostRecord extends HostRegistration {
   registeredAt: string;
   lease?: { holder: string; fencingToken: number; expiresAt: string; alive: boolean };
   inventory?: { leaseToken: number; seq: number; observedAt: string; domains: number };
+  /** The VMs it owns plus the capacity workflows reserved on it (a migration's target): `vms` counts both. */
   allocated: { vms: number; vcpus: number; memoryMib: number; diskMib: number };
 }
 
@@ -41,11 +50,14 @@ export const hostLeaseResource = (hostId: string): string => `host:${hostId}`;
 /** Upserts the host's facts. Maintenance is an operator's decision and survives a re-registration. */
 export async function registerHost(pool: Pool, host: HostRegistration): Promise<void> {
   await pool.query(
-    `INSERT INTO hosts (id, address, libvirt_uri, cpus, memory_mib, disk_mib, labels, image_root)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    `INSERT INTO hosts (id, address, libvirt_uri, cpus, memory_mib, disk_mib, labels, image_root, storage_pools,
+       migration_address, peer_libvirt_uri)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
      ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, libvirt_uri = EXCLUDED.libvirt_uri,
        cpus = EXCLUDED.cpus, memory_mib = EXCLUDED.memory_mib, disk_mib = EXCLUDED.disk_mib,
-       labels = EXCLUDED.labels, image_root = EXCLUDED.image_root, updated_at = now()`,
+       labels = EXCLUDED.labels, image_root = EXCLUDED.image_root, storage_pools = EXCLUDED.storage_pools,
+       migration_address = EXCLUDED.migration_address, peer_libvirt_uri = EXCLUDED.peer_libvirt_uri,
+       updated_at = now()`,
     [
       host.id,
       host.address,
@@ -55,6 +67,9 @@ export async function registerHost(pool: Pool, host: HostRegistration): Promise<
       host.diskMib,
       JSON.stringify(host.labels),
       host.imageRoot,
+      JSON.stringify(host.storagePools ?? {}),
+      host.migrationAddress ?? null,
+      host.peerLibvirtUri ?? null,
     ],
   );
 }
@@ -215,6 +230,9 @@ interface HostRow {
   disk_mib: string;
   labels: Record<string, string>;
   image_root: string | null;
+  storage_pools: Record<string, string>;
+  migration_address: string | null;
+  peer_libvirt_uri: string | null;
   dwcp_endpoint: string | null;
   state: HostState;
   state_changed_at: Date;
@@ -233,20 +251,28 @@ interface HostRow {
   vm_disk_mib: string;
 }
 
+// VMs and reservations are summed in lateral subqueries: joined side by side they would multiply each other's rows.
 const HOST_SELECT = `
-  SELECT h.id, h.address, h.libvirt_uri, h.cpus, h.memory_mib, h.disk_mib, h.labels, h.image_root, h.dwcp_endpoint, h.state,
+  SELECT h.id, h.address, h.libvirt_uri, h.cpus, h.memory_mib, h.disk_mib, h.labels, h.image_root, h.storage_pools,
+    h.migration_address, h.peer_libvirt_uri, h.dwcp_endpoint, h.state,
     h.state_changed_at, h.registered_at, l.holder, l.fencing_token, l.expires_at, l.expires_at > now() AS lease_alive,
     r.lease_token AS inv_token, r.seq AS inv_seq, r.observed_at AS inv_observed_at,
     jsonb_array_length(r.domains) AS inv_domains,
-    count(v.id) AS vms, coalesce(sum((v.spec->>'vcpus')::int), 0) AS vcpus,
-    coalesce(sum((v.spec->>'memoryMib')::bigint), 0) AS vm_memory_mib,
-    coalesce(sum((SELECT coalesce(sum((d->>'sizeMib')::bigint), 0) FROM jsonb_array_elements(v.spec->'disks') d)), 0)
-      AS vm_disk_mib
+    v.vms + c.vms AS vms, v.vcpus + c.vcpus AS vcpus, v.memory_mib + c.memory_mib AS vm_memory_mib,
+    v.disk_mib + c.disk_mib AS vm_disk_mib
   FROM hosts h
   LEFT JOIN leases l ON l.resource = 'host:' || h.id
   LEFT JOIN inventory_reports r ON r.host_id = h.id
-  LEFT JOIN vms v ON v.host_id = h.id`;
-const HOST_GROUP = ' GROUP BY h.id, l.resource, r.host_id';
+  CROSS JOIN LATERAL (
+    SELECT count(*) AS vms, coalesce(sum((v.spec->>'vcpus')::int), 0) AS vcpus,
+      coalesce(sum((v.spec->>'memoryMib')::bigint), 0) AS memory_mib,
+      coalesce(sum((SELECT coalesce(sum((d->>'sizeMib')::bigint), 0) FROM jsonb_array_elements(v.spec->'disks') d)), 0)
+        AS disk_mib
+    FROM vms v WHERE v.host_id = h.id) v
+  CROSS JOIN LATERAL (
+    SELECT count(*) AS vms, coalesce(sum(c.vcpus), 0) AS vcpus, coalesce(sum(c.memory_mib), 0) AS memory_mib,
+      coalesce(sum(c.disk_mib), 0) AS disk_mib
+    FROM capacity_reservations c WHERE c.host_id = h.id) c`;
 
 function toHost(row: HostRow): HostRecord {
   return {
@@ -258,6 +284,9 @@ function toHost(row: HostRow): HostRecord {
     diskMib: Number(row.disk_mib),
     labels: row.labels,
     imageRoot: row.image_root ?? '',
+    storagePools: row.storage_pools,
+    migrationAddress: row.migration_address ?? row.address,
+    ...(row.peer_libvirt_uri ? { peerLibvirtUri: row.peer_libvirt_uri } : {}),
     state: row.state,
     ...(row.dwcp_endpoint ? { dwcpEndpoint: row.dwcp_endpoint } : {}),
     stateChangedAt: row.state_changed_at.toISOString(),
@@ -292,12 +321,12 @@ function toHost(row: HostRow): HostRecord {
 }
 
 export async function listHosts(client: Pool | PoolClient): Promise<HostRecord[]> {
-  const result = await client.query<HostRow>(`${HOST_SELECT}${HOST_GROUP} ORDER BY h.id`);
+  const result = await client.query<HostRow>(`${HOST_SELECT} ORDER BY h.id`);
   return result.rows.map(toHost);
 }
 
-export async function getHost(pool: Pool, hostId: string): Promise<HostRecord | undefined> {
-  const result = await pool.query<HostRow>(`${HOST_SELECT} WHERE h.id = $1${HOST_GROUP}`, [hostId]);
+export async function getHost(client: Pool | PoolClient, hostId: string): Promise<HostRecord | undefined> {
+  const result = await client.query<HostRow>(`${HOST_SELECT} WHERE h.id = $1`, [hostId]);
   const row = result.rows[0];
   return row ? toHost(row) : undefined;
 }
