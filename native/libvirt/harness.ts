@@ -6,8 +6,14 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { HarnessError } from './harness-error';
+import { addHostLink, removeHostLink, setLinkCap, startHarnessNetwork } from './harness-network';
+import type { HarnessNetwork, LinkCap } from './harness-network';
 import { findExecutable, HYPERVISOR_BINARIES, REQUIRED_BINARIES, searchPath } from './hypervisor-binaries';
 import { LibvirtConnection } from './libvirt-connection';
+
+export { HarnessError };
+export type { LinkCap };
 
 /**
  * Runs N independent libvirtd instances on one machine, each standing in for a hypervisor host.
@@ -19,6 +25,12 @@ import { LibvirtConnection } from './libvirt-connection';
  * its own PID namespace so that killing the namespace's first process takes libvirtd, virtlogd and every QEMU
  * of that host down with it. The socket directory stays outside the bind mounts, so clients on the machine
  * reach each daemon at `qemu:///system?socket=<dir>/sock/libvirt-sock`.
+ *
+ * Each host's QEMUs take incoming migrations on ports of their own (49152 + 64·i up), so two hosts never race for
+ * one. Without `network`, all hosts share the machine's network namespace: a migration between them is managed
+ * direct with `--migrateuri tcp://127.0.0.1`, since libvirt refuses a peer-to-peer one to a local URI. With
+ * `network`, each host also has a network namespace, an address and a link of its own (harness-network.ts), and its
+ * libvirtd listens on TCP there, so peer-to-peer migration works and links can be capped.
  */
 
 export interface LocalHypervisor {
@@ -28,11 +40,23 @@ export interface LocalHypervisor {
   /** The instance's private tree: etc/, run/, lib/, log/, cache/, sock/. */
   dir: string;
   hostUuid: string;
+  /** qemu.conf migration_port_min/max: where this host's QEMUs listen for incoming migrations. */
+  migrationPorts: { min: number; max: number };
+  /** The address other hosts migrate to: the host's own with `network`, else 127.0.0.1. */
+  migrationAddress: string;
+  /** With `network`: `qemu+tcp://<migrationAddress>/system`, the URI peer-to-peer migrations name. */
+  peerUri?: string;
+  /** With `network`: the named network namespace (`ip netns exec <netns> ...`). */
+  netns?: string;
+  /** Caps (or with undefined uncaps) the host's link both ways. Rejects without `network`. */
+  setLinkCap(cap: LinkCap | undefined): Promise<void>;
   stop(): Promise<void>;
 }
 
 export interface LocalHypervisors {
   hosts: LocalHypervisor[];
+  /** With `network`: the root namespace's bridge, and its address, which the hosts reach the machine at. */
+  network?: { bridge: string; address: string; cidr: string };
   stop(): Promise<void>;
 }
 
@@ -41,6 +65,8 @@ export interface StartLocalHypervisorsInput {
   /** Absolute; created if missing. Reusing a directory keeps each host's UUID and defined domains. */
   baseDir: string;
   startTimeoutMs?: number;
+  /** Gives each host a network namespace, address and link of its own. Needs iproute2. */
+  network?: boolean;
 }
 
 const DEFAULT_START_TIMEOUT_MS = 90_000;
@@ -56,27 +82,26 @@ const BIND_DIRS = [
 const MAX_SOCKET_PATH = 107;
 const SAFE_DIR_PATTERN = /^\/[A-Za-z0-9_./-]*$/;
 const NAMESPACE_TAG = 'novacron-hypervisor';
+const MIGRATION_PORT_BASE = 49152;
+const MIGRATION_PORTS_PER_HOST = 64;
 
 // Runs as PID 1 of the instance's PID namespace. As PID 1 it inherits every orphaned process (QEMU's
 // capability probes daemonize), and bash reaps them while it waits: libvirtd as PID 1 would leave zombies
 // that its process-kill helper then waits on for 40 s each.
 const NAMESPACE_INIT = `set -eu
 dir=$1
+shift
 for pair in ${BIND_DIRS.map(([local, target]) => `${local}:${target}`).join(' ')}; do
   mkdir -p "\${pair#*:}"
   mount --bind "$dir/\${pair%%:*}" "\${pair#*:}"
 done
 virtlogd --pid-file "$dir/run/virtlogd.pid" &
 logd=$!
-libvirtd --config "$dir/etc/libvirtd.conf" --pid-file "$dir/run/libvirtd.pid" &
+libvirtd --config "$dir/etc/libvirtd.conf" --pid-file "$dir/run/libvirtd.pid" "$@" &
 daemon=$!
 trap 'kill -TERM $daemon $logd 2>/dev/null || true' TERM INT
 while kill -0 $daemon 2>/dev/null; do wait $daemon || true; done
 `;
-
-export class HarnessError extends Error {
-  override readonly name = 'HarnessError';
-}
 
 /** Throws a HarnessError naming the apt packages when a binary the harness needs is missing. */
 export function assertHypervisorBinaries(): void {
@@ -107,21 +132,34 @@ export async function startLocalHypervisors(input: StartLocalHypervisorsInput): 
   assertHypervisorBinaries();
 
   const timeoutMs = input.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+  const network = input.network ? await startHarnessNetwork({ baseDir }) : undefined;
   const started = await Promise.allSettled(
     Array.from({ length: input.count }, (_, i) =>
-      startHost(`host-${i + 1}`, join(baseDir, `host-${i + 1}`), timeoutMs),
+      startHost({ hostId: `host-${i + 1}`, index: i + 1, dir: join(baseDir, `host-${i + 1}`), timeoutMs, network }),
     ),
   );
   const hosts = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const stop = async () => {
+    await Promise.all(hosts.map((h) => h.stop()));
+    await network?.stop();
+  };
   const failure = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failure) {
-    await Promise.all(hosts.map((h) => h.stop()));
+    await stop();
     throw failure.reason;
   }
-  return { hosts, stop: async () => void (await Promise.all(hosts.map((h) => h.stop()))) };
+  const bridge = network && { bridge: network.bridge, address: network.address, cidr: network.cidr };
+  return { hosts, ...(bridge && { network: bridge }), stop };
 }
 
-async function startHost(hostId: string, dir: string, timeoutMs: number): Promise<LocalHypervisor> {
+async function startHost(input: {
+  hostId: string;
+  index: number;
+  dir: string;
+  timeoutMs: number;
+  network: HarnessNetwork | undefined;
+}): Promise<LocalHypervisor> {
+  const { hostId, dir, timeoutMs } = input;
   const socketDir = join(dir, 'sock');
   const socketPath = join(socketDir, 'libvirt-sock');
   if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) {
@@ -134,19 +172,25 @@ async function startHost(hostId: string, dir: string, timeoutMs: number): Promis
   for (const [local] of BIND_DIRS) await mkdir(join(dir, local), { recursive: true });
   await mkdir(socketDir, { recursive: true });
   const hostUuid = await persistentHostUuid(dir);
-  await writeFile(join(dir, 'etc', 'libvirtd.conf'), libvirtdConf({ dir, socketDir, hostUuid }));
-  await writeFile(join(dir, 'etc', 'qemu.conf'), QEMU_CONF);
+  const minPort = MIGRATION_PORT_BASE + MIGRATION_PORTS_PER_HOST * (input.index - 1);
+  const migrationPorts = { min: minPort, max: minPort + MIGRATION_PORTS_PER_HOST - 1 };
+  const address = input.network?.hostAddress(input.index);
+  await writeFile(join(dir, 'etc', 'libvirtd.conf'), libvirtdConf({ dir, socketDir, hostUuid, address }));
+  await writeFile(join(dir, 'etc', 'qemu.conf'), qemuConf({ migrationPorts, address }));
 
+  const link = input.network && (await addHostLink(input.network, input.index));
   const logFd = openSync(join(dir, 'namespace.log'), 'a');
   let child: ChildProcess;
   try {
     child = spawn(
       'setpriv',
       // pdeathsig: if the harness process dies, even by SIGKILL, unshare dies, and --kill-child takes the namespace.
+      // `ip netns exec` execs unshare in place after joining the network namespace, so the death signal still holds.
       [
         '--pdeathsig',
         'SIGKILL',
         '--',
+        ...(link ? ['ip', 'netns', 'exec', link.netns] : []),
         'unshare',
         '--mount',
         '--pid',
@@ -161,6 +205,7 @@ async function startHost(hostId: string, dir: string, timeoutMs: number): Promis
         NAMESPACE_INIT,
         NAMESPACE_TAG,
         dir,
+        ...(link ? ['--listen'] : []),
       ],
       { stdio: ['ignore', logFd, logFd], env: daemonEnv() },
     );
@@ -171,7 +216,10 @@ async function startHost(hostId: string, dir: string, timeoutMs: number): Promis
   let running = true;
   void exited.then(() => (running = false));
 
-  const initPid = await namespaceInitPid(child, exited);
+  const initPid = await namespaceInitPid(child, exited).catch(async (err: unknown) => {
+    if (link) await removeHostLink(link);
+    throw err;
+  });
   await writeFile(join(dir, 'namespace.pid'), `${initPid}\n`);
   const uri = `qemu:///system?socket=${socketPath}`;
 
@@ -187,6 +235,7 @@ async function startHost(hostId: string, dir: string, timeoutMs: number): Promis
         signal(initPid, 'SIGKILL');
         await exited;
       }
+      if (link) await removeHostLink(link);
       await rm(join(dir, 'namespace.pid'), { force: true });
     })());
 
@@ -196,7 +245,19 @@ async function startHost(hostId: string, dir: string, timeoutMs: number): Promis
     await stop();
     throw err;
   }
-  return { hostId, uri, socketDir, dir, hostUuid, stop };
+  return {
+    hostId,
+    uri,
+    socketDir,
+    dir,
+    hostUuid,
+    migrationPorts,
+    migrationAddress: link?.address ?? '127.0.0.1',
+    ...(link && { peerUri: `qemu+tcp://${link.address}/system`, netns: link.netns }),
+    setLinkCap: (cap) =>
+      link ? setLinkCap(link, cap) : Promise.reject(new HarnessError(`${hostId} has no link of its own to cap`)),
+    stop,
+  };
 }
 
 async function waitUntilReady(input: { uri: string; exited: Promise<void>; timeoutMs: number; dir: string }) {
@@ -266,7 +327,7 @@ async function persistentHostUuid(dir: string): Promise<string> {
   return uuid;
 }
 
-function libvirtdConf(input: { dir: string; socketDir: string; hostUuid: string }): string {
+function libvirtdConf(input: { dir: string; socketDir: string; hostUuid: string; address?: string }): string {
   return [
     `unix_sock_dir = "${input.socketDir}"`,
     // Only root can reach the socket (mode 0700), which is the access control these test daemons need.
@@ -274,21 +335,35 @@ function libvirtdConf(input: { dir: string; socketDir: string; hostUuid: string 
     'auth_unix_ro = "none"',
     `host_uuid = "${input.hostUuid}"`,
     `log_outputs = "3:file:${input.dir}/log/libvirtd.log"`,
+    // TCP without authentication, for peer-to-peer migration between harness hosts. Acceptable only because the
+    // address is on the harness's bridge, a private subnet that nothing outside this machine can reach (the harness
+    // forwards nothing). Every local user can reach it, though, and so control these root daemons: a test machine's
+    // trade-off, never a production host's.
+    ...(input.address === undefined
+      ? []
+      : ['listen_tls = 0', 'listen_tcp = 1', `listen_addr = "${input.address}"`, 'auth_tcp = "none"']),
     '',
   ].join('\n');
 }
 
 // Guests run as root without a security driver and outside cgroups: per-domain cgroup and machined scope
 // names contain only the domain id and name, so two daemons on one machine would collide on them.
-const QEMU_CONF = [
-  'user = "root"',
-  'group = "root"',
-  'dynamic_ownership = 0',
-  'remember_owner = 0',
-  'security_driver = "none"',
-  'cgroup_controllers = [ ]',
-  '',
-].join('\n');
+function qemuConf(input: { migrationPorts: { min: number; max: number }; address?: string }): string {
+  return [
+    'user = "root"',
+    'group = "root"',
+    'dynamic_ownership = 0',
+    'remember_owner = 0',
+    'security_driver = "none"',
+    'cgroup_controllers = [ ]',
+    `migration_port_min = ${input.migrationPorts.min}`,
+    `migration_port_max = ${input.migrationPorts.max}`,
+    // The destination names this address in the URI it hands a peer-to-peer source; by default it would be the
+    // machine's hostname, which resolves outside the host's namespace.
+    ...(input.address === undefined ? [] : [`migration_host = "${input.address}"`]),
+    '',
+  ].join('\n');
+}
 
 function signal(pid: number, sig: NodeJS.Signals): void {
   try {

@@ -21,6 +21,12 @@ export const HYPERVISOR_BINARIES: Readonly<Record<string, string>> = {
 };
 export const REQUIRED_BINARIES = Object.keys(HYPERVISOR_BINARIES);
 
+/**
+ * What a networked harness (`network: true`) needs besides: namespaces, veth pairs and a bridge, and rate caps.
+ * Apart from HYPERVISOR_BINARIES because hosts without a network of their own need neither.
+ */
+export const NETWORK_BINARIES: Readonly<Record<string, string>> = { ip: 'iproute2', tc: 'iproute2' };
+
 /** PATH plus /usr/sbin and /sbin, where libvirtd and virtlogd live and a non-login PATH may not look. */
 export function searchPath(): string {
   return [process.env['PATH'] ?? '', '/usr/sbin', '/sbin'].filter((d) => d !== '').join(delimiter);
