@@ -5,3 +5,4 @@ export { vmStart, vmStop, vmReboot, vmDelete } from './vm-operations';
 export { vmProgressQuery } from './vm-progress';
 export { fleetMonitor, fleetStatusQuery } from './host-fleet-monitor';
 export { registerImage, replicateImage, imageProgressQuery } from './image-workflows';
+export { migrateVm, migrationProgressQuery, cancelMigrationSignal } from './migrate-vm';
