@@ -17,7 +17,7 @@ import type {
   MigrationResult,
 } from '../domain/migration';
 import { placeVm, rejectReason, type PlacementHost } from '../domain/vm-placement';
-import { LOCAL_STORAGE_POOL, type VmState } from '../domain/vm-spec';
+import { LOCAL_STORAGE_POOL, type VmRecord } from '../domain/vm-spec';
 import { getHost, listHosts, liveHostToken, type HostRecord } from '../store/hosts';
 import * as records from '../store/migration-records';
 import { getVm, VmStoreError } from '../store/vms';
@@ -83,6 +83,11 @@ async function permanent<T>(work: () => Promise<T>, retryable: ReadonlyArray<VmS
   }
 }
 
+/** Rows written before VM specs named a pool hold their disks in the host's own image root. */
+function storagePoolOf(vm: VmRecord): string {
+  return vm.spec.storagePool ?? LOCAL_STORAGE_POOL;
+}
+
 function placementHost(host: HostRecord): PlacementHost {
   return {
     id: host.id,
@@ -93,7 +98,6 @@ function placementHost(host: HostRecord): PlacementHost {
     diskMib: host.diskMib,
     labels: host.labels,
     allocated: host.allocated,
-    storagePools: host.storagePools,
   };
 }
 
@@ -142,16 +146,19 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
           'VmNotRunning',
         );
       }
-      await records.createMigrationRecord(pool, {
-        workflowId: input.workflowId,
-        vmId: vm.id,
-        sourceHostId: vm.hostId,
-        ...(input.targetHostId ? { targetHostId: input.targetHostId } : {}),
-        policy: input.policy,
-      });
+      const sourceHostId = vm.hostId;
+      await permanent(() =>
+        records.createMigrationRecord(pool, {
+          workflowId: input.workflowId,
+          vmId: vm.id,
+          sourceHostId,
+          ...(input.targetHostId ? { targetHostId: input.targetHostId } : {}),
+          policy: input.policy,
+        }),
+      );
       return {
-        vm: { id: vm.id, name: vm.name, memoryMib: vm.spec.memoryMib, storagePool: vm.spec.storagePool },
-        sourceHostId: vm.hostId,
+        vm: { id: vm.id, name: vm.name, memoryMib: vm.spec.memoryMib, storagePool: storagePoolOf(vm) },
+        sourceHostId,
         settings: {
           pollIntervalMs: config.migration.pollIntervalMs,
           dirtyRateSeconds: config.migration.dirtyRateSeconds,
@@ -176,7 +183,7 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
           'InvalidMigrationTarget',
         );
       }
-      const storagePool = vm.spec.storagePool;
+      const storagePool = storagePoolOf(vm);
       if (storagePool === LOCAL_STORAGE_POOL) {
         throw ApplicationFailure.nonRetryable(
           `VM ${vm.name} has its disks on ${input.sourceHostId}'s local storage; only VMs on a shared storage pool ` +
@@ -192,16 +199,19 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
         memoryMib: vm.spec.memoryMib,
         // Shared-pool disks stay where they are: the target's own disk does not fill.
         diskMib: 0,
-        storagePool,
-        excludeHostIds: [input.sourceHostId],
       };
       const spare = sourceSpareCpus !== undefined ? { sourceSpareCpus } : {};
       if (input.targetHostId === undefined) {
-        const placement = placeVm(hosts.map(placementHost), request, placementPolicy);
+        const candidates = hosts.filter(
+          (h) => h.id !== input.sourceHostId && Object.hasOwn(h.storagePools, storagePool),
+        );
+        const placement = placeVm(candidates.map(placementHost), request, placementPolicy);
         if (!placement.ok) {
           const reasons = Object.entries(placement.reasons).map(([id, why]) => `${id}: ${why}`);
+          const others = hosts.filter((h) => h.id !== input.sourceHostId).length;
           throw ApplicationFailure.nonRetryable(
-            `no host can take ${vm.name} (${reasons.join('; ') || 'no other hosts'})`,
+            `no host can take ${vm.name}: ${others - candidates.length} of the ${others} other hosts do not mount ` +
+              `pool ${storagePool}${reasons.length > 0 ? `; ${reasons.join('; ')}` : ''}`,
             'NoMigrationTarget',
           );
         }
@@ -229,7 +239,7 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
     },
 
     async recordMigrationPlan(input: { workflowId: string; targetHostId: string; plan: MigrationPlan }): Promise<void> {
-      await records.recordMigrationPlan(pool, input);
+      await permanent(() => records.recordMigrationPlan(pool, input));
     },
 
     /** The VM moves to `migrating`, held by this workflow, over the ownership generation the commit must match. */
@@ -248,20 +258,22 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
       sourceHostId: string;
       targetHostId: string;
     }): Promise<{ acquired: boolean; waitingBehind: number }> {
-      return records.acquireMigrationSlot(pool, {
-        ...input,
-        maxOutgoing: config.migration.maxOutgoingPerHost,
-        maxIncoming: config.migration.maxIncomingPerHost,
-      });
+      return permanent(() =>
+        records.acquireMigrationSlot(pool, {
+          ...input,
+          maxOutgoing: config.migration.maxOutgoingPerHost,
+          maxIncoming: config.migration.maxIncomingPerHost,
+        }),
+      );
     },
 
     async updateMigrationProgress(input: { workflowId: string; progress: MigrationProgress }): Promise<void> {
-      await records.updateMigrationProgress(pool, input);
+      await permanent(() => records.updateMigrationProgress(pool, input));
     },
 
     async recordMigrationEscalation(input: { workflowId: string; escalation: MigrationEscalation }): Promise<void> {
-      const recorded = await records.recordMigrationEscalation(pool, input);
-      if (recorded !== false) deps.migrationMetrics?.countEscalation(input.escalation.kind);
+      const recorded = await permanent(() => records.recordMigrationEscalation(pool, input));
+      if (recorded) deps.migrationMetrics?.countEscalation(input.escalation.kind);
     },
 
     /**
@@ -293,15 +305,15 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
       vmId: string;
       workflowId: string;
       hostId: string;
-      state: VmState;
+      state: 'running' | 'failed';
       error?: string;
     }): Promise<void> {
-      await records.releaseMigration(pool, input);
+      await permanent(() => records.releaseMigration(pool, input));
     },
 
     async finishMigration(input: FinishMigrationInput): Promise<void> {
-      const finished = await records.finishMigrationRecord(pool, input);
-      if (finished !== false && input.result) deps.migrationMetrics?.observeResult(input.result);
+      const finished = await permanent(() => records.finishMigrationRecord(pool, input));
+      if (finished && input.result) deps.migrationMetrics?.observeResult(input.result);
     },
   };
 }
