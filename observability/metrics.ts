@@ -7,6 +7,7 @@ import type { Context as ActivityContext } from '@temporalio/activity';
 import { CancelledFailure } from '@temporalio/common';
 import http from 'node:http';
 import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+import type { EscalationKind, MigrationResult } from '../domain/migration';
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
@@ -105,6 +106,72 @@ export function createHostAgentMetrics(registry: Registry): HostAgentMetrics {
       buckets: DURATION_BUCKETS,
       registers: [registry],
     }),
+  };
+}
+
+/** Seconds: from a small guest on a fast link to the largest deadlines (150 s per GiB of memory). */
+const MIGRATION_DURATION_BUCKETS = [0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
+/** Seconds: around QEMU's 300 ms default downtime and up to the 10 s a policy may allow. */
+const MIGRATION_DOWNTIME_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10];
+
+/** What the migration control activities record: each result once, each escalation step as it is taken. */
+export interface MigrationMetrics {
+  /** Outcome, duration, and for a migration libvirt completed, its downtime and bytes. */
+  observeResult(result: MigrationResult): void;
+  /** One convergence-control step; results do not count their escalations again. */
+  countEscalation(kind: EscalationKind): void;
+}
+
+/**
+ * Migrations by outcome; workflow duration by outcome and mode; libvirt's measured downtime and bytes by mode.
+ * `mode` is the plan's (datacenter, hybrid, internet), or `unplanned` for a migration that ended before its plan.
+ */
+export function createMigrationMetrics(registry: Registry): MigrationMetrics {
+  const migrations = new Counter({
+    name: 'novacron_migrations_total',
+    help: 'Live migrations finished, by outcome (completed, cancelled, failed, refused)',
+    labelNames: ['outcome', 'mode'],
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: 'novacron_migration_duration_seconds',
+    help: 'Live migration workflow time from start to its outcome',
+    labelNames: ['outcome', 'mode'],
+    buckets: MIGRATION_DURATION_BUCKETS,
+    registers: [registry],
+  });
+  const downtime = new Histogram({
+    name: 'novacron_migration_downtime_seconds',
+    help: 'Guest downtime libvirt measured for a completed live migration',
+    labelNames: ['mode'],
+    buckets: MIGRATION_DOWNTIME_BUCKETS,
+    registers: [registry],
+  });
+  const bytes = new Counter({
+    name: 'novacron_migration_bytes_total',
+    help: 'Bytes libvirt moved for completed live migrations',
+    labelNames: ['mode'],
+    registers: [registry],
+  });
+  const escalations = new Counter({
+    name: 'novacron_migration_escalations_total',
+    help: 'Convergence-control steps taken, by kind (raise-downtime, auto-converge, post-copy, abort)',
+    labelNames: ['kind'],
+    registers: [registry],
+  });
+  return {
+    observeResult(result) {
+      const mode = result.plan?.mode ?? 'unplanned';
+      migrations.inc({ outcome: result.outcome, mode });
+      duration.observe({ outcome: result.outcome, mode }, result.workflowMs / 1000);
+      if (result.measured) {
+        downtime.observe({ mode }, result.measured.downtimeMs / 1000);
+        bytes.inc({ mode }, result.measured.bytes);
+      }
+    },
+    countEscalation(kind) {
+      escalations.inc({ kind });
+    },
   };
 }
 
