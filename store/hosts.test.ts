@@ -113,15 +113,26 @@ test('a host shows the pools and migration addresses it registered, and its addr
   assert.equal(plain?.peerLibvirtUri, undefined);
 });
 
-test('capacity reserved on a host counts as allocated, beside the VMs it owns', async () => {
+test('capacity reserved on a host counts as allocated, beside the VMs it owns and their local disks', async () => {
   await register('alloc-1');
   const owned = randomUUID();
   const incoming = randomUUID();
-  const spec = (vcpus: number, memoryMib: number, disk: number) =>
-    JSON.stringify({ name: 'x', vcpus, memoryMib, disks: [{ name: 'root', sizeMib: disk, format: 'qcow2' }] });
+  const spec = (vcpus: number, memoryMib: number, disk: number, storagePool = 'local') =>
+    JSON.stringify({
+      name: 'x',
+      vcpus,
+      memoryMib,
+      storagePool,
+      disks: [{ name: 'root', sizeMib: disk, format: 'qcow2' }],
+    });
   await db.pool.query(
     `INSERT INTO vms (id, name, spec, state, host_id) VALUES ($1, 'owned', $2, 'running', 'alloc-1')`,
     [owned, spec(1, 256, 1000)],
+  );
+  // Its disks are on a shared pool: they take none of the host's disk.
+  await db.pool.query(
+    `INSERT INTO vms (id, name, spec, state, host_id) VALUES ($1, 'shared', $2, 'running', 'alloc-1')`,
+    [randomUUID(), spec(1, 128, 5000, 'nfs')],
   );
   await db.pool.query(`INSERT INTO vms (id, name, spec, state) VALUES ($1, 'incoming', $2, 'running')`, [
     incoming,
@@ -132,7 +143,7 @@ test('capacity reserved on a host counts as allocated, beside the VMs it owns', 
      VALUES ('wf-1', 'alloc-1', $1, 2, 512, 0), ('wf-2', 'alloc-1', $1, 1, 128, 300)`,
     [incoming],
   );
-  const expected = { vms: 3, vcpus: 4, memoryMib: 896, diskMib: 1300 };
+  const expected = { vms: 4, vcpus: 5, memoryMib: 1024, diskMib: 1300 };
   assert.deepEqual((await getHost(db.pool, 'alloc-1'))?.allocated, expected);
   assert.deepEqual((await listHosts(db.pool)).find((h) => h.id === 'alloc-1')?.allocated, expected);
 });

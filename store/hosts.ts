@@ -252,6 +252,7 @@ interface HostRow {
 }
 
 // VMs and reservations are summed in lateral subqueries: joined side by side they would multiply each other's rows.
+// Only disks in the host's own (local) pool fill its disk; a shared pool's live elsewhere.
 const HOST_SELECT = `
   SELECT h.id, h.address, h.libvirt_uri, h.cpus, h.memory_mib, h.disk_mib, h.labels, h.image_root, h.storage_pools,
     h.migration_address, h.peer_libvirt_uri, h.dwcp_endpoint, h.state,
@@ -266,8 +267,8 @@ const HOST_SELECT = `
   CROSS JOIN LATERAL (
     SELECT count(*) AS vms, coalesce(sum((v.spec->>'vcpus')::int), 0) AS vcpus,
       coalesce(sum((v.spec->>'memoryMib')::bigint), 0) AS memory_mib,
-      coalesce(sum((SELECT coalesce(sum((d->>'sizeMib')::bigint), 0) FROM jsonb_array_elements(v.spec->'disks') d)), 0)
-        AS disk_mib
+      coalesce(sum((SELECT coalesce(sum((d->>'sizeMib')::bigint), 0) FROM jsonb_array_elements(v.spec->'disks') d)
+        ) FILTER (WHERE coalesce(v.spec->>'storagePool', 'local') = 'local'), 0) AS disk_mib
     FROM vms v WHERE v.host_id = h.id) v
   CROSS JOIN LATERAL (
     SELECT count(*) AS vms, coalesce(sum(c.vcpus), 0) AS vcpus, coalesce(sum(c.memory_mib), 0) AS memory_mib,

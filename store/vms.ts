@@ -8,8 +8,8 @@ import type { VmRecord, VmSpec, VmState } from '../domain/vm-spec';
 import { recordEvent } from './events';
 import { listHosts, liveHostToken } from './hosts';
 
-// Serializes placement so that concurrent creates each see the capacity the previous ones took.
-const PLACEMENT_LOCK_KEY = 746_927_004;
+// Serializes placement and capacity reservations, so that each sees the capacity the previous ones took.
+export const PLACEMENT_LOCK_KEY = 746_927_004;
 
 export type VmStoreErrorCode =
   | 'VmNotFound'
