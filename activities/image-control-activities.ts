@@ -67,6 +67,13 @@ async function chooseSource(pool: Pool, image: ImageRecord, input: ReplicationPl
 export function createImageControlActivities(deps: ImageControlDeps) {
   const { pool } = deps;
   return {
+    /** What a VM made from the image needs to know of it: format, size and content hash. */
+    async lookupImage(input: { imageId: string }): Promise<ReplicationPlan['image']> {
+      const image = await getImage(pool, input.imageId);
+      if (!image) throw ApplicationFailure.nonRetryable(`image ${input.imageId} does not exist`, 'ImageNotFound');
+      return { id: image.id, format: image.format, sizeBytes: image.sizeBytes, sha256: image.sha256 };
+    },
+
     /** Chooses the source, checks both hosts, and marks the target's replica as replicating by this workflow. */
     async planImageReplication(input: ReplicationPlanInput): Promise<ReplicationPlan> {
       const image = await getImage(pool, input.imageId);

@@ -62,18 +62,38 @@ function fakeLibvirt(domains: Record<string, { uuid: string; state: DomainState 
       find(name, 'undefine');
       delete domains[name];
     },
+    domainDefineXML: async ({ xml }: { xml: string }) => {
+      calls.push(`define ${xml}`);
+      return { name: /<name>([^<]+)<\/name>/.exec(xml)?.[1], uuid: /<uuid>([^<]+)<\/uuid>/.exec(xml)?.[1] };
+    },
   };
   return { conn: conn as unknown as LibvirtConnection, calls };
 }
 
-function activities(domains: Record<string, { uuid: string; state: DomainState }>, imageRoot = '/srv/images') {
+function activities(
+  domains: Record<string, { uuid: string; state: DomainState }>,
+  imageRoot = '/srv/images',
+  storagePools: Record<string, string> = { shared: '/srv/pools/shared' },
+) {
   const libvirt = fakeLibvirt(domains);
   const created: string[] = [];
+  const overlays: Array<{ path: string; backingPath: string; backingFormat: string; sizeBytes?: number }> = [];
   const images = {
     create: async (input: { path: string }) => void created.push(input.path),
+    createOverlay: async (input: (typeof overlays)[number]) => {
+      overlays.push(input);
+      created.push(input.path);
+    },
   } as unknown as DiskImages;
-  const acts = createLibvirtActivities({ hostId: 'h1', conn: libvirt.conn, images, imageRoot, domainType: 'qemu' });
-  return { acts, calls: libvirt.calls, created };
+  const acts = createLibvirtActivities({
+    hostId: 'h1',
+    conn: libvirt.conn,
+    images,
+    imageRoot,
+    storagePools,
+    domainType: 'qemu',
+  });
+  return { acts, calls: libvirt.calls, created, overlays };
 }
 
 test('start is idempotent: a retry finds the guest running and succeeds', async () => {
@@ -160,4 +180,113 @@ test('delete removes domain and disks, repeats harmlessly, and never touches a n
     (err: unknown) => err instanceof ApplicationFailure && err.nonRetryable && err.type === 'DomainNameConflict',
   );
   assert.equal(domains.other?.state, 'running');
+});
+
+test('on a shared pool the disks go under <pool>/vms/<vmId>, the first an overlay on the base', async () => {
+  const { acts, created, overlays } = activities({});
+  const env = new MockActivityEnvironment();
+  const base = { path: '/srv/pools/shared/bases/guest.raw', format: 'raw' as const };
+  const disks = await env.run<[], VmDisk[], () => Promise<VmDisk[]>>(() =>
+    acts.createVmDisks({
+      vmId: VM_ID,
+      storagePool: 'shared',
+      base,
+      disks: [
+        { name: 'root', sizeMib: 16, format: 'qcow2' as const },
+        { name: 'data', sizeMib: 8, format: 'qcow2' as const },
+      ],
+    }),
+  );
+  assert.deepEqual(
+    disks.map((d) => d.path),
+    [`/srv/pools/shared/vms/${VM_ID}/root.qcow2`, `/srv/pools/shared/vms/${VM_ID}/data.qcow2`],
+  );
+  assert.deepEqual(overlays, [
+    { path: disks[0]!.path, backingPath: base.path, backingFormat: 'raw', sizeBytes: 16 * 1024 * 1024 },
+  ]);
+  assert.deepEqual(created, [disks[0]!.path, disks[1]!.path]);
+});
+
+test('a pool the host does not mount, or a raw first disk on an image, fails the step for good', async () => {
+  const { acts, created } = activities({});
+  const env = new MockActivityEnvironment();
+  const disks = [{ name: 'root', sizeMib: 16, format: 'raw' as const }];
+  await assert.rejects(
+    env.run(() => acts.createVmDisks({ vmId: VM_ID, storagePool: 'nfs-9', disks })),
+    (err: unknown) =>
+      err instanceof ApplicationFailure &&
+      err.nonRetryable &&
+      err.type === 'StoragePoolNotMounted' &&
+      /does not mount storage pool nfs-9 \(it has local, shared\)/.test(err.message),
+  );
+  await assert.rejects(
+    env.run(() =>
+      acts.createVmDisks({ vmId: VM_ID, disks, base: { path: '/srv/images/library/guest.raw', format: 'raw' } }),
+    ),
+    (err: unknown) => err instanceof ApplicationFailure && err.nonRetryable && err.type === 'InvalidVmSpec',
+  );
+  assert.deepEqual(created, []);
+});
+
+test('the domain logs its console under this host and carries the OEM strings; disks may lie in the pool', async () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'novacron-act-'));
+  const { acts, calls } = activities({}, root, { shared: '/srv/pools/shared' });
+  const env = new MockActivityEnvironment();
+  const disk = { name: 'root', path: `/srv/pools/shared/vms/${VM_ID}/root.qcow2`, format: 'qcow2' as const };
+  await env.run(() =>
+    acts.defineVmDomain({
+      vmId: VM_ID,
+      spec: {
+        name: 'web',
+        vcpus: 1,
+        memoryMib: 128,
+        network: 'none',
+        storagePool: 'shared',
+        oemStrings: ['novacron.dirty-mibps=4'],
+      },
+      disks: [{ ...disk, target: 'vda' }],
+    }),
+  );
+  const xml = calls.find((c) => c.startsWith('define '))!;
+  assert.match(xml, new RegExp(`<source file="${disk.path}"`));
+  assert.match(xml, new RegExp(`<log file="${root}/consoles/${VM_ID}\\.log"`));
+  assert.match(xml, /<entry>novacron\.dirty-mibps=4<\/entry>/);
+  assert.ok(existsSync(path.join(root, 'consoles')), 'virtlogd needs the console directory to exist');
+  // A local VM's disk may not point into the pool: every disk of a VM lies in its own pool.
+  await assert.rejects(
+    env.run(() =>
+      acts.defineVmDomain({
+        vmId: VM_ID,
+        spec: { name: 'web', vcpus: 1, memoryMib: 128, network: 'none', storagePool: 'local' },
+        disks: [{ ...disk, target: 'vda' }],
+      }),
+    ),
+    (err: unknown) => err instanceof ApplicationFailure && err.type === 'DomainSpecError',
+  );
+});
+
+test('delete removes the VM directory in every pool and its console log, and leaves the image bases', async () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'novacron-act-'));
+  const shared = path.join(root, 'pools', 'shared');
+  const imageRoot = path.join(root, 'images');
+  const files = {
+    overlay: path.join(shared, 'vms', VM_ID, 'root.qcow2'),
+    base: path.join(shared, 'bases', 'guest.raw'),
+    replica: path.join(imageRoot, 'library', 'guest.raw'),
+    console: path.join(imageRoot, 'consoles', `${VM_ID}.log`),
+    otherVm: path.join(shared, 'vms', '00000000-0000-4000-8000-000000000000', 'root.qcow2'),
+  };
+  for (const file of Object.values(files)) {
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, 'x');
+  }
+  const { acts } = activities({ web: { uuid: VM_ID, state: 'shutoff' } }, imageRoot, { shared });
+  await new MockActivityEnvironment().run(() => acts.deleteVmDomain({ vmId: VM_ID, name: 'web' }));
+  assert.deepEqual(Object.fromEntries(Object.entries(files).map(([what, file]) => [what, existsSync(file)])), {
+    overlay: false,
+    base: true,
+    replica: true,
+    console: false,
+    otherVm: true,
+  });
 });

@@ -2,10 +2,11 @@
  * Host-side activities: the libvirt and disk work of the VM lifecycle, run by the host agent on `host-<hostId>`.
  * Each is idempotent, so a retry after a crash converges: disks are created only if absent, the domain is defined
  * with the VM's id as its UUID (a second define updates it), and start, stop and delete accept the state they
- * would produce.
+ * would produce. A VM's disks live in its storage pool (storage-paths.ts); a VM made from an image has a qcow2
+ * overlay on the image's base as its first disk.
  */
 import { ApplicationFailure, cancellationSignal, heartbeat, sleep } from '@temporalio/activity';
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import {
   buildDomainXml,
@@ -21,14 +22,27 @@ import {
   type DomainType,
   type LibvirtConnection,
 } from '../native/libvirt';
-import { diskTarget, type VmSpec } from '../domain/vm-spec';
+import type { ImageFormat } from '../domain/image';
+import { diskTarget, LOCAL_STORAGE_POOL, type VmSpec } from '../domain/vm-spec';
+import { allVmDiskDirs, storagePoolDir, vmConsoleLogPath, vmDiskDir, type HostStorage } from './storage-paths';
 
 export interface LibvirtActivityDeps {
   hostId: string;
   conn: LibvirtConnection;
   images: DiskImages;
   imageRoot: string;
+  /** Shared pools this host mounts (config agent.storagePools); `local` is imageRoot. */
+  storagePools?: Readonly<Record<string, string>>;
   domainType: DomainType;
+}
+
+export interface CreateVmDisksInput {
+  vmId: string;
+  disks: VmSpec['disks'];
+  /** Default `local`. */
+  storagePool?: string;
+  /** The image base the first disk overlays, in the VM's pool (ensureImageBase). */
+  base?: { path: string; format: ImageFormat };
 }
 
 export interface VmDisk {
@@ -62,10 +76,6 @@ async function heartbeating<T>(step: string, work: Promise<T>): Promise<T> {
   }
 }
 
-function vmDir(imageRoot: string, vmId: string): string {
-  return path.join(imageRoot, vmId);
-}
-
 /** Bad input and conflicting leftovers do not get better with retries. */
 function permanentOnSpecErrors(err: unknown): never {
   if (err instanceof DomainSpecError) throw ApplicationFailure.nonRetryable(err.message, 'DomainSpecError');
@@ -78,18 +88,35 @@ function permanentOnSpecErrors(err: unknown): never {
 
 export function createLibvirtActivities(deps: LibvirtActivityDeps) {
   const { conn, images, imageRoot } = deps;
+  const storage: HostStorage = { imageRoot, storagePools: deps.storagePools ?? {} };
 
   const domainState = async (name: string): Promise<DomainState | undefined> =>
     tolerate(conn.domainGetState({ name }), isNotFound);
 
   return {
-    async createVmDisks(input: { vmId: string; disks: VmSpec['disks'] }): Promise<VmDisk[]> {
+    /** Blank disks, except that with `base` the first one is a qcow2 overlay on it, at least the base's size. */
+    async createVmDisks(input: CreateVmDisksInput): Promise<VmDisk[]> {
+      const dir = vmDiskDir(storage, { pool: input.storagePool ?? LOCAL_STORAGE_POOL, vmId: input.vmId });
+      if (input.base && input.disks[0]?.format !== 'qcow2') {
+        throw ApplicationFailure.nonRetryable(
+          'the first disk of a VM made from an image must be qcow2',
+          'InvalidVmSpec',
+        );
+      }
       const out: VmDisk[] = [];
       for (const [index, disk] of input.disks.entries()) {
-        const diskPath = path.join(vmDir(imageRoot, input.vmId), `${disk.name}.${disk.format}`);
-        await images
-          .create({ path: diskPath, format: disk.format, sizeBytes: disk.sizeMib * MiB })
-          .catch(permanentOnSpecErrors);
+        const diskPath = path.join(dir, `${disk.name}.${disk.format}`);
+        const sizeBytes = disk.sizeMib * MiB;
+        const created =
+          index === 0 && input.base
+            ? images.createOverlay({
+                path: diskPath,
+                backingPath: input.base.path,
+                backingFormat: input.base.format,
+                sizeBytes,
+              })
+            : images.create({ path: diskPath, format: disk.format, sizeBytes });
+        await created.catch(permanentOnSpecErrors);
         out.push({ name: disk.name, path: diskPath, format: disk.format, target: diskTarget(index) });
         heartbeat({ disksDone: index + 1 });
       }
@@ -98,10 +125,13 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
 
     async defineVmDomain(input: {
       vmId: string;
-      spec: Pick<VmSpec, 'name' | 'vcpus' | 'memoryMib' | 'network'>;
+      spec: Pick<VmSpec, 'name' | 'vcpus' | 'memoryMib' | 'network'> &
+        Partial<Pick<VmSpec, 'oemStrings' | 'storagePool'>>;
       disks: VmDisk[];
     }): Promise<{ uuid: string }> {
       try {
+        const consoleLogPath = vmConsoleLogPath({ imageRoot, vmId: input.vmId });
+        await mkdir(path.dirname(consoleLogPath), { recursive: true });
         const xml = buildDomainXml({
           name: input.spec.name,
           uuid: input.vmId,
@@ -110,8 +140,11 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
           disks: input.disks.map((d) => ({ path: d.path, format: d.format, target: d.target })),
           networks: input.spec.network === 'user' ? [{ type: 'user' }] : [],
           metadata: { vmId: input.vmId, owner: deps.hostId },
-          imageRoot,
+          // Every disk of a VM lies in its pool; an overlay's base is its backing file, not a disk of the domain.
+          imageRoot: storagePoolDir(storage, input.spec.storagePool ?? LOCAL_STORAGE_POOL),
           domainType: deps.domainType,
+          consoleLogPath,
+          ...(input.spec.oemStrings?.length ? { oemStrings: input.spec.oemStrings } : {}),
         });
         const defined = await heartbeating('define', conn.domainDefineXML({ xml }));
         return { uuid: defined.uuid };
@@ -170,7 +203,10 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
       else await conn.domainReboot({ name: input.name });
     },
 
-    /** Destroys, undefines and removes the VM's disk directory; each part accepts that it is already done. */
+    /**
+     * Destroys, undefines and removes the VM's disk directory and console log; each part accepts that it is already
+     * done. The VM's directory in every pool this host mounts goes (its id is its own), never an image base.
+     */
     async deleteVmDomain(input: DomainInput): Promise<{ undefined: boolean }> {
       const state = await domainState(input.name);
       if (state !== undefined) {
@@ -190,7 +226,8 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
         await heartbeating('undefine', tolerate(conn.domainUndefine({ name: input.name }), isNotFound));
       }
       heartbeat({ step: 'disks' });
-      await rm(vmDir(imageRoot, input.vmId), { recursive: true, force: true });
+      for (const dir of allVmDiskDirs(storage, input.vmId)) await rm(dir, { recursive: true, force: true });
+      await rm(vmConsoleLogPath({ imageRoot, vmId: input.vmId }), { force: true });
       return { undefined: state !== undefined };
     },
 

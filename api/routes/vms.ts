@@ -6,12 +6,21 @@
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { createHash, randomUUID } from 'node:crypto';
+import type { Pool } from 'pg';
 import { z } from 'zod';
 import { listEvents } from '../../store/events';
-import { getHost } from '../../store/hosts';
+import { getHost, listHosts, type HostRecord } from '../../store/hosts';
+import { getImage } from '../../store/images';
 import { getVm, getVmByName, listVms } from '../../store/vms';
-import { VM_STATES, vmSpecSchema, type VmRecord, type VmState } from '../../domain/vm-spec';
-import { ConflictError, NotFoundError } from '../errors';
+import {
+  LOCAL_STORAGE_POOL,
+  VM_STATES,
+  vmSpecSchema,
+  type VmRecord,
+  type VmSpec,
+  type VmState,
+} from '../../domain/vm-spec';
+import { ConflictError, NotFoundError, UnprocessableError } from '../errors';
 import { errorBodySchema, requestIdSchema, type WorkflowFunctions } from '../schemas';
 import { hostIdSchema } from './hosts';
 import { startOrFindWorkflow, workflowStartResponses } from './start-workflow';
@@ -75,6 +84,43 @@ const ALLOWED_FROM: Record<Operation, readonly VmState[]> = {
   delete: ['running', 'stopped', 'failed'],
 };
 
+/**
+ * What the spec asks of the library and the pools, answered before a workflow starts: the image exists and has a
+ * copy to make the VM's base from, its first disk can be an overlay, and an up host mounts the pool (the one named
+ * by hostId, if any). 404 for an unknown image, 422 for what no retry changes.
+ */
+async function checkImageAndPool(pool: Pool, spec: VmSpec, pinned: HostRecord | undefined): Promise<void> {
+  if (spec.image !== undefined) {
+    const image = await getImage(pool, spec.image);
+    if (!image) throw new NotFoundError(`body.image: image ${spec.image} does not exist`);
+    if (!image.replicas.some((replica) => replica.state === 'ready')) {
+      throw new ConflictError(`body.image: image ${spec.image} has no ready copy on any host`);
+    }
+    if (spec.disks[0] !== undefined && spec.disks[0].format !== 'qcow2') {
+      throw new UnprocessableError(
+        'body.disks.0.format: the first disk of a VM made from an image is a qcow2 overlay on it',
+      );
+    }
+  }
+  if (spec.storagePool === LOCAL_STORAGE_POOL) return;
+  if (pinned) {
+    if (!(spec.storagePool in pinned.storagePools)) {
+      throw new UnprocessableError(
+        `body.storagePool: host ${pinned.id} does not mount storage pool ${spec.storagePool}`,
+      );
+    }
+    return;
+  }
+  const hosts = await listHosts(pool);
+  if (!hosts.some((host) => host.state === 'up' && spec.storagePool in host.storagePools)) {
+    const known = [...new Set(hosts.flatMap((host) => Object.keys(host.storagePools)))].sort();
+    throw new UnprocessableError(
+      `body.storagePool: no up host mounts storage pool ${spec.storagePool} ` +
+        `(pools hosts declare: ${[LOCAL_STORAGE_POOL, ...known].join(', ')})`,
+    );
+  }
+}
+
 export const vmRoutes: FastifyPluginAsyncZod = async (app) => {
   const { pool } = app;
   const startWorkflow = async <N extends VmWorkflow>(input: {
@@ -97,22 +143,24 @@ export const vmRoutes: FastifyPluginAsyncZod = async (app) => {
     {
       config: { role: 'operator' },
       schema: {
-        summary: 'Create a VM: placement, disks, define and start run as the vmCreate workflow',
+        summary: 'Create a VM: placement, the image base, disks, define and start run as the vmCreate workflow',
         tags: ['vms'],
         headers: idempotencyHeaders,
         body: vmSpecSchema.extend({ requestId: requestIdSchema.optional() }),
-        response: workflowStartResponses(vmStartedSchema),
+        response: { ...workflowStartResponses(vmStartedSchema), 422: errorBodySchema },
       },
     },
     async (request, reply) => {
       const { requestId: bodyRequestId, ...spec } = request.body;
       const requestId = bodyRequestId ?? request.headers['idempotency-key'];
       const vmId = requestId ? vmIdFromRequestId(requestId) : randomUUID();
+      let pinned: HostRecord | undefined;
       if (spec.hostId) {
-        const host = await getHost(pool, spec.hostId);
-        if (!host) throw new NotFoundError(`body.hostId: host ${spec.hostId} does not exist`);
-        if (host.state !== 'up') throw new ConflictError(`body.hostId: host ${spec.hostId} is ${host.state}`);
+        pinned = await getHost(pool, spec.hostId);
+        if (!pinned) throw new NotFoundError(`body.hostId: host ${spec.hostId} does not exist`);
+        if (pinned.state !== 'up') throw new ConflictError(`body.hostId: host ${spec.hostId} is ${pinned.state}`);
       }
+      await checkImageAndPool(pool, spec, pinned);
       const sameName = await getVmByName(pool, spec.name);
       if (sameName && sameName.id !== vmId) {
         throw new ConflictError(`body.name: a VM named ${spec.name} already exists (${sameName.id})`);

@@ -30,25 +30,33 @@ export interface DiskImageInfo {
   /** Bytes allocated on the host; a fresh qcow2 is a few hundred KiB whatever its virtual size. */
   actualSizeBytes: number;
   backingFile: string | undefined;
+  backingFormat: string | undefined;
 }
 
 export interface DiskImagesOptions {
-  /** Every path handled must lie inside this directory. */
+  /** Every path handled must lie inside this directory or one of `otherRoots`. */
   imageRoot: string;
+  /** More directories images may live in: the storage pools a host mounts besides its own image root. */
+  otherRoots?: readonly string[];
   runner?: CommandRunner;
   qemuImgPath?: string;
 }
 
 const QEMU_IMG_TIMEOUT_MS = 60_000;
+const SECTOR_BYTES = 512;
+
+function roundUpToSector(bytes: number): number {
+  return Math.ceil(bytes / SECTOR_BYTES) * SECTOR_BYTES;
+}
 
 /** Creates, inspects and removes guest disk images with qemu-img. Every operation is idempotent. */
 export class DiskImages {
-  private readonly imageRoot: string;
+  private readonly roots: readonly string[];
   private readonly runner: CommandRunner;
   private readonly qemuImgPath: string;
 
   constructor(options: DiskImagesOptions) {
-    this.imageRoot = options.imageRoot;
+    this.roots = [options.imageRoot, ...(options.otherRoots ?? [])];
     this.runner = options.runner ?? createProcessRunner();
     this.qemuImgPath = options.qemuImgPath ?? 'qemu-img';
   }
@@ -61,43 +69,78 @@ export class DiskImages {
     created: boolean;
     info: DiskImageInfo;
   }> {
-    assertPathUnderRoot({ path: input.path, root: this.imageRoot });
+    this.assertInsideRoots(input.path);
     if (!Object.values(DiskFormat).includes(input.format)) {
       throw new DiskImageError(`unsupported format ${String(input.format)}`, DiskImageErrorCode.qemuImgFailed);
     }
     if (!Number.isSafeInteger(input.sizeBytes) || input.sizeBytes <= 0 || input.sizeBytes % 512 !== 0) {
       throw new DiskImageError('sizeBytes must be a positive multiple of 512', DiskImageErrorCode.qemuImgFailed);
     }
-    const existing = await this.info({ path: input.path });
-    if (existing) return { created: false, info: this.assertMatches(existing, input) };
+    return this.createOnce(input.path, ['-f', input.format], String(input.sizeBytes), (info) =>
+      this.assertMatches(info, input),
+    );
+  }
 
-    await mkdir(dirname(input.path), { recursive: true });
-    // Build under a private name and hard-link into place: link() fails if the target exists, so a concurrent
-    // create can never truncate an image another call just made (qemu-img create would overwrite it).
-    const staging = `${input.path}.creating-${randomBytes(6).toString('hex')}`;
-    try {
-      await this.qemuImg(
-        ['create', '-q', '-f', input.format, staging, String(input.sizeBytes)],
-        `create ${input.path}`,
+  /**
+   * Creates a qcow2 overlay whose backing file is `backingPath`: the guest reads the base through it and writes
+   * only to the overlay, so one base serves every VM made from it and is never written. Its virtual size is
+   * `sizeBytes`, or the base's when that is not larger. An existing overlay on the same base and of that size counts
+   * as success; anything else at the path is a conflict.
+   */
+  async createOverlay(input: {
+    path: string;
+    backingPath: string;
+    backingFormat: DiskFormat;
+    sizeBytes?: number;
+  }): Promise<{ created: boolean; info: DiskImageInfo }> {
+    this.assertInsideRoots(input.path);
+    this.assertInsideRoots(input.backingPath);
+    if (!Object.values(DiskFormat).includes(input.backingFormat)) {
+      throw new DiskImageError(
+        `unsupported backing format ${String(input.backingFormat)}`,
+        DiskImageErrorCode.qemuImgFailed,
       );
-      await link(staging, input.path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const raced = await this.info({ path: input.path });
-      if (!raced) throw err;
-      return { created: false, info: this.assertMatches(raced, input) };
-    } finally {
-      await rm(staging, { force: true });
     }
-    const info = await this.info({ path: input.path });
-    if (!info)
-      throw new DiskImageError(`${input.path} vanished right after creation`, DiskImageErrorCode.qemuImgFailed);
-    return { created: true, info };
+    if (input.sizeBytes !== undefined && (!Number.isSafeInteger(input.sizeBytes) || input.sizeBytes <= 0)) {
+      throw new DiskImageError('sizeBytes must be a positive integer', DiskImageErrorCode.qemuImgFailed);
+    }
+    const base = await this.info({ path: input.backingPath });
+    if (!base) {
+      throw new DiskImageError(`backing image ${input.backingPath} does not exist`, DiskImageErrorCode.qemuImgFailed);
+    }
+    if (base.format !== input.backingFormat) {
+      throw new DiskImageError(
+        `backing image ${input.backingPath} is ${base.format}, not ${input.backingFormat}`,
+        DiskImageErrorCode.conflict,
+      );
+    }
+    // qcow2 sizes are whole 512-byte sectors: a base of odd size is rounded up, as qemu-img would.
+    const sizeBytes = roundUpToSector(Math.max(input.sizeBytes ?? 0, base.virtualSizeBytes));
+    // The format is recorded in the overlay (-F): libvirt refuses to probe a backing file's format itself.
+    return this.createOnce(
+      input.path,
+      ['-f', DiskFormat.qcow2, '-b', input.backingPath, '-F', input.backingFormat],
+      String(sizeBytes),
+      (info) => {
+        if (
+          info.format !== DiskFormat.qcow2 ||
+          info.backingFile !== input.backingPath ||
+          info.virtualSizeBytes !== sizeBytes
+        ) {
+          throw new DiskImageError(
+            `${info.path} already exists as ${info.format} of ${info.virtualSizeBytes} bytes on ` +
+              `${info.backingFile ?? 'no backing file'}, not a qcow2 overlay of ${sizeBytes} bytes on ${input.backingPath}`,
+            DiskImageErrorCode.conflict,
+          );
+        }
+        return info;
+      },
+    );
   }
 
   /** Undefined when no file exists at the path. Works on images a running guest holds locked. */
   async info(input: { path: string }): Promise<DiskImageInfo | undefined> {
-    assertPathUnderRoot({ path: input.path, root: this.imageRoot });
+    this.assertInsideRoots(input.path);
     try {
       await stat(input.path);
     } catch (err) {
@@ -112,11 +155,13 @@ export class DiskImages {
       virtualSizeBytes: Number(parsed['virtual-size']),
       actualSizeBytes: Number(parsed['actual-size'] ?? 0),
       backingFile: typeof parsed['backing-filename'] === 'string' ? parsed['backing-filename'] : undefined,
+      backingFormat:
+        typeof parsed['backing-filename-format'] === 'string' ? parsed['backing-filename-format'] : undefined,
     };
   }
 
   async remove(input: { path: string }): Promise<{ removed: boolean }> {
-    assertPathUnderRoot({ path: input.path, root: this.imageRoot });
+    this.assertInsideRoots(input.path);
     try {
       await rm(input.path);
       return { removed: true };
@@ -124,6 +169,52 @@ export class DiskImages {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { removed: false };
       throw err;
     }
+  }
+
+  /**
+   * Runs `qemu-img create` unless an image is already at the path, which `matches` then judges. Builds under a
+   * private name and hard-links into place: link() fails if the target exists, so a concurrent create can never
+   * truncate an image another call just made (qemu-img create would overwrite it).
+   */
+  private async createOnce(
+    target: string,
+    formatArgs: string[],
+    size: string,
+    matches: (info: DiskImageInfo) => DiskImageInfo,
+  ): Promise<{ created: boolean; info: DiskImageInfo }> {
+    const existing = await this.info({ path: target });
+    if (existing) return { created: false, info: matches(existing) };
+
+    await mkdir(dirname(target), { recursive: true });
+    const staging = `${target}.creating-${randomBytes(6).toString('hex')}`;
+    try {
+      await this.qemuImg(['create', '-q', ...formatArgs, staging, size], `create ${target}`);
+      await link(staging, target);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const raced = await this.info({ path: target });
+      if (!raced) throw err;
+      return { created: false, info: matches(raced) };
+    } finally {
+      await rm(staging, { force: true });
+    }
+    const info = await this.info({ path: target });
+    if (!info) throw new DiskImageError(`${target} vanished right after creation`, DiskImageErrorCode.qemuImgFailed);
+    return { created: true, info };
+  }
+
+  /** Inside one of the roots; the error names the first, the image root, when none holds it. */
+  private assertInsideRoots(file: string): void {
+    let firstError: unknown;
+    for (const root of this.roots) {
+      try {
+        assertPathUnderRoot({ path: file, root });
+        return;
+      } catch (err) {
+        firstError ??= err;
+      }
+    }
+    throw firstError;
   }
 
   private assertMatches(info: DiskImageInfo, wanted: { format: DiskFormat; sizeBytes: number }): DiskImageInfo {
