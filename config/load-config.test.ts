@@ -158,3 +158,37 @@ test('removed keys that nothing read are refused, not ignored', () => {
     assert.throws(() => loadConfig({ env: {}, file: yamlFile(text) }), /(quorum|probeIntervalSeconds): unknown key/);
   }
 });
+
+describe('storage pools from the environment', () => {
+  test('NOVACRON_AGENT_STORAGE_POOLS takes name=path pairs or a JSON object', () => {
+    const pairs = loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: 'shared=/srv/pools/shared, nfs-1=/mnt/nfs1' } });
+    assert.deepEqual(pairs.agent.storagePools, { shared: '/srv/pools/shared', 'nfs-1': '/mnt/nfs1' });
+    const json = loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: '{"shared":"/srv/pools/shared"}' } });
+    assert.deepEqual(json.agent.storagePools, { shared: '/srv/pools/shared' });
+    assert.deepEqual(loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: '' } }).agent.storagePools, {});
+    assert.deepEqual(loadConfig({ env: {} }).agent.storagePools, {});
+  });
+
+  test('a malformed or invalid pool list is refused naming the variable', () => {
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: 'shared' } }),
+      /NOVACRON_AGENT_STORAGE_POOLS: expected name=value pairs, got "shared"/,
+    );
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: 'a=/x,a=/y' } }),
+      /NOVACRON_AGENT_STORAGE_POOLS: a is given twice/,
+    );
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: '{"shared": 1}' } }),
+      /NOVACRON_AGENT_STORAGE_POOLS: expected a JSON object of strings/,
+    );
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: 'shared=relative/dir' } }),
+      /invalid config \(NOVACRON_AGENT_STORAGE_POOLS\): agent\.storagePools\.shared: must be absolute/,
+    );
+    assert.throws(
+      () => loadConfig({ env: { NOVACRON_AGENT_STORAGE_POOLS: 'local=/srv/x' } }),
+      /NOVACRON_AGENT_STORAGE_POOLS.*local is every host's own image root/,
+    );
+  });
+});

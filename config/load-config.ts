@@ -126,8 +126,38 @@ function coerceEnvValue(name: string, raw: string, leaf: z.ZodType): unknown {
     throw new ConfigError(`${name}: expected true or false, got "${raw}"`);
   }
   if (leaf instanceof z.ZodArray) return raw === '' ? [] : raw.split(',').map((s) => s.trim());
+  if (leaf instanceof z.ZodRecord) return parseEnvRecord(name, raw);
   if (leaf instanceof z.ZodUnion && /^-?\d+$/.test(raw)) return Number(raw);
   return raw;
+}
+
+/**
+ * A map in one variable, as `agent.storagePools` needs: a JSON object, or `name=value` pairs separated by commas
+ * (`shared=/srv/pools/shared,nfs1=/mnt/nfs1`), which reads better in a shell. The schema then checks the entries.
+ */
+function parseEnvRecord(name: string, raw: string): Record<string, string> {
+  const text = raw.trim();
+  if (text.startsWith('{')) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(`${name}: invalid JSON object (${(err as Error).message})`);
+    }
+    if (!isPlainObject(parsed) || Object.values(parsed).some((value) => typeof value !== 'string')) {
+      throw new ConfigError(`${name}: expected a JSON object of strings, got ${text}`);
+    }
+    return parsed as Record<string, string>;
+  }
+  const entries: Record<string, string> = {};
+  for (const pair of text === '' ? [] : text.split(',')) {
+    const separator = pair.indexOf('=');
+    const key = pair.slice(0, separator).trim();
+    if (separator <= 0 || key === '') throw new ConfigError(`${name}: expected name=value pairs, got "${pair.trim()}"`);
+    if (key in entries) throw new ConfigError(`${name}: ${key} is given twice`);
+    entries[key] = pair.slice(separator + 1).trim();
+  }
+  return entries;
 }
 
 function setPath(target: PlainObject, keys: string[], value: unknown): void {
@@ -182,7 +212,11 @@ export function describeIssue(error: z.ZodError, sources: Map<string, string>, f
   const keyPath = issue.path.map(String).join('.');
   const unknownKeys = issue.code === 'unrecognized_keys' ? issue.keys : [];
   const fullKey = unknownKeys.length > 0 ? [keyPath, unknownKeys[0]].filter(Boolean).join('.') : keyPath;
-  const source = sources.get(fullKey) ?? fallbackSource;
+  // A map set by one variable (agent.storagePools) reports its entries' issues under that variable too.
+  const segments = fullKey.split('.');
+  const source =
+    segments.map((_, i) => sources.get(segments.slice(0, segments.length - i).join('.'))).find(Boolean) ??
+    fallbackSource;
   const message = unknownKeys.length > 0 ? 'unknown key' : issue.message;
   return `invalid config (${source}): ${fullKey || '(root)'}: ${message}`;
 }
