@@ -1,12 +1,11 @@
-import { accessSync, constants } from 'node:fs';
 import { posix } from 'node:path';
 
+import { DomainType, detectDomainType } from './domain-type';
 import { childElement, childElements, element, parseXml, serializeXml, textContent } from './xml';
 import type { XmlElement } from './xml';
 
-/** libvirt's `<domain type>`: hardware virtualization, or QEMU's TCG emulator where KVM is unavailable. */
-export const DomainType = { kvm: 'kvm', qemu: 'qemu' } as const;
-export type DomainType = (typeof DomainType)[keyof typeof DomainType];
+// Where they were first defined; importers of the XML builder keep finding them here.
+export { DomainType, detectDomainType };
 
 export const DiskFormat = { qcow2: 'qcow2', raw: 'raw' } as const;
 export type DiskFormat = (typeof DiskFormat)[keyof typeof DiskFormat];
@@ -74,16 +73,6 @@ export interface DomainSpec {
 
 export class DomainSpecError extends Error {
   override readonly name = 'DomainSpecError';
-}
-
-/** KVM when /dev/kvm can be opened for reading and writing, TCG otherwise. */
-export function detectDomainType(): DomainType {
-  try {
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-    return DomainType.kvm;
-  } catch {
-    return DomainType.qemu;
-  }
 }
 
 export function assertDomainName(name: string): void {

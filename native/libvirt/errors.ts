@@ -16,6 +16,9 @@ export const LibvirtErrorCode = {
   argumentUnsupported: 'VIR_ERR_ARGUMENT_UNSUPPORTED',
   systemError: 'VIR_ERR_SYSTEM_ERROR',
   noConnect: 'VIR_ERR_NO_CONNECT',
+  operationAborted: 'VIR_ERR_OPERATION_ABORTED',
+  operationUnsupported: 'VIR_ERR_OPERATION_UNSUPPORTED',
+  migrateUnsafe: 'VIR_ERR_MIGRATE_UNSAFE',
   /** Not a libvirt code: the driver gave up waiting for the command. */
   commandTimeout: 'NOVACRON_COMMAND_TIMEOUT',
   unknown: 'VIR_ERR_UNKNOWN',
@@ -67,6 +70,34 @@ export class LibvirtConnectionLostError extends LibvirtError {
   override readonly name = 'LibvirtConnectionLostError';
 }
 
+/** A migration job that failed, with libvirt's message and code; the guest still runs on the source. */
+export class LibvirtMigrationError extends LibvirtError {
+  override readonly name: string = 'LibvirtMigrationError';
+}
+
+/** The migration job was aborted (by the caller's signal or another client's domjobabort) before it finished. */
+export class LibvirtMigrationAbortedError extends LibvirtMigrationError {
+  override readonly name = 'LibvirtMigrationAbortedError';
+}
+
+/** The migration did not finish within its deadline, so the driver aborted it. */
+export class LibvirtMigrationTimeoutError extends LibvirtMigrationError {
+  override readonly name = 'LibvirtMigrationTimeoutError';
+}
+
+/**
+ * Classifies a failed `virsh migrate`: a missing domain and a lost connection keep their own classes (after a lost
+ * connection the job may have finished), an aborted job is LibvirtMigrationAbortedError, and anything else is a
+ * LibvirtMigrationError carrying libvirt's code.
+ */
+export function migrationErrorFromVirsh(input: { stderr: string; operation: string }): LibvirtError {
+  const base = LibvirtError.fromVirsh(input);
+  if (base instanceof LibvirtNotFoundError || base instanceof LibvirtConnectionLostError) return base;
+  const args = { message: base.message, code: base.code, operation: input.operation };
+  if (base.code === LibvirtErrorCode.operationAborted) return new LibvirtMigrationAbortedError(args);
+  return new LibvirtMigrationError(args);
+}
+
 export function isLibvirtError(err: unknown): err is LibvirtError {
   return err instanceof LibvirtError;
 }
@@ -85,6 +116,14 @@ export function isInvalidState(err: unknown): err is LibvirtInvalidStateError {
 
 export function isConnectionLost(err: unknown): err is LibvirtConnectionLostError {
   return err instanceof LibvirtConnectionLostError;
+}
+
+export function isMigrationError(err: unknown): err is LibvirtMigrationError {
+  return err instanceof LibvirtMigrationError;
+}
+
+export function isMigrationAborted(err: unknown): err is LibvirtMigrationAbortedError {
+  return err instanceof LibvirtMigrationAbortedError;
 }
 
 /**
@@ -109,10 +148,16 @@ const MESSAGE_PREFIXES: ReadonlyArray<readonly [RegExp, LibvirtErrorCode]> = [
   [/^internal error\b/, LibvirtErrorCode.internalError],
   [/^XML error\b/, LibvirtErrorCode.xmlError],
   [/^unsupported configuration\b/, LibvirtErrorCode.configUnsupported],
-  [/^(this function is not supported|Operation not supported)\b/, LibvirtErrorCode.noSupport],
+  [/^this function is not supported\b/, LibvirtErrorCode.noSupport],
   [/^invalid argument\b/, LibvirtErrorCode.invalidArg],
   [/^argument unsupported\b/, LibvirtErrorCode.argumentUnsupported],
   [/^failed to connect to the hypervisor\b/, LibvirtErrorCode.noConnect],
+  // "operation aborted: job 'migration out' canceled by client"
+  [/^operation aborted\b/, LibvirtErrorCode.operationAborted],
+  // "Operation not supported: migration statistics are available only on the source host"
+  [/^Operation not supported\b/, LibvirtErrorCode.operationUnsupported],
+  // "Unsafe migration: Migration without shared storage is unsafe"
+  [/^Unsafe migration\b/, LibvirtErrorCode.migrateUnsafe],
   // virsh checks this itself before calling libvirt, so no libvirt prefix comes with it.
   [/^Domain is already active\b/, LibvirtErrorCode.operationInvalid],
 ];

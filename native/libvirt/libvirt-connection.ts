@@ -11,14 +11,25 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createProcessRunner } from './command-runner';
 import type { CommandRunner } from './command-runner';
 import { DomainEventStream } from './domain-event-stream';
-import { DOMAIN_NAME_PATTERN } from './domain-xml';
+import {
+  abortJobArgs,
+  dirtyRateCalcArgs,
+  maxDowntimeArgs,
+  maxSpeedArgs,
+  migrateToURI3,
+  type DomainMigrateInput,
+  type VirshCall,
+} from './domain-migration';
 import { LibvirtError, LibvirtErrorCode, isInvalidState } from './errors';
 import {
+  DomainJobOperation,
+  DomainJobType,
   DomainState,
   DomainUndefineFlag,
   ShutdownOutcome,
   type ConnectVersion,
   type DomainDescription,
+  type DomainDirtyRate,
   type DomainInfo,
   type DomainJobStats,
   type DomainRef,
@@ -26,8 +37,11 @@ import {
   type NodeInfo,
   type NodeMemoryStats,
 } from './libvirt-types';
+import { domainArg, invalidArgument } from './virsh-args';
 import {
+  isPostCopyStateReason,
   parseColonFields,
+  parseDirtyRate,
   parseEqualsFields,
   parseJobStats,
   stateFromNumber,
@@ -227,10 +241,71 @@ export class LibvirtConnection {
     };
   }
 
-  /** The current job (a migration, save, dump…) or, with `completed`, the last finished one. */
+  /**
+   * The current job (a migration, save, dump…) or, with `completed`, the last finished one. libvirt gives running
+   * migration statistics only on the source, and keeps a finished migration's on the host the domain ended up on
+   * (none after a post-copy migration that undefined the source); an aborted job leaves no completed statistics.
+   */
   async domainGetJobStats(input: DomainRef & { completed?: boolean }): Promise<DomainJobStats> {
     const args = ['domjobinfo', ...domainArg(input.name), '--rawstats', ...(input.completed ? ['--completed'] : [])];
-    return parseJobStats(await this.virsh(`jobinfo ${input.name}`, args));
+    const stats = parseJobStats(await this.virsh(`jobinfo ${input.name}`, args));
+    const running = stats.type === DomainJobType.bounded || stats.type === DomainJobType.unbounded;
+    if (!running || stats.stats['operation'] !== DomainJobOperation.migrationOut) return stats;
+    const reason = await this.virsh(`domstate ${input.name}`, ['domstate', ...domainArg(input.name), '--reason']);
+    return { ...stats, postCopy: isPostCopyStateReason(reason) };
+  }
+
+  /**
+   * virDomainMigrateToURI3, always live. Bounded by `timeoutMs` (not the per-call timeout); the signal aborts the
+   * job. Rejects with LibvirtMigrationError (LibvirtMigrationAbortedError, LibvirtMigrationTimeoutError), or with
+   * LibvirtNotFoundError / LibvirtConnectionLostError, after which the job's outcome must be looked up.
+   */
+  async domainMigrateToURI3(input: DomainMigrateInput): Promise<void> {
+    await migrateToURI3(this.call, input);
+  }
+
+  /** QEMU's downtime-limit. Before a job it is the job's starting value; during one it takes effect at once. */
+  async domainMigrateSetMaxDowntime(input: DomainRef & { downtimeMs: number }): Promise<void> {
+    await this.virsh(`migrate-setmaxdowntime ${input.name}`, maxDowntimeArgs(input));
+  }
+
+  async domainMigrateGetMaxDowntime(input: DomainRef): Promise<number> {
+    const out = await this.virsh(`migrate-getmaxdowntime ${input.name}`, [
+      'migrate-getmaxdowntime',
+      ...domainArg(input.name),
+    ]);
+    return Number(out.trim());
+  }
+
+  /** The running job's bandwidth cap, or the stored one for the next job. */
+  async domainMigrateSetMaxSpeed(input: DomainRef & { bandwidthMiBps: number }): Promise<void> {
+    await this.virsh(`migrate-setspeed ${input.name}`, maxSpeedArgs(input));
+  }
+
+  /** MiB/s; UNLIMITED_MIGRATION_BANDWIDTH_MIBPS when there is no cap. */
+  async domainMigrateGetMaxSpeed(input: DomainRef): Promise<number> {
+    const out = await this.virsh(`migrate-getspeed ${input.name}`, ['migrate-getspeed', ...domainArg(input.name)]);
+    return Number(out.trim());
+  }
+
+  /** Switches a running migration started with `postCopy` to post-copy; without one, LibvirtInvalidStateError. */
+  async domainMigrateStartPostCopy(input: DomainRef): Promise<void> {
+    await this.virsh(`migrate-postcopy ${input.name}`, ['migrate-postcopy', ...domainArg(input.name)]);
+  }
+
+  /** Aborts the running job; with none, LibvirtInvalidStateError. A migration in post-copy cannot be aborted. */
+  async domainAbortJob(input: DomainRef): Promise<void> {
+    await this.virsh(`domjobabort ${input.name}`, abortJobArgs(input));
+  }
+
+  /** Starts libvirt's page-sampling dirty-rate calculation; `domainGetDirtyRate` reads the result. */
+  async domainStartDirtyRateCalc(input: DomainRef & { seconds: number }): Promise<void> {
+    await this.virsh(`domdirtyrate-calc ${input.name}`, dirtyRateCalcArgs(input));
+  }
+
+  async domainGetDirtyRate(input: DomainRef): Promise<DomainDirtyRate> {
+    const args = ['domstats', '--raw', '--dirtyrate', ...domainArg(input.name, false)];
+    return parseDirtyRate(await this.virsh(`dirtyrate ${input.name}`, args));
   }
 
   async nodeGetInfo(): Promise<NodeInfo> {
@@ -273,34 +348,23 @@ export class LibvirtConnection {
     return new DomainEventStream(command, this.uri);
   }
 
-  private async virsh(operation: string, args: readonly string[]): Promise<string> {
-    const result = await this.runner.run({
-      file: this.virshPath,
-      args: ['-c', this.uri, ...args],
-      timeoutMs: this.commandTimeoutMs,
-    });
+  private readonly call: VirshCall = (operation, args, options) => this.virsh(operation, args, options);
+
+  private async virsh(operation: string, args: readonly string[], options: Parameters<VirshCall>[2] = {}) {
+    const timeoutMs = options.timeoutMs ?? this.commandTimeoutMs;
+    const result = await this.runner.run({ file: this.virshPath, args: ['-c', this.uri, ...args], timeoutMs });
     if (result.timedOut) {
       throw new LibvirtError({
-        message: `${operation}: virsh did not answer within ${this.commandTimeoutMs} ms`,
+        message: `${operation}: virsh did not answer within ${timeoutMs} ms`,
         code: LibvirtErrorCode.commandTimeout,
         operation,
       });
     }
-    if (result.exitCode !== 0) throw LibvirtError.fromVirsh({ stderr: result.stderr, operation });
+    if (result.exitCode !== 0) {
+      throw (options.classify ?? LibvirtError.fromVirsh.bind(LibvirtError))({ stderr: result.stderr, operation });
+    }
     return result.stdout;
   }
-}
-
-// `--domain` keeps a name from being read as an option; validation keeps it from being anything surprising.
-function domainArg(name: string, named = true): string[] {
-  if (typeof name !== 'string' || !DOMAIN_NAME_PATTERN.test(name)) {
-    throw invalidArgument(`domain name ${JSON.stringify(name)} must match ${DOMAIN_NAME_PATTERN.source}`);
-  }
-  return named ? ['--domain', name] : [name];
-}
-
-function invalidArgument(message: string): LibvirtError {
-  return new LibvirtError({ message, code: LibvirtErrorCode.invalidArg, operation: 'validate input' });
 }
 
 function domainNameFromXml(xml: string): string {

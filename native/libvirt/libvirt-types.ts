@@ -87,11 +87,51 @@ export interface DomainInfo {
   cpuTimeNs: number;
 }
 
+/** virDomainJobOperation, the `operation` job statistic: what the job is doing. */
+export const DomainJobOperation = {
+  unknown: 0,
+  start: 1,
+  save: 2,
+  restore: 3,
+  migrationIn: 4,
+  migrationOut: 5,
+  snapshot: 6,
+  snapshotRevert: 7,
+  dump: 8,
+  backup: 9,
+  snapshotDelete: 10,
+} as const;
+export type DomainJobOperation = (typeof DomainJobOperation)[keyof typeof DomainJobOperation];
+
 /** virDomainGetJobStats: the type plus libvirt's typed parameters, e.g. `data_remaining`, `memory_bps`. */
 export interface DomainJobStats {
   type: DomainJobType;
   stats: Readonly<Record<string, number | string>>;
+  /**
+   * For a running outgoing migration only: whether it has switched to post-copy. The job statistics do not say;
+   * the domain's state reason does (`paused (post-copy)` on the source).
+   */
+  postCopy?: boolean;
 }
+
+/** virDomainGetDirtyRate's calc_status (0, 1, 2). */
+export const DirtyRateStatus = { unstarted: 'unstarted', measuring: 'measuring', measured: 'measured' } as const;
+export type DirtyRateStatus = (typeof DirtyRateStatus)[keyof typeof DirtyRateStatus];
+
+/** `domstats --dirtyrate`: the last dirty-rate calculation (`domainStartDirtyRateCalc`) of a domain. */
+export interface DomainDirtyRate {
+  status: DirtyRateStatus;
+  /** 0 until measured. */
+  bytesPerSecond: number;
+  /** The calculation's period; 0 when none was started. */
+  periodSeconds: number;
+}
+
+/**
+ * What libvirt reports (`migrate-getspeed`, MiB/s) for a migration bandwidth it does not limit: INT64_MAX bytes/s in
+ * MiB, which QEMU then sees as 9223372036853727232 bytes/s (measured here, docs/libvirt-driver.md).
+ */
+export const UNLIMITED_MIGRATION_BANDWIDTH_MIBPS = 8_796_093_022_207;
 
 export interface NodeInfo {
   model: string;

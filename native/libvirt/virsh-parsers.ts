@@ -3,9 +3,11 @@
  * of `virsh event --timestamp`. Pure functions of text, so unit tests feed them recorded output.
  */
 import {
+  DirtyRateStatus,
   DomainJobType,
   DomainLifecycleEvent,
   DomainState,
+  type DomainDirtyRate,
   type DomainEvent,
   type DomainJobStats,
 } from './libvirt-types';
@@ -108,4 +110,27 @@ export function parseJobStats(out: string): DomainJobStats {
     if (key !== 'Job type') stats[key] = /^-?\d+(\.\d+)?$/.test(value) ? Number(value) : value;
   }
   return { type: JOB_TYPE_BY_NUMBER[Number(fields['Job type'])] ?? DomainJobType.none, stats };
+}
+
+const DIRTY_RATE_STATUS_BY_NUMBER: readonly DirtyRateStatus[] = Object.values(DirtyRateStatus);
+const MiB = 1024 * 1024;
+
+/**
+ * `domstats --raw --dirtyrate`. libvirt names the rate `megabytes_per_second`, but QEMU computes it from pages in
+ * units of 2^20 bytes, so it is MiB/s.
+ */
+export function parseDirtyRate(out: string): DomainDirtyRate {
+  const fields = parseEqualsFields(out);
+  const status = DIRTY_RATE_STATUS_BY_NUMBER[Number(fields['dirtyrate.calc_status'])] ?? DirtyRateStatus.unstarted;
+  const mibps = Number(fields['dirtyrate.megabytes_per_second'] ?? 0);
+  return {
+    status,
+    bytesPerSecond: status === DirtyRateStatus.measured && Number.isFinite(mibps) ? mibps * MiB : 0,
+    periodSeconds: Number(fields['dirtyrate.calc_period'] ?? 0) || 0,
+  };
+}
+
+/** `domstate --reason`: `paused (post-copy)` on a source in post-copy, `(post-copy failed)` after a broken link. */
+export function isPostCopyStateReason(out: string): boolean {
+  return /\(post-copy( failed)?\)/.test(out);
 }
