@@ -14,6 +14,7 @@ function host(id: string, over: Partial<PlacementHost> = {}): PlacementHost {
     memoryMib: 4096,
     diskMib: 100_000,
     labels: { region: 'eu', zone: 'eu-a' },
+    storagePools: [],
     allocated: idle,
     ...over,
   };
@@ -75,4 +76,28 @@ test('no candidate gives every host its reason', () => {
   const result = placeVm([host('a', { state: 'down' }), host('b', { leaseAlive: false })], small, policy);
   assert.deepEqual(result, { ok: false, reasons: { a: 'host is down', b: 'host lease has expired' } });
   assert.deepEqual(placeVm([], small, policy), { ok: false, reasons: {} });
+});
+
+test("a host offers a VM only when it mounts the VM's storage pool; every host has local", () => {
+  const nfs = host('a', { storagePools: ['nfs'] });
+  assert.equal(rejectReason(host('a'), { ...small, storagePool: 'nfs' }, policy), 'does not mount storage pool nfs');
+  assert.equal(rejectReason(nfs, { ...small, storagePool: 'nfs' }, policy), undefined);
+  assert.equal(rejectReason(nfs, { ...small, storagePool: 'local' }, policy), undefined);
+  assert.equal(rejectReason(host('a'), small, policy), undefined, 'no pool named: local');
+  const result = placeVm([host('b'), nfs], { ...small, storagePool: 'nfs' }, policy);
+  assert.ok(result.ok);
+  assert.equal(result.hostId, 'a');
+});
+
+test('excluded hosts are filtered with their reason, as a migration excludes its source', () => {
+  const request = { ...small, excludeHostIds: ['a'] };
+  assert.equal(rejectReason(host('a'), request, policy), 'excluded by the request');
+  const result = placeVm(
+    [host('a'), host('b', { allocated: { vcpus: 4, memoryMib: 2048, diskMib: 0, vms: 4 } })],
+    request,
+    policy,
+  );
+  assert.ok(result.ok);
+  assert.equal(result.hostId, 'b', 'the emptier host is excluded, so the other is chosen');
+  assert.deepEqual(placeVm([host('a')], request, policy), { ok: false, reasons: { a: 'excluded by the request' } });
 });

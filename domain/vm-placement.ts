@@ -1,7 +1,8 @@
 /**
- * Host placement for new VMs (ITP, first cut): filters, then a weighted score, as in Nova's filter scheduler.
- * Pure, so the claim activity runs it under a lock and the unit tests run it alone.
+ * Host placement for new VMs and migration targets (ITP, first cut): filters, then a weighted score, as in Nova's
+ * filter scheduler. Pure, so the claim activity runs it under a lock and the unit tests run it alone.
  */
+import { LOCAL_STORAGE_POOL } from './vm-spec';
 
 export interface PlacementHost {
   id: string;
@@ -11,7 +12,9 @@ export interface PlacementHost {
   memoryMib: number;
   diskMib: number;
   labels: Readonly<Record<string, string>>;
-  /** Already committed to VMs on this host. */
+  /** Storage pools the host mounts besides `local`, which every host has. */
+  storagePools: readonly string[];
+  /** Already committed to VMs on this host, and reserved for VMs coming to it. */
   allocated: { vcpus: number; memoryMib: number; diskMib: number; vms: number };
 }
 
@@ -22,6 +25,10 @@ export interface PlacementRequest {
   hostId?: string;
   region?: string;
   zone?: string;
+  /** Where the VM's disks live; a host offers the VM only when it mounts that pool. Default `local`. */
+  storagePool?: string;
+  /** Hosts that may not take it, such as a migration's source. */
+  excludeHostIds?: readonly string[];
 }
 
 export interface PlacementPolicy {
@@ -41,9 +48,12 @@ export type PlacementResult =
 export function rejectReason(host: PlacementHost, req: PlacementRequest, policy: PlacementPolicy): string | undefined {
   if (host.state !== 'up') return `host is ${host.state}`;
   if (!host.leaseAlive) return 'host lease has expired';
+  if (req.excludeHostIds?.includes(host.id)) return 'excluded by the request';
   if (req.hostId && req.hostId !== host.id) return 'not the requested host';
   if (req.region && host.labels.region !== req.region) return `region ${host.labels.region ?? 'unset'}`;
   if (req.zone && host.labels.zone !== req.zone) return `zone ${host.labels.zone ?? 'unset'}`;
+  const pool = req.storagePool ?? LOCAL_STORAGE_POOL;
+  if (pool !== LOCAL_STORAGE_POOL && !host.storagePools.includes(pool)) return `does not mount storage pool ${pool}`;
   const freeVcpus = host.cpus * policy.cpuOvercommit - host.allocated.vcpus;
   if (freeVcpus < req.vcpus) return `needs ${req.vcpus} vCPUs, ${freeVcpus} free`;
   const freeMemory = host.memoryMib - policy.memoryReserveMib - host.allocated.memoryMib;

@@ -7,7 +7,8 @@ import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { createTestDatabase, type TestDatabase } from '../test/support/services';
 import { acquireHostLease, registerHost } from './hosts';
-import { assignVmOwner, getVm, VmStoreError } from './vms';
+import { vmSpecSchema } from '../domain/vm-spec';
+import { assignVmOwner, claimVm, getVm, VmStoreError } from './vms';
 
 let db: TestDatabase;
 
@@ -20,7 +21,7 @@ after(async () => {
 });
 
 /** A host whose live lease has exactly `token`: a long-lived host has a high token, a new one a low token. */
-async function hostWithToken(hostId: string, token: number): Promise<void> {
+async function hostWithToken(hostId: string, token: number, storagePools: Record<string, string> = {}): Promise<void> {
   await registerHost(db.pool, {
     id: hostId,
     address: '127.0.0.1',
@@ -30,6 +31,7 @@ async function hostWithToken(hostId: string, token: number): Promise<void> {
     diskMib: 10_240,
     labels: {},
     imageRoot: `/tmp/${hostId}`,
+    storagePools,
   });
   await acquireHostLease(db.pool, { hostId, holder: `${hostId}-agent`, ttlMs: 60_000 });
   await db.pool.query(`UPDATE leases SET fencing_token = $2 WHERE resource = 'host:' || $1`, [hostId, token]);
@@ -97,5 +99,21 @@ test('ownership of a VM that does not exist is refused as such', async () => {
   await assert.rejects(
     assignVmOwner(db.pool, { vmId: randomUUID(), hostId: 'lonely', token: 1 }),
     refusedWith('VmNotFound'),
+  );
+});
+
+test('a claim places a VM only on a host that mounts its storage pool', async () => {
+  await hostWithToken('pool-less', 2);
+  await hostWithToken('pool-host', 2, { 'claim-pool': '/mnt/claim-pool' });
+  const spec = vmSpecSchema.parse({ name: 'pooled', vcpus: 1, memoryMib: 64, storagePool: 'claim-pool' });
+  const policy = { cpuOvercommit: 1, memoryReserveMib: 0 };
+  const claim = await claimVm(db.pool, { vmId: randomUUID(), spec, workflowId: 'create-pooled', policy });
+  assert.equal(claim.hostId, 'pool-host');
+  assert.equal(claim.placement?.candidates.length, 1);
+  const nowhere = vmSpecSchema.parse({ name: 'unpooled', vcpus: 1, memoryMib: 64, storagePool: 'no-such-pool' });
+  await assert.rejects(
+    claimVm(db.pool, { vmId: randomUUID(), spec: nowhere, workflowId: 'create-unpooled', policy }),
+    (err: unknown) =>
+      err instanceof VmStoreError && err.code === 'NoHostAvailable' && /pool-less: does not mount/.test(err.message),
   );
 });

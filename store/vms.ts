@@ -4,7 +4,7 @@
  */
 import type { Pool, PoolClient } from 'pg';
 import { placeVm, type PlacementPolicy, type PlacementResult } from '../domain/vm-placement';
-import type { VmRecord, VmSpec, VmState } from '../domain/vm-spec';
+import { LOCAL_STORAGE_POOL, type VmRecord, type VmSpec, type VmState } from '../domain/vm-spec';
 import { recordEvent } from './events';
 import { listHosts, liveHostToken } from './hosts';
 
@@ -126,12 +126,16 @@ export async function claimVm(pool: Pool, input: ClaimVmInput): Promise<ClaimVmR
         memoryMib: h.memoryMib,
         diskMib: h.diskMib,
         labels: h.labels,
+        storagePools: Object.keys(h.storagePools),
         allocated: h.allocated,
       })),
       {
         vcpus: input.spec.vcpus,
         memoryMib: input.spec.memoryMib,
-        diskMib: input.spec.disks.reduce((sum, d) => sum + d.sizeMib, 0),
+        // A shared pool's disks do not fill the host's own disk (listHosts counts them the same way).
+        diskMib:
+          input.spec.storagePool === LOCAL_STORAGE_POOL ? input.spec.disks.reduce((sum, d) => sum + d.sizeMib, 0) : 0,
+        storagePool: input.spec.storagePool,
         ...(input.spec.hostId ? { hostId: input.spec.hostId } : {}),
         ...(input.spec.placement?.region ? { region: input.spec.placement.region } : {}),
         ...(input.spec.placement?.zone ? { zone: input.spec.placement.zone } : {}),
