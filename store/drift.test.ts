@@ -60,3 +60,18 @@ test('a second copy of a VM on a host that does not own it is drift, unless a wo
   );
   assert.deepEqual(compareInventory(report, [vm({ id: ids.web, name: 'web', hostId: 'h2', busy: true })]), []);
 });
+
+test('a migrating VM is judged on neither host: its domain on the target, nor its absence from the source', () => {
+  const migrating = vm({ id: ids.web, name: 'web', hostId: 'h2', state: 'migrating', busy: true });
+  const onTarget = { hostId: 'h1', observedAt, domains: [{ name: 'web', uuid: ids.web, state: 'running' }] };
+  assert.deepEqual(compareInventory(onTarget, [migrating]), []);
+  assert.deepEqual(compareInventory(onTarget, [{ ...migrating, busy: false }]), [], 'the state alone suffices');
+  assert.deepEqual(compareInventory({ hostId: 'h2', observedAt, domains: [] }, [migrating]), []);
+  // Once committed to h1, a copy left on the source is drift again.
+  const committed = vm({ id: ids.web, name: 'web', hostId: 'h1' });
+  const leftOnSource = { hostId: 'h2', observedAt, domains: [{ name: 'web', uuid: ids.web, state: 'paused' }] };
+  assert.deepEqual(
+    compareInventory(leftOnSource, [committed]).map((f) => [f.kind, f.expected]),
+    [['unknown-vm', 'on h1']],
+  );
+});
