@@ -109,7 +109,8 @@ test('a claim places a VM only on a host that mounts its storage pool', async ()
   const policy = { cpuOvercommit: 1, memoryReserveMib: 0 };
   const claim = await claimVm(db.pool, { vmId: randomUUID(), spec, workflowId: 'create-pooled', policy });
   assert.equal(claim.hostId, 'pool-host');
-  assert.equal(claim.placement?.candidates.length, 1);
+  assert.ok(claim.placement?.ok);
+  assert.equal(claim.placement.candidates.length, 1);
   const nowhere = vmSpecSchema.parse({ name: 'unpooled', vcpus: 1, memoryMib: 64, storagePool: 'no-such-pool' });
   await assert.rejects(
     claimVm(db.pool, { vmId: randomUUID(), spec: nowhere, workflowId: 'create-unpooled', policy }),
