@@ -32,6 +32,7 @@ import { clusterRoutes } from './routes/cluster';
 import { healthRoutes } from './routes/health';
 import { hostRoutes } from './routes/hosts';
 import { imageRoutes } from './routes/images';
+import { migrationRoutes } from './routes/migrations';
 import { tokenRoutes } from './routes/tokens';
 import { vmRoutes } from './routes/vms';
 import { workflowRoutes } from './routes/workflows';
@@ -50,6 +51,8 @@ export interface AppDeps extends Services {
   logger: Logger;
   /** The cluster boot this process's readiness follows (the stack's boot at start); see routes/health.ts. */
   bootWorkflowId?: string;
+  /** How long POST /v1/vms/:id/migrate waits for the plan (default 30 s); see routes/migrations.ts. */
+  migrationPlanWaitMs?: number;
   /** Check every answer against /openapi.json (tests); defaults to NOVACRON_CHECK_RESPONSES=1. */
   checkResponses?: boolean;
 }
@@ -163,6 +166,7 @@ export async function buildApp(deps: AppDeps): Promise<BuiltApp> {
   await app.register(hostRoutes);
   await app.register(vmRoutes);
   await app.register(imageRoutes);
+  await app.register(migrationRoutes, { planWaitMs: deps.migrationPlanWaitMs });
   await app.register(tokenRoutes);
   await app.register(auditRoutes);
   app.get(

@@ -54,10 +54,48 @@ export class ConflictError extends ApiError {
   }
 }
 
+/** Well-formed, but asks for what cannot be done at all (not merely now): a migration to the VM's own host. */
+export class UnprocessableError extends ApiError {
+  constructor(message: string, code = 'UnprocessableEntity') {
+    super(422, code, message);
+  }
+}
+
 export class ServiceUnavailableError extends ApiError {
   constructor(message: string) {
     super(503, 'ServiceUnavailable', message);
   }
+}
+
+/**
+ * The status of each typed failure by which migrateVm ends before anything moved, as POST /v1/vms/:id/migrate
+ * answers it: 422 for what no retry changes (the request or the VM's set-up), 409 for what the fleet's state refuses
+ * now, 404 for a VM that went away. `target`: the failure is about the target host, so a request that named one
+ * gets its field named. The failure type becomes the body's `error`, so clients can tell them apart.
+ */
+const MIGRATION_FAILURES: Readonly<Record<string, { status: 404 | 409 | 422; target?: true }>> = {
+  MigrationRefused: { status: 422 },
+  InvalidMigrationTarget: { status: 422, target: true },
+  LocalStorageNotMigratable: { status: 422 },
+  TargetLacksStoragePool: { status: 422, target: true },
+  VmNotFound: { status: 404 },
+  VmNotRunning: { status: 409 },
+  VmBusy: { status: 409 },
+  TargetHostUnavailable: { status: 409, target: true },
+  TargetLacksCapacity: { status: 409, target: true },
+  NoMigrationTarget: { status: 409 },
+};
+
+/** The failure that ended a migration before it moved anything, as an API error; undefined for any other failure. */
+export function migrationFailureError(
+  failure: { type?: string; message: string },
+  request: { targetNamed: boolean },
+): ApiError | undefined {
+  const { type } = failure;
+  if (type === undefined || !Object.hasOwn(MIGRATION_FAILURES, type)) return undefined;
+  const known = MIGRATION_FAILURES[type]!;
+  const field = known.target && request.targetNamed ? 'body.targetHostId: ' : '';
+  return new ApiError(known.status, type, `${field}${failure.message}`);
 }
 
 export interface ErrorBody {

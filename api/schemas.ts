@@ -55,6 +55,7 @@ export const WORKFLOW_PROGRESS_QUERIES: Readonly<Record<WorkflowName, string>> =
   fleetMonitor: 'fleetStatus',
   registerImage: 'imageProgress',
   replicateImage: 'imageProgress',
+  migrateVm: 'migrationProgress',
 };
 
 /** The workflow types GET /v1/workflows filters by. */

@@ -18,6 +18,7 @@ import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-
 import { FLEET_USAGE, runFleetCli } from './fleet-commands';
 import type { WorkflowDetail } from './follow-workflow';
 import { IMAGE_USAGE, runImageCli } from './image-commands';
+import { MIGRATION_USAGE, runMigrationCli } from './migration-commands';
 
 const USAGE = `usage: novacron <command> [options]
 
@@ -40,6 +41,7 @@ commands:
                                               a private CA in DIR/ca (made once) and a certificate per host
                                               for DWCP mTLS, the API's HTTPS and Temporal mTLS
 ${FLEET_USAGE}
+${MIGRATION_USAGE}
 ${IMAGE_USAGE}
 
 options:
@@ -128,11 +130,15 @@ function parseDuration(text: string): number {
 }
 
 export async function runCli(argv: string[], out: Output = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
-  // Hosts, VMs and images parse their own options: they have many, and none of the other commands'.
-  if ((argv[0] === 'host' || argv[0] === 'vm') && !argv.includes('--help') && !argv.includes('-h')) {
+  // Hosts, VMs, migrations and images parse their own options: they have many, and none of the other commands'.
+  const help = argv.includes('--help') || argv.includes('-h');
+  if (((argv[0] === 'vm' && argv[1] === 'migrate') || argv[0] === 'migration') && !help) {
+    return runMigrationCli(argv, { out });
+  }
+  if ((argv[0] === 'host' || argv[0] === 'vm') && !help) {
     return runFleetCli(argv, out);
   }
-  if ((argv[0] === 'image' || argv[0] === 'link') && !argv.includes('--help') && !argv.includes('-h')) {
+  if ((argv[0] === 'image' || argv[0] === 'link') && !help) {
     return runImageCli(argv, out);
   }
   const parsed = parseCommandLine(argv, {

@@ -48,7 +48,7 @@ export const workflowDetailSchema = workflowSummarySchema.extend({
 });
 
 /** The root cause is what an operator needs ("connection refused"), not the wrapper ("Activity task failed"). */
-function failureOf(err: unknown): z.infer<typeof failureSchema> {
+export function failureOf(err: unknown): z.infer<typeof failureSchema> {
   let cause: unknown = err instanceof WorkflowFailedError ? (err.cause ?? err) : err;
   const path: string[] = [];
   while (cause instanceof TemporalFailure && !(cause instanceof ApplicationFailure) && cause.cause) {
