@@ -116,8 +116,14 @@ export class LibvirtConnection {
     };
   }
 
-  async domainGetXMLDesc(input: DomainRef & { inactive?: boolean }): Promise<string> {
-    const args = ['dumpxml', ...domainArg(input.name), ...(input.inactive ? ['--inactive'] : [])];
+  /** `migratable` (VIR_DOMAIN_XML_MIGRATABLE) leaves out runtime detail: the form a migration's `destXml` starts from. */
+  async domainGetXMLDesc(input: DomainRef & { inactive?: boolean; migratable?: boolean }): Promise<string> {
+    const args = [
+      'dumpxml',
+      ...domainArg(input.name),
+      ...(input.inactive ? ['--inactive'] : []),
+      ...(input.migratable ? ['--migratable'] : []),
+    ];
     return this.virsh(`dumpxml ${input.name}`, args);
   }
 
