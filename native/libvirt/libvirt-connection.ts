@@ -250,7 +250,8 @@ export class LibvirtConnection {
   /**
    * The current job (a migration, save, dump…) or, with `completed`, the last finished one. libvirt gives running
    * migration statistics only on the source, and keeps a finished migration's on the host the domain ended up on
-   * (none after a post-copy migration that undefined the source); an aborted job leaves no completed statistics.
+   * (none after a post-copy migration that undefined the source). An aborted job leaves none of its own: `completed`
+   * then gives the job before it, such as the incoming migration that brought the domain here.
    */
   async domainGetJobStats(input: DomainRef & { completed?: boolean }): Promise<DomainJobStats> {
     const args = ['domjobinfo', ...domainArg(input.name), '--rawstats', ...(input.completed ? ['--completed'] : [])];
