@@ -1,7 +1,10 @@
 /**
  * Local hypervisors for `npm start`: two harness libvirtd instances on this machine, each with a supervised host
  * agent, when libvirt is installed and we run as root. Otherwise it prints how to add hosts and starts nothing.
+ * Both hosts mount the storage pool `shared`, one directory on this machine (as NFS or a cluster filesystem would
+ * be for real hosts), so VMs on it can migrate live between them.
  */
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { NovacronConfig } from '../config/schema';
@@ -9,6 +12,12 @@ import { assertHypervisorBinaries, HarnessError, startLocalHypervisors } from '.
 import { superviseService } from './supervisor';
 
 export const LOCAL_HOST_COUNT = 2;
+export const LOCAL_SHARED_POOL = 'shared';
+
+/** The shared pool's directory under the data dir; every local host sees it at this one path. */
+function localSharedPoolDir(config: NovacronConfig): string {
+  return path.resolve(config.system.dataDir, 'pools', LOCAL_SHARED_POOL);
+}
 
 export async function startLocalHostAgents(input: {
   config: NovacronConfig;
@@ -30,6 +39,8 @@ export async function startLocalHostAgents(input: {
   const baseDir = path.resolve(config.system.dataDir, 'hypervisors');
   print(`starting ${LOCAL_HOST_COUNT} local hypervisors under ${baseDir}`);
   const hypervisors = await startLocalHypervisors({ count: LOCAL_HOST_COUNT, baseDir });
+  const sharedPool = localSharedPoolDir(config);
+  await mkdir(sharedPool, { recursive: true });
   const agents = hypervisors.hosts.map((host) =>
     superviseService(
       {
@@ -40,6 +51,9 @@ export async function startLocalHostAgents(input: {
           NOVACRON_AGENT_HOST_ID: host.hostId,
           NOVACRON_AGENT_LIBVIRT_URI: host.uri,
           NOVACRON_AGENT_IMAGE_ROOT: path.join(host.dir, 'images'),
+          NOVACRON_AGENT_STORAGE_POOLS: JSON.stringify({ [LOCAL_SHARED_POOL]: sharedPool }),
+          NOVACRON_AGENT_MIGRATION_ADDRESS: host.migrationAddress,
+          ...(host.peerUri ? { NOVACRON_AGENT_PEER_LIBVIRT_URI: host.peerUri } : {}),
           // Both agents share this machine's address: ephemeral DWCP and metrics ports, one development CA.
           NOVACRON_AGENT_DWCP_PORT: '0',
           NOVACRON_AGENT_METRICS_PORT: '0',

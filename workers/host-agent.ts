@@ -9,22 +9,29 @@
  * It serves Prometheus metrics on agent.metricsPort: process metrics, lease renewals, inventory reports and the
  * outcome of every activity it runs.
  *
+ * It registers the storage pools the host mounts besides its image root (agent.storagePools: VMs' disks and image
+ * bases live there), the address QEMU takes incoming migrations on and the URI peers' daemons reach its libvirtd
+ * by, and runs the image base and live migration activities.
+ *
  * Config: agent.hostId (required), agent.libvirtUri, agent.address, agent.region, agent.zone, agent.imageRoot,
- * agent.dwcpPort, agent.dwcpListenHost, agent.pkiDir, agent.metricsPort, agent.metricsListenHost, as
- * NOVACRON_AGENT_* variables or in a config file; DATABASE_URL and TEMPORAL_ADDRESS as for every process.
+ * agent.storagePools, agent.migrationAddress, agent.peerLibvirtUri, agent.domainType, agent.dwcpPort,
+ * agent.dwcpListenHost, agent.pkiDir, agent.metricsPort, agent.metricsListenHost, as NOVACRON_AGENT_* variables or
+ * in a config file; DATABASE_URL and TEMPORAL_ADDRESS as for every process.
  */
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
-import { mkdir, statfs } from 'node:fs/promises';
+import { mkdir, stat, statfs } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { createImageActivities } from '../activities/image-activities';
+import { createImageBaseActivities } from '../activities/image-base-activities';
 import { createLibvirtActivities } from '../activities/libvirt-activities';
+import { createMigrationActivities } from '../activities/migration-activities';
 import { ConfigError, loadConfig } from '../config/load-config';
 import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
 import { DwcpReceiver, DwcpWorkerPool } from '../native/dwcp';
-import { detectDomainType, DiskImages, LibvirtConnection } from '../native/libvirt';
+import { DiskImages, LibvirtConnection, resolveDomainType } from '../native/libvirt';
 import { createLogger, temporalLoggerFrom } from '../observability/logger';
 import {
   activityMetricsInterceptor,
@@ -60,6 +67,22 @@ export interface HostAgentHandle {
 
 const MiB = 1024 * 1024;
 
+/**
+ * The declared pools, each an existing directory. A pool whose mount is missing must stop the agent: creating the
+ * directory would give this host a private "shared" pool, whose overlays no other host could open.
+ */
+async function checkStoragePools(pools: Record<string, string>): Promise<Record<string, string>> {
+  const checked: Record<string, string> = {};
+  for (const [name, dir] of Object.entries(pools)) {
+    const found = await stat(dir).catch(() => undefined);
+    if (!found?.isDirectory()) {
+      throw new ConfigError(`invalid config: agent.storagePools.${name}: ${dir} is not a directory (is it mounted?)`);
+    }
+    checked[name] = path.resolve(dir);
+  }
+  return checked;
+}
+
 export async function startHostAgent(input: { config: NovacronConfig; logger: Logger }): Promise<HostAgentHandle> {
   const { config, logger } = input;
   const hostId = config.agent.hostId;
@@ -69,6 +92,8 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
   }
   const imageRoot = path.resolve(config.agent.imageRoot ?? path.join(config.system.dataDir, 'images', hostId));
   await mkdir(imageRoot, { recursive: true });
+  const storagePools = await checkStoragePools(config.agent.storagePools);
+  const domainType = resolveDomainType(config.agent.domainType);
 
   const conn = new LibvirtConnection({ uri: config.agent.libvirtUri });
   const [node, memory, disk] = await Promise.all([conn.nodeGetInfo(), conn.nodeGetMemoryStats(), statfs(imageRoot)]);
@@ -98,6 +123,9 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       diskMib: Math.floor((disk.bavail * disk.bsize) / MiB),
       labels: { region: config.agent.region, zone: config.agent.zone },
       imageRoot,
+      storagePools,
+      ...(config.agent.migrationAddress ? { migrationAddress: config.agent.migrationAddress } : {}),
+      ...(config.agent.peerLibvirtUri ? { peerLibvirtUri: config.agent.peerLibvirtUri } : {}),
     });
 
     const holder = `${hostId}@${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
@@ -123,14 +151,8 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     const dwcpEndpoint = `${config.agent.address.includes(':') ? `[${config.agent.address}]` : config.agent.address}:${receiver.port}`;
     await setHostDwcpEndpoint(pool, { hostId, endpoint: dwcpEndpoint });
 
-    const images = new DiskImages({ imageRoot });
-    const activities = createLibvirtActivities({
-      hostId,
-      conn,
-      images,
-      imageRoot,
-      domainType: detectDomainType(),
-    });
+    const images = new DiskImages({ imageRoot, otherRoots: Object.values(storagePools) });
+    const activities = createLibvirtActivities({ hostId, conn, images, imageRoot, storagePools, domainType });
     const imageActivities = createImageActivities({
       hostId,
       imageRoot,
@@ -152,7 +174,12 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       connection,
       namespace: target.namespace,
       taskQueue,
-      activities: { ...activities, ...imageActivities },
+      activities: {
+        ...activities,
+        ...imageActivities,
+        ...createImageBaseActivities({ hostId, imageRoot, storagePools, pool: dwcpPool }),
+        ...createMigrationActivities({ hostId, conn, imageRoot, storagePools, logger }),
+      },
       interceptors: { activity: [activityMetricsInterceptor(metrics)] },
       identity: `host-agent@${hostId}:${process.pid}`,
       shutdownGraceTime: '5s',
@@ -213,7 +240,16 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       if (fenced) logger.error({ hostId }, 'host agent stopped: fenced off');
     });
     logger.info(
-      { hostId, taskQueue, uri: config.agent.libvirtUri, imageRoot, dwcpEndpoint, metrics: metricsServer.url },
+      {
+        hostId,
+        taskQueue,
+        uri: config.agent.libvirtUri,
+        imageRoot,
+        storagePools,
+        domainType,
+        dwcpEndpoint,
+        metrics: metricsServer.url,
+      },
       'host agent polling',
     );
     return {

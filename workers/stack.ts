@@ -1,7 +1,8 @@
 /**
  * `npm start` / `novacron up`: the whole stack on one machine. PostgreSQL and Temporal are embedded unless
  * DATABASE_URL / TEMPORAL_ADDRESS point elsewhere; the control worker and the API run as supervised children;
- * a cluster init runs at every start, and the URLs are printed once /ready answers 200.
+ * a cluster init runs at every start, and the URLs are printed once /ready answers 200. Once the local hosts are
+ * up, the test guest is offered in the image library (test-guest-image.ts).
  */
 import { Client, Connection } from '@temporalio/client';
 import path from 'node:path';
@@ -15,11 +16,12 @@ import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from '../store/emb
 import { createInitialAdminToken } from '../store/api-tokens';
 import { migrate } from '../store/migrate';
 import { createPool, redactDatabaseUrl } from '../store/pool';
-import { startLocalHostAgents } from './host-agent-local';
+import { LOCAL_SHARED_POOL, startLocalHostAgents } from './host-agent-local';
 import { systemProbes, stackContext } from './prerequisite-probes';
 import { checkPrerequisites, formatCheck, PREREQUISITES, type Prerequisite } from './prerequisites';
 import { superviseService, type SupervisedService } from './supervisor';
 import { temporalTarget } from './temporal-clients';
+import { offerTestGuest } from './test-guest-image';
 
 /** Without these the stack runs, with no local hosts: a control plane needs no hypervisor on its own machine. */
 const LOCAL_HOST_PREREQUISITES = new Set<Prerequisite>(['hypervisors', 'openssl']);
@@ -54,6 +56,8 @@ export async function startStack(input: {
   print?: (line: string) => void;
   /** False when the prerequisite checks found this machine cannot run them (they printed why). Default true. */
   localHypervisors?: boolean;
+  /** Offer the test guest in the image library once local hosts are up. Default true. */
+  testGuest?: boolean;
 }): Promise<StackHandle> {
   const { config } = input;
   const print = input.print ?? ((line: string) => process.stdout.write(`${line}\n`));
@@ -64,10 +68,15 @@ export async function startStack(input: {
   const stopServices: Array<() => Promise<void>> = [];
   const cleanups: Array<() => Promise<void>> = [];
   let temporalStarting: Promise<TemporalDevServer> | undefined;
-  let localHostsStarting: Promise<unknown> | undefined;
+  let localHostsStarting: Promise<{ hostIds: string[] }> | undefined;
+  let offeringGuest: Promise<void> | undefined;
+  const guestOffer = new AbortController();
   const stop = async () => {
     // Anything still starting registers its own stop when it is up; wait for that first.
     await Promise.allSettled([temporalStarting, localHostsStarting]);
+    // A build already running finishes (its tools are not interrupted halfway); nothing after it starts.
+    guestOffer.abort();
+    await offeringGuest;
     const report = (err: unknown) => logger.error({ err }, 'stop failed');
     await Promise.all(stopServices.splice(0).map((stopService) => stopService().catch(report)));
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(report);
@@ -186,6 +195,25 @@ export async function startStack(input: {
 
     const scheme = config.api.tls ? 'https' : 'http';
     const apiUrl = `${scheme}://${config.api.host}:${config.api.port}`;
+    if (localHostsStarting && input.testGuest !== false) {
+      offeringGuest = localHostsStarting.then(
+        async ({ hostIds }) => {
+          const [hostId] = hostIds;
+          if (hostId === undefined || guestOffer.signal.aborted) return;
+          await offerTestGuest({
+            config,
+            pool,
+            client,
+            hostId,
+            storagePool: LOCAL_SHARED_POOL,
+            apiUrl,
+            print,
+            signal: guestOffer.signal,
+          });
+        },
+        () => undefined,
+      );
+    }
     await waitFor('the API to report ready', 180_000, async () => {
       const response = await fetch(`${apiUrl}/ready`);
       return response.status === 200;

@@ -1,7 +1,8 @@
 /**
  * A fleet on real libvirt: harness hypervisors with a host agent process on each, a control worker, the API (inject)
  * and a Temporal client, with the operator's view of it through the API. The VM lifecycle integration test and the
- * fleet benchmark (bench/fleet) run on this one set-up, so what the benchmark times is what the test checks.
+ * fleet benchmark (bench/fleet) run on this one set-up, so what the benchmark times is what the test checks. Its
+ * hosts all mount one storage pool, `shared` (a scratch directory), as `npm start`'s local hosts do.
  */
 import { Connection, Client } from '@temporalio/client';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
@@ -51,10 +52,14 @@ function sharedPkiDir(scratchDir: (prefix: string) => string): string {
   return pkiDirs.get(scratchDir)!;
 }
 
+export const FLEET_SHARED_POOL = 'shared';
+
 export function startAgentProcess(input: {
   hypervisor: LocalHypervisor;
   databaseUrl: string;
   imageRoot: string;
+  /** Pools the agent mounts besides its image root, by name. */
+  storagePools?: Record<string, string>;
   env?: Record<string, string>;
   /** Default: the services `npm test` started, and its scratch directory. */
   temporalAddress?: string;
@@ -75,6 +80,9 @@ export function startAgentProcess(input: {
       NOVACRON_AGENT_DWCP_PORT: '0',
       NOVACRON_AGENT_METRICS_PORT: '0',
       NOVACRON_AGENT_PKI_DIR: sharedPkiDir(scratchDir),
+      NOVACRON_AGENT_STORAGE_POOLS: JSON.stringify(input.storagePools ?? {}),
+      NOVACRON_AGENT_MIGRATION_ADDRESS: input.hypervisor.migrationAddress,
+      ...(input.hypervisor.peerUri ? { NOVACRON_AGENT_PEER_LIBVIRT_URI: input.hypervisor.peerUri } : {}),
       ...input.env,
     }),
   );
@@ -150,6 +158,8 @@ export interface Fleet {
   hypervisors: LocalHypervisors;
   libvirt: Record<string, LibvirtConnection>;
   imageRoots: Record<string, string>;
+  /** The pools every agent of the fleet mounts: `shared`. */
+  storagePools: Record<string, string>;
   agents: Record<string, ChildHandle>;
   client: Client;
   adminToken: string;
@@ -215,6 +225,7 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
     const libvirt = Object.fromEntries(started.hosts.map((h) => [h.hostId, new LibvirtConnection({ uri: h.uri })]));
     const images = input.scratchDir('images');
     const imageRoots = Object.fromEntries(hostIds.map((id) => [id, path.join(images, id)]));
+    const storagePools = { [FLEET_SHARED_POOL]: input.scratchDir('pool') };
     connection = await Connection.connect({ address: temporalAddress });
     const client = new Client({ connection });
     worker = await startControlWorker({ config, logger: pino({ level: 'silent' }) });
@@ -235,6 +246,7 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
         hypervisor,
         databaseUrl,
         imageRoot: imageRoots[hostId]!,
+        storagePools,
         temporalAddress,
         scratchDir: input.scratchDir,
       });
@@ -250,6 +262,7 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
       hypervisors: started,
       libvirt,
       imageRoots,
+      storagePools,
       agents,
       client,
       adminToken,
