@@ -12,7 +12,10 @@ import {
   childElement,
   childElements,
   isInvalidState,
+  isLibvirtError,
+  isMigrationAborted,
   isNotFound,
+  LibvirtErrorCode,
   migrationJobSample,
   parseXml,
   tolerate,
@@ -149,8 +152,12 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
     return domain;
   };
 
+  /** Undefined when the domain is not here, or is the incoming side of a job (libvirt samples only the source). */
   const sample = async (name: string, completed = false): Promise<MigrationJobSample | undefined> => {
-    const stats = await tolerate(conn.domainGetJobStats({ name, ...(completed ? { completed } : {}) }), isNotFound);
+    const stats = await tolerate(
+      conn.domainGetJobStats({ name, ...(completed ? { completed } : {}) }),
+      (e) => isNotFound(e) || (isLibvirtError(e) && e.code === LibvirtErrorCode.operationUnsupported),
+    );
     return stats ? migrationJobSample(stats) : undefined;
   };
 
@@ -282,6 +289,10 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
           ...(input.migrateUri ? { migrateUri: input.migrateUri } : {}),
           persistDest: true,
           undefineSource: true,
+          // prepareMigrationTarget has seen every disk and base image in the target's mount of the pool; libvirt's
+          // own check guesses sharedness from the filesystem type and refuses pools it cannot classify (bind
+          // mounts, one filesystem seen by two daemons), so it is skipped.
+          unsafe: true,
           parallelConnections: parameters.parallelConnections,
           ...(parameters.bandwidthMiBps !== undefined ? { bandwidthMiBps: parameters.bandwidthMiBps } : {}),
           maxDowntimeMs: parameters.maxDowntimeMs,
@@ -292,9 +303,11 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         });
       } catch (err) {
         signal.throwIfAborted();
+        const message = `migration of ${input.name} from ${hostId}: ${err instanceof Error ? err.message : String(err)}`;
+        // Another client's abort (convergence control's) is an outcome, not a fault; neither gets better retried.
         throw ApplicationFailure.nonRetryable(
-          `migration of ${input.name} from ${hostId} failed: ${err instanceof Error ? err.message : String(err)}`,
-          'MigrationJobFailed',
+          message,
+          isMigrationAborted(err) ? 'MigrationJobAborted' : 'MigrationJobFailed',
         );
       } finally {
         clearInterval(timer);
