@@ -124,6 +124,8 @@ const ALLOWED_ANSWER: Record<string, number> = {
   'GET /v1/images': 200,
   'GET /v1/images/{id}': 404,
   'GET /v1/links': 200,
+  'GET /v1/migrations': 200,
+  'GET /v1/migrations/{id}': 404,
   'GET /v1/tokens': 200,
   'DELETE /v1/tokens/{ref}': 404,
   'GET /v1/audit': 200,

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { MigrationPlan } from '../domain/migration';
 import { CliError } from './api-client';
+import { runCli } from './main';
 import { planLine, runMigrationCli } from './migration-commands';
 
 const VM = '6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b';
@@ -202,4 +203,16 @@ test('planLine says what the plan predicts and from which figures', () => {
     }),
     /^plan: datacenter, not predicted to converge at 300 ms \(dirty rate above link rate\), relies on auto-converge;/,
   );
+});
+
+test('novacron routes vm migrate and migration to these commands, and lists them in its help', async () => {
+  await assert.rejects(runCli(['vm', 'migrate']), /^CliError: usage: novacron vm migrate ID/);
+  await assert.rejects(
+    runCli(['migration', 'bogus']),
+    /^CliError: usage: novacron vm migrate ID \[options\] \| migration/,
+  );
+  const help: string[] = [];
+  assert.equal(await runCli(['--help'], (l) => help.push(l)), 0);
+  assert.match(help.join('\n'), /vm migrate ID \[--to HOST\]/);
+  assert.match(help.join('\n'), /migration show ID \[--json\]/);
 });
