@@ -2,14 +2,16 @@
 import { createClusterInitActivities, type ClusterInitDeps } from './cluster-init-activities';
 import { createImageControlActivities } from './image-control-activities';
 import { createInventoryActivities } from './inventory-activities';
+import { createMigrationControlActivities, type MigrationMetricsRecorder } from './migration-control-activities';
 
-export type ActivityDeps = ClusterInitDeps;
+export type ActivityDeps = ClusterInitDeps & { migrationMetrics?: MigrationMetricsRecorder };
 
 export function createControlActivities(deps: ActivityDeps) {
   return {
     ...createClusterInitActivities(deps),
     ...createInventoryActivities(deps),
     ...createImageControlActivities(deps),
+    ...createMigrationControlActivities(deps),
   };
 }
 

@@ -83,6 +83,10 @@ function activities(
   return { acts, calls: libvirt.calls };
 }
 
+/** MockActivityEnvironment.run types its result as unknown. */
+const run = <R>(env: MockActivityEnvironment, work: () => Promise<R>): Promise<R> =>
+  env.run<[], R, () => Promise<R>>(work);
+
 const permanent = (type: string) => (err: unknown) =>
   err instanceof ApplicationFailure && err.nonRetryable && err.type === type;
 
@@ -118,7 +122,7 @@ test('the target checks every disk and base file in its mount of the pool', asyn
 
   const leftover: Record<string, FakeDomain> = { web: { uuid: VM_ID, state: 'shutoff' } };
   const { acts, calls } = activities(leftover, { pools: { nfs: pool } });
-  const prepared = await env.run(() => acts.prepareMigrationTarget(input));
+  const prepared = await run(env, () => acts.prepareMigrationTarget(input));
   assert.equal(prepared.checked.length, 2);
   assert.deepEqual(calls, ['undefine web'], 'an inactive leftover of an earlier attempt is removed');
 
@@ -160,7 +164,7 @@ test('the job runs with the plan parameters, persists on the target and undefine
     { web: { uuid: VM_ID, state: 'running' } },
     { migrate: async (input) => void (seen = input) },
   );
-  const result = await new MockActivityEnvironment().run(() => acts.migrateDomain(job));
+  const result = await run(new MockActivityEnvironment(), () => acts.migrateDomain(job));
   assert.equal(result.resumed, false);
   assert.ok(seen);
   const { signal, ...passed } = seen;
@@ -222,7 +226,7 @@ test('a cancelled job aborts through the signal; an abort by another client is M
 
 test('a retried job whose domain already left this host reports success without migrating again', async () => {
   const { acts, calls } = activities({});
-  const result = await new MockActivityEnvironment({ attempt: 2 }).run(() => acts.migrateDomain(job));
+  const result = await run(new MockActivityEnvironment({ attempt: 2 }), () => acts.migrateDomain(job));
   assert.deepEqual(result, { jobMs: 0, resumed: true });
   assert.deepEqual(calls, []);
 });
@@ -234,12 +238,12 @@ test('inspect tells the VM from a namesake; resume, discard and cleanup act only
   };
   const { acts, calls } = activities(domains);
   const env = new MockActivityEnvironment();
-  const seen = await env.run(() => acts.inspectMigrationDomain(ref));
+  const seen = await run(env, () => acts.inspectMigrationDomain(ref));
   assert.deepEqual([seen.state, seen.active, seen.jobActive, seen.foreign], ['paused', true, true, false]);
-  const namesake = await env.run(() => acts.inspectMigrationDomain({ vmId: VM_ID, name: 'other' }));
+  const namesake = await run(env, () => acts.inspectMigrationDomain({ vmId: VM_ID, name: 'other' }));
   assert.deepEqual([namesake.state, namesake.active, namesake.foreign], ['absent', false, true]);
 
-  assert.deepEqual(await env.run(() => acts.resumeMigrationSource(ref)), { action: 'resumed' });
+  assert.deepEqual(await run(env, () => acts.resumeMigrationSource(ref)), { action: 'resumed' });
   await assert.rejects(
     env.run(() => acts.cleanupMigrationSource(ref)),
     permanent('SourceStillRunning'),
@@ -248,8 +252,8 @@ test('inspect tells the VM from a namesake; resume, discard and cleanup act only
     env.run(() => acts.discardMigrationTarget({ vmId: VM_ID, name: 'other' })),
     permanent('DomainNameConflict'),
   );
-  assert.deepEqual(await env.run(() => acts.discardMigrationTarget(ref)), { removed: true });
-  assert.deepEqual(await env.run(() => acts.discardMigrationTarget(ref)), { removed: false });
+  assert.deepEqual(await run(env, () => acts.discardMigrationTarget(ref)), { removed: true });
+  assert.deepEqual(await run(env, () => acts.discardMigrationTarget(ref)), { removed: false });
   assert.deepEqual(calls, ['resume web', 'destroy web', 'undefine web']);
   assert.equal(domains.other?.state, 'running');
 });

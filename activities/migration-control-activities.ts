@@ -98,6 +98,7 @@ function placementHost(host: HostRecord): PlacementHost {
     diskMib: host.diskMib,
     labels: host.labels,
     allocated: host.allocated,
+    storagePools: Object.keys(host.storagePools),
   };
 }
 
@@ -199,19 +200,18 @@ export function createMigrationControlActivities(deps: MigrationControlDeps) {
         memoryMib: vm.spec.memoryMib,
         // Shared-pool disks stay where they are: the target's own disk does not fill.
         diskMib: 0,
+        storagePool,
+        excludeHostIds: [input.sourceHostId],
       };
       const spare = sourceSpareCpus !== undefined ? { sourceSpareCpus } : {};
       if (input.targetHostId === undefined) {
-        const candidates = hosts.filter(
-          (h) => h.id !== input.sourceHostId && Object.hasOwn(h.storagePools, storagePool),
-        );
-        const placement = placeVm(candidates.map(placementHost), request, placementPolicy);
+        const placement = placeVm(hosts.map(placementHost), request, placementPolicy);
         if (!placement.ok) {
-          const reasons = Object.entries(placement.reasons).map(([id, why]) => `${id}: ${why}`);
-          const others = hosts.filter((h) => h.id !== input.sourceHostId).length;
+          const reasons = Object.entries(placement.reasons)
+            .filter(([id]) => id !== input.sourceHostId)
+            .map(([id, why]) => `${id}: ${why}`);
           throw ApplicationFailure.nonRetryable(
-            `no host can take ${vm.name}: ${others - candidates.length} of the ${others} other hosts do not mount ` +
-              `pool ${storagePool}${reasons.length > 0 ? `; ${reasons.join('; ')}` : ''}`,
+            `no host can take ${vm.name} (${reasons.join('; ') || 'no other hosts'})`,
             'NoMigrationTarget',
           );
         }

@@ -9,7 +9,12 @@ import { createControlActivities } from '../activities';
 import { ConfigError, loadConfig } from '../config/load-config';
 import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
 import { createLogger, temporalLoggerFrom } from '../observability/logger';
-import { activityMetricsInterceptor, createMetrics, serveMetrics } from '../observability/metrics';
+import {
+  activityMetricsInterceptor,
+  createMetrics,
+  createMigrationMetrics,
+  serveMetrics,
+} from '../observability/metrics';
 import { migrate } from '../store/migrate';
 import { createPool } from '../store/pool';
 import { planBoot } from '../domain/component-graph';
@@ -91,7 +96,12 @@ export async function startControlWorker(input: {
     namespace: target.namespace,
     taskQueue: config.temporal.taskQueue,
     workflowBundle,
-    activities: createControlActivities({ config, pool, temporal: clientConnection }),
+    activities: createControlActivities({
+      config,
+      pool,
+      temporal: clientConnection,
+      migrationMetrics: createMigrationMetrics(metrics.registry),
+    }),
     interceptors: { activity: [activityMetricsInterceptor(metrics)] },
     sinks,
     identity: `control-worker@${config.system.nodeId}:${process.pid}`,
