@@ -33,7 +33,6 @@ import { bearer, mintToken } from '../test/support/tokens';
 import { waitUntil } from '../test/support/wait';
 import { startControlWorker, type ControlWorkerHandle } from '../workers/control-worker';
 import { buildApp, type BuiltApp } from './app';
-import { migrationFailureError } from './errors';
 
 const MiB = 1024 * 1024;
 // Host ids name task queues, which every test file on the Temporal server shares.
@@ -47,7 +46,7 @@ const hosts = {
 };
 
 /** What the stand-in source agent measures; each test sets the figures its plan is to be made from. */
-const agent = { dirtyRateBytesPerSecond: MiB, bandwidthMbps: 9000, preparing: 0 };
+const agent = { dirtyRateBytesPerSecond: MiB, bandwidthMbps: 9000, measureDelayMs: 0, preparing: 0 };
 
 let db: TestDatabase;
 let config: NovacronConfig;
@@ -119,6 +118,7 @@ const sourceActivities = {
     };
   },
   async measureDirtyRate(): Promise<{ bytesPerSecond: number; periodSeconds: number }> {
+    await Context.current().sleep(agent.measureDelayMs);
     return { bytesPerSecond: agent.dirtyRateBytesPerSecond, periodSeconds: 1 };
   },
   async describeMigrationSource(): Promise<never> {
@@ -374,34 +374,44 @@ describe('a migration through the API', () => {
     ]);
   });
 
+  test('planning that outlasts the wait is a 202 without the plan, which the record has later', async () => {
+    const impatient = await buildApp({
+      config,
+      temporal: client,
+      pool: db.pool,
+      metrics: createMetrics({ service: 'api-migrations-test-impatient' }),
+      logger: pino({ level: 'silent' }),
+      checkResponses: true,
+      migrationPlanWaitMs: 200,
+    });
+    agent.measureDelayMs = 1500;
+    try {
+      const response = await impatient.app.inject({
+        method: 'POST',
+        url: `/v1/vms/${vms.web}/migrate`,
+        payload: { targetHostId: hosts.target },
+        headers: bearer(token),
+      });
+      assert.equal(response.statusCode, 202, response.body);
+      const started = response.json<{ workflowId: string; plan?: MigrationPlan }>();
+      assert.equal(started.plan, undefined);
+      const planned = await waitUntil('the plan in the record', async () => {
+        const shown = await inject({ method: 'GET', url: `/v1/migrations/${started.workflowId}` });
+        return shown.json<MigrationRecord>().plan;
+      });
+      assert.equal(planned.mode, 'datacenter');
+      await client.workflow.getHandle(started.workflowId).cancel();
+      await assert.rejects(client.workflow.getHandle(started.workflowId).result());
+    } finally {
+      agent.measureDelayMs = 0;
+      await impatient.close();
+    }
+  });
+
   test('show and list refuse what they cannot answer', async () => {
     assert.equal((await inject({ method: 'GET', url: '/v1/migrations/migrate-nothing-here' })).statusCode, 404);
     for (const url of ['/v1/migrations?state=exploded', '/v1/migrations?vmId=web', '/v1/migrations?limit=0']) {
       assert.equal((await inject({ method: 'GET', url })).statusCode, 400, url);
     }
   });
-});
-
-test('typed failures of a started migration map to their statuses, the target named when the request named one', () => {
-  const cases: Array<[string, boolean, number | undefined, string]> = [
-    ['MigrationRefused', true, 422, 'no'],
-    ['VmNotRunning', true, 409, 'no'],
-    ['VmBusy', false, 409, 'no'],
-    ['TargetHostUnavailable', true, 409, 'body.targetHostId: no'],
-    ['TargetHostUnavailable', false, 409, 'no'],
-    ['InvalidMigrationTarget', true, 422, 'body.targetHostId: no'],
-    ['LocalStorageNotMigratable', true, 422, 'no'],
-    ['TargetLacksStoragePool', true, 422, 'body.targetHostId: no'],
-    ['MigrationJobFailed', true, undefined, ''],
-    ['toString', true, undefined, ''],
-  ];
-  for (const [type, targetNamed, status, message] of cases) {
-    const error = migrationFailureError({ type, message: 'no' }, { targetNamed });
-    assert.equal(error?.statusCode, status, type);
-    if (error) {
-      assert.equal(error.code, type);
-      assert.equal(error.message, message);
-    }
-  }
-  assert.equal(migrationFailureError({ message: 'untyped' }, { targetNamed: false }), undefined);
 });
