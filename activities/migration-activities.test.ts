@@ -6,12 +6,13 @@
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import pino from 'pino';
 import {
+  buildDomainXml,
   LibvirtErrorCode,
   LibvirtMigrationAbortedError,
   LibvirtNotFoundError,
@@ -19,10 +20,31 @@ import {
   type DomainState,
   type LibvirtConnection,
 } from '../native/libvirt';
-import { createMigrationActivities, migrationDisks, type MigrateDomainInput } from './migration-activities';
+import {
+  createMigrationActivities,
+  destinationXml,
+  migrationDisks,
+  type MigrateDomainInput,
+} from './migration-activities';
 
 const VM_ID = '6f1c2a3e-1111-4222-8333-444455556666';
 const ref = { vmId: VM_ID, name: 'web' };
+
+/** What NovaCron defines on a source host (h1): a disk in the pool, h1's console log, h1 as the owner. */
+function sourceXml(uuid: string): string {
+  return buildDomainXml({
+    name: 'web',
+    uuid,
+    vcpus: 1,
+    memoryMiB: 256,
+    disks: [{ path: '/pool/vms/web/root.qcow2', format: 'qcow2', target: 'vda' }],
+    networks: [],
+    metadata: { vmId: uuid, owner: 'h1' },
+    imageRoot: '/pool',
+    domainType: 'qemu',
+    consoleLogPath: '/var/lib/h1/consoles/web.log',
+  });
+}
 
 interface FakeDomain {
   uuid: string;
@@ -45,6 +67,7 @@ function fakeLibvirt(domains: Record<string, FakeDomain>, migrate?: (input: Doma
     return domain;
   };
   const conn = {
+    domainGetXMLDesc: async ({ name }: { name: string }) => sourceXml(find(name, 'dumpxml').uuid),
     domainLookupByName: async ({ name }: { name: string }) => ({ name, ...find(name, 'lookup') }),
     domainGetJobStats: async ({ name }: { name: string }) => ({ type: find(name, 'jobinfo').job ?? 'none', stats: {} }),
     domainUndefine: async ({ name }: { name: string }) => {
@@ -76,7 +99,7 @@ function activities(
   const acts = createMigrationActivities({
     hostId: 'h2',
     conn: libvirt.conn,
-    imageRoot: '/srv/images',
+    imageRoot: mkdtempSync(path.join(os.tmpdir(), 'novacron-root-')),
     storagePools: options.pools ?? {},
     logger: pino({ level: 'silent' }),
   });
@@ -110,6 +133,15 @@ test('the disks of a live domain come with their backing chain', () => {
   ]);
 });
 
+test('the destination XML names the target as owner and its own console log, and changes nothing else', () => {
+  const xml = sourceXml(VM_ID);
+  const moved = destinationXml(xml, { consoleLogPath: '/var/lib/h3/consoles/web.log', ownerHostId: 'h3' });
+  assert.match(moved, /<novacron:owner>h3<\/novacron:owner>/);
+  assert.match(moved, /<log file="\/var\/lib\/h3\/consoles\/web.log" append="off"\/>/);
+  const back = destinationXml(moved, { consoleLogPath: '/var/lib/h1/consoles/web.log', ownerHostId: 'h1' });
+  assert.equal(back, xml, 'only the owner and the log path differ');
+});
+
 test('the target checks every disk and base file in its mount of the pool', async () => {
   const pool = mkdtempSync(path.join(os.tmpdir(), 'novacron-pool-'));
   mkdirSync(path.join(pool, 'vm'));
@@ -124,6 +156,8 @@ test('the target checks every disk and base file in its mount of the pool', asyn
   const { acts, calls } = activities(leftover, { pools: { nfs: pool } });
   const prepared = await run(env, () => acts.prepareMigrationTarget(input));
   assert.equal(prepared.checked.length, 2);
+  assert.ok(prepared.consoleLogPath.endsWith(`/consoles/${VM_ID}.log`), prepared.consoleLogPath);
+  assert.ok(existsSync(path.dirname(prepared.consoleLogPath)), 'the target made its console log directory');
   assert.deepEqual(calls, ['undefine web'], 'an inactive leftover of an earlier attempt is removed');
 
   const missing = { ...input, disks: [disk(path.join(pool, 'library', 'gone.raw'))] };
@@ -131,7 +165,7 @@ test('the target checks every disk and base file in its mount of the pool', asyn
     env.run(() => acts.prepareMigrationTarget(missing)),
     permanent('DiskNotVisibleOnTarget'),
   );
-  const outside = { ...input, disks: [disk('/srv/images/debian.raw')] };
+  const outside = { ...input, disks: [disk(path.join(os.tmpdir(), 'debian.raw'))] };
   await assert.rejects(
     env.run(() => acts.prepareMigrationTarget(outside)),
     permanent('DiskOutsideStoragePool'),
@@ -151,6 +185,8 @@ test('the target checks every disk and base file in its mount of the pool', asyn
 const job: MigrateDomainInput = {
   ...ref,
   workflowId: 'migrate-x',
+  targetHostId: 'h3',
+  targetConsoleLogPath: '/var/lib/h3/consoles/web.log',
   destUri: 'qemu+tcp://10.0.0.2/system',
   p2p: true,
   migrateUri: 'tcp://10.0.0.2',
@@ -167,8 +203,11 @@ test('the job runs with the plan parameters, persists on the target and undefine
   const result = await run(new MockActivityEnvironment(), () => acts.migrateDomain(job));
   assert.equal(result.resumed, false);
   assert.ok(seen);
-  const { signal, ...passed } = seen;
+  const { signal, destXml, persistentXml, ...passed } = seen;
   assert.ok(signal instanceof AbortSignal);
+  assert.equal(persistentXml, destXml, 'the target keeps the definition it runs');
+  assert.ok(destXml?.includes('file="/var/lib/h3/consoles/web.log"'), destXml);
+  assert.ok(!destXml?.includes('/var/lib/h1/'), "the source's console log stays the source's");
   assert.deepEqual(passed, {
     name: 'web',
     destUri: 'qemu+tcp://10.0.0.2/system',

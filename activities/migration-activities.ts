@@ -5,7 +5,7 @@
  * Each is idempotent: a retry after an agent restart finds what the first attempt did and carries on from there.
  */
 import { ApplicationFailure, activityInfo, cancellationSignal, Context, sleep } from '@temporalio/activity';
-import { stat } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import {
@@ -17,7 +17,9 @@ import {
   isNotFound,
   LibvirtErrorCode,
   migrationJobSample,
+  NOVACRON_METADATA_NS,
   parseXml,
+  serializeXml,
   tolerate,
   type DomainState,
   type LibvirtConnection,
@@ -25,6 +27,7 @@ import {
 } from '../native/libvirt';
 import type { MigrationJobSample, MigrationParameters } from '../domain/migration';
 import { LOCAL_STORAGE_POOL } from '../domain/vm-spec';
+import { vmConsoleLogPath } from './storage-paths';
 
 export interface MigrationActivityDeps {
   hostId: string;
@@ -61,6 +64,9 @@ export interface PrepareMigrationTargetInput extends MigrationDomainInput {
 
 export interface MigrateDomainInput extends MigrationDomainInput {
   workflowId: string;
+  targetHostId: string;
+  /** The target's own console log for the guest (prepareMigrationTarget's): two QEMUs must not share one file. */
+  targetConsoleLogPath: string;
   /** The target's libvirt URI: the destination connection (managed direct) or the peer daemon's (p2p). */
   destUri: string;
   p2p: boolean;
@@ -68,6 +74,13 @@ export interface MigrateDomainInput extends MigrationDomainInput {
   migrateUri?: string;
   parameters: MigrationParameters;
   timeoutMs: number;
+}
+
+export interface PreparedMigrationTarget {
+  hostId: string;
+  /** Every disk and base file found in the pool's mount. */
+  checked: string[];
+  consoleLogPath: string;
 }
 
 export interface MigrateDomainResult {
@@ -124,6 +137,27 @@ export function migrationDisks(domainXml: string): MigrationDisk[] {
       const target = childElement(disk, 'target')?.attributes['dev'] ?? '';
       return chain.path ? [{ target, path: chain.path, backingPaths: chain.backingPaths }] : [];
     });
+}
+
+/**
+ * The domain as the target runs and keeps it: the source's migratable XML with the target's own console log and the
+ * target as the owner in NovaCron's metadata. libvirt compares the two definitions, not their text.
+ */
+export function destinationXml(sourceXml: string, input: { consoleLogPath: string; ownerHostId: string }): string {
+  const rewrite = (node: XmlElement, inNovacron: boolean): XmlElement => {
+    const prefix = node.name.includes(':') ? node.name.slice(0, node.name.indexOf(':')) : undefined;
+    const novacron =
+      inNovacron || (prefix !== undefined && node.attributes[`xmlns:${prefix}`] === NOVACRON_METADATA_NS);
+    const local = prefix === undefined ? node.name : node.name.slice(prefix.length + 1);
+    if (novacron && local === 'owner') return { ...node, children: [input.ownerHostId] };
+    const attributes =
+      node.name === 'log' && node.attributes['file'] !== undefined
+        ? { ...node.attributes, file: input.consoleLogPath }
+        : node.attributes;
+    const children = node.children.map((c) => (typeof c === 'string' ? c : rewrite(c, novacron)));
+    return { name: node.name, attributes, children };
+  };
+  return serializeXml(rewrite(parseXml(sourceXml), false));
 }
 
 function isInside(file: string, dir: string): boolean {
@@ -206,7 +240,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
      * The target sees every disk and base image of the VM inside its mount of the VM's pool, and holds no domain
      * that would collide. An inactive definition of the same VM is a leftover of an earlier attempt: removed.
      */
-    async prepareMigrationTarget(input: PrepareMigrationTargetInput): Promise<{ hostId: string; checked: string[] }> {
+    async prepareMigrationTarget(input: PrepareMigrationTargetInput): Promise<PreparedMigrationTarget> {
       const dir = poolDir(input.storagePool);
       if (!dir || input.storagePool === LOCAL_STORAGE_POOL) {
         throw ApplicationFailure.nonRetryable(
@@ -242,7 +276,9 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         await tolerate(conn.domainUndefine({ name: input.name }), isNotFound);
         logger.info({ vmId: input.vmId, hostId }, 'removed an inactive leftover definition before migrating here');
       }
-      return { hostId, checked };
+      const consoleLogPath = vmConsoleLogPath({ imageRoot: deps.imageRoot, vmId: input.vmId });
+      await mkdir(path.dirname(consoleLogPath), { recursive: true });
+      return { hostId, checked, consoleLogPath };
     },
 
     /**
@@ -282,6 +318,10 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
       }, HEARTBEAT_MS);
       const { parameters } = input;
       try {
+        const xml = destinationXml(await conn.domainGetXMLDesc({ name: input.name, migratable: true }), {
+          consoleLogPath: input.targetConsoleLogPath,
+          ownerHostId: input.targetHostId,
+        });
         await conn.domainMigrateToURI3({
           name: input.name,
           destUri: input.destUri,
@@ -298,6 +338,8 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
           maxDowntimeMs: parameters.maxDowntimeMs,
           autoConverge: parameters.autoConverge,
           postCopy: parameters.postCopy,
+          destXml: xml,
+          persistentXml: xml,
           timeoutMs: input.timeoutMs,
           signal,
         });

@@ -71,13 +71,17 @@ test('migrateVm plans, locks, prepares, migrates under sampling, confirms on bot
   assert.ok((midJob.dataRemainingBytes ?? 0) > 0 && (midJob.dataProcessedBytes ?? 0) > 0, JSON.stringify(midJob));
   assert.ok(midJob.etaMs !== undefined && midJob.etaMs > 0, `an ETA while the job runs: ${JSON.stringify(midJob)}`);
 
-  const [job] = argsOf<{ p2p: boolean; destUri: string; migrateUri: string; parameters: { maxDowntimeMs: number } }>(
-    calls,
-    'migrateDomain',
-  );
+  const [job] = argsOf<{
+    p2p: boolean;
+    destUri: string;
+    migrateUri: string;
+    targetConsoleLogPath: string;
+    parameters: { maxDowntimeMs: number };
+  }>(calls, 'migrateDomain');
   assert.equal(job!.p2p, false, 'no peer libvirt URI: managed direct');
   assert.match(job!.destUri, /^qemu\+unix:/);
   assert.equal(job!.migrateUri, 'tcp://127.0.0.1');
+  assert.match(job!.targetConsoleLogPath, /^\/var\/lib\/dst-\w+\/consoles\//, "the target's own console log");
   assert.equal(job!.parameters.maxDowntimeMs, 300);
   const [prepare] = argsOf<{ storagePool: string; disks: unknown[] }>(calls, 'prepareMigrationTarget');
   assert.equal(prepare!.storagePool, 'nfs');

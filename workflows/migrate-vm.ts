@@ -52,10 +52,17 @@ function tcpUri(address: string): string {
 }
 
 /** Peer-to-peer when the target's daemon is reachable by its peers, else managed direct from the source's agent. */
-function destinationOf(target: NonNullable<MigrationRun['hosts']>['target']): MigrationDestination {
-  const migrateUri = tcpUri(target.migrationAddress);
-  if (target.peerLibvirtUri) return { destUri: target.peerLibvirtUri, p2p: true, migrateUri };
-  return { destUri: target.libvirtUri, p2p: false, migrateUri };
+function destinationOf(
+  target: NonNullable<MigrationRun['hosts']>['target'],
+  prepared: { consoleLogPath: string },
+): MigrationDestination {
+  const common = {
+    migrateUri: tcpUri(target.migrationAddress),
+    targetHostId: target.id,
+    targetConsoleLogPath: prepared.consoleLogPath,
+  };
+  if (target.peerLibvirtUri) return { ...common, destUri: target.peerLibvirtUri, p2p: true };
+  return { ...common, destUri: target.libvirtUri, p2p: false };
 }
 
 function figures(plan: MigrationPlan): string {
@@ -142,14 +149,14 @@ async function forward(run: MigrationRun, input: MigrateVmInput): Promise<Migrat
   await enterPhase(run, 'preparing');
   const ref = { vmId: vm.id, name: vm.name };
   const described = await migrationHost(sourceHostId).describeMigrationSource(ref);
-  await migrationHost(target.id).prepareMigrationTarget({
+  const prepared = await migrationHost(target.id).prepareMigrationTarget({
     ...ref,
     storagePool: vm.storagePool,
     disks: described.disks,
   });
 
   run.jobStarted = true;
-  const job = await runMigrationJob(run, destinationOf(target));
+  const job = await runMigrationJob(run, destinationOf(target, prepared));
   const hosts = await inspectBoth(run);
   if (!runsOnTargetOnly(hosts)) {
     throw ApplicationFailure.nonRetryable(

@@ -5,7 +5,7 @@
  * short activities on the source: raise the max downtime, switch to post-copy, abort. Each escalation is recorded.
  */
 import { ApplicationFailure, CancellationScope, condition, log } from '@temporalio/workflow';
-import type { MigrateDomainResult } from '../activities/migration-activities';
+import type { MigrateDomainInput, MigrateDomainResult } from '../activities/migration-activities';
 import type { MigrationEscalation, MigrationJobSample } from '../domain/migration';
 import {
   createConvergenceState,
@@ -24,11 +24,11 @@ const JOB_MARGIN_MS = 120_000;
 /** libvirt's own timeout on the call sits between the two. */
 const CALL_MARGIN_MS = 60_000;
 
-export interface MigrationDestination {
-  destUri: string;
-  p2p: boolean;
-  migrateUri?: string;
-}
+/** Where the job goes: the target's URIs and its own console log for the guest. */
+export type MigrationDestination = Pick<
+  MigrateDomainInput,
+  'destUri' | 'p2p' | 'migrateUri' | 'targetHostId' | 'targetConsoleLogPath'
+>;
 
 type Settled = { ok: true; value: MigrateDomainResult } | { ok: false; error: unknown };
 

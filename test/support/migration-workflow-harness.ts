@@ -253,7 +253,11 @@ export async function migrationHarness(env: WorkflowTestEnv, scenario: Scenario)
     ...scenario.source,
   };
   const targetActivities: Partial<MigrationActivities> = {
-    prepareMigrationTarget: record('prepareMigrationTarget', { hostId: target, checked: [] }),
+    prepareMigrationTarget: record('prepareMigrationTarget', {
+      hostId: target,
+      checked: [],
+      consoleLogPath: `/var/lib/${target}/consoles/${VM_ID}.log`,
+    }),
     inspectMigrationDomain: inspect(target, 'target'),
     async discardMigrationTarget(arg) {
       calls.push(['discardMigrationTarget', arg]);
