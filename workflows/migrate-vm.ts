@@ -131,7 +131,10 @@ async function forward(run: MigrationRun, input: MigrateVmInput): Promise<Migrat
   const control = migrationControl();
   const { workflowId } = run;
   const targetRequest = input.targetHostId !== undefined ? { targetHostId: input.targetHostId } : {};
-  run.opening = await control.openMigration({ workflowId, vmId: input.vmId, policy: run.policy, ...targetRequest });
+  // Not cancellable: a cancel that abandoned it could leave a record opened that nothing would ever finish.
+  run.opening = await CancellationScope.nonCancellable(() =>
+    control.openMigration({ workflowId, vmId: input.vmId, policy: run.policy, ...targetRequest }),
+  );
   const { vm, sourceHostId } = run.opening;
   run.progress.sourceHostId = sourceHostId;
   setHandler(migrationProgressQuery, () => progressSnapshot(run));
