@@ -45,6 +45,7 @@ export const migrationProgressQuery = defineQuery<MigrationProgress>('migrationP
 export const cancelMigrationSignal = defineSignal<[CancelMigrationInput]>('cancel');
 
 const MIB = 1024 * 1024;
+const SLOT_WAIT_MAX_MS = 10_000;
 
 /** QEMU listens on the target's migration address; an IPv6 literal needs brackets in a URI. */
 function tcpUri(address: string): string {
@@ -113,6 +114,8 @@ async function planRun(run: MigrationRun): Promise<MigrationPlan> {
 /** Polls for a slot under both hosts' limits; the phase says `queued` while others go first. */
 async function waitForSlot(run: MigrationRun): Promise<void> {
   const control = migrationControl();
+  // Backing off keeps an hour in the queue to a few hundred attempts in the workflow's history.
+  let delayMs = run.opening!.settings.pollIntervalMs;
   const input = {
     workflowId: run.workflowId,
     sourceHostId: run.opening!.sourceHostId,
@@ -122,7 +125,8 @@ async function waitForSlot(run: MigrationRun): Promise<void> {
     const slot = await control.acquireMigrationSlot(input);
     if (slot.acquired) return;
     await enterPhase(run, 'queued');
-    await sleep(run.opening!.settings.pollIntervalMs);
+    await sleep(delayMs);
+    delayMs = Math.min(SLOT_WAIT_MAX_MS, delayMs * 2);
   }
 }
 

@@ -23,6 +23,11 @@ export const PROGRESS_PERSIST_MS = 5000;
 const JOB_MARGIN_MS = 120_000;
 /** libvirt's own timeout on the call sits between the two. */
 const CALL_MARGIN_MS = 60_000;
+/**
+ * Samples a job may take up to its deadline. Each costs the workflow's history about eight events, and a history
+ * holds at most 50,000: a long deadline (a large guest) samples less often than the configured interval.
+ */
+export const MAX_JOB_SAMPLES = 3000;
 
 /** Where the job goes: the target's URIs and its own console log for the guest. */
 export type MigrationDestination = Pick<
@@ -56,7 +61,8 @@ export async function runMigrationJob(
   const plan = run.plan!;
   const { vm, sourceHostId, settings } = run.opening!;
   const ref = { vmId: vm.id, name: vm.name };
-  const sampler = migrationSampler(sourceHostId, settings);
+  const pollIntervalMs = Math.max(settings.pollIntervalMs, Math.ceil(plan.deadlineMs / MAX_JOB_SAMPLES));
+  const sampler = migrationSampler(sourceHostId, { pollIntervalMs });
   // Steering must happen: it waits for a slow or restarting agent instead of failing the migration.
   const steer = migrationHost(sourceHostId);
   let convergence = createConvergenceState({ plan, policy: run.policy, startedAtMs: Date.now() });
@@ -94,7 +100,7 @@ export async function runMigrationJob(
     (error: unknown) => (ended.outcome = { ok: false, error }),
   );
   try {
-    while (!(await condition(() => ended.outcome !== undefined, settings.pollIntervalMs))) {
+    while (!(await condition(() => ended.outcome !== undefined, pollIntervalMs))) {
       const sample = await sampler.sampleMigrationJob(ref).catch((err: unknown) => {
         log.warn('migration job sample failed; the loop goes on without it', { error: failureText(err) });
         return undefined;
