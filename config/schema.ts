@@ -234,7 +234,7 @@ export const configSchema = z.strictObject({
       storagePools: z
         .record(z.string().regex(SAFE_ID_PATTERN, 'must be a pool name'), z.string().regex(/^\//, 'must be absolute'))
         .default({})
-        .refine((pools) => !('local' in pools), 'local is every host\'s own image root and cannot be declared'),
+        .refine((pools) => !('local' in pools), "local is every host's own image root and cannot be declared"),
       /** The address peers send migration streams to (QEMU listens there); defaults to agent.address. */
       migrationAddress: z.string().min(1).optional(),
       /**

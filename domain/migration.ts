@@ -80,7 +80,8 @@ export interface MigrationPlan {
   inputs: Omit<MigrationPlanInput, 'policy'>;
 }
 
-export type MigrationPlanOutcome = { ok: true; plan: MigrationPlan } | { ok: false; reason: string; plan: MigrationPlan };
+export type MigrationPlanOutcome =
+  { ok: true; plan: MigrationPlan } | { ok: false; reason: string; plan: MigrationPlan };
 
 export type EscalationKind = 'raise-downtime' | 'auto-converge' | 'post-copy' | 'abort';
 
