@@ -16,6 +16,7 @@ import {
   listMigrations,
   recordMigrationEscalation,
   recordMigrationPlan,
+  SLOT_LOCK_KEY,
   updateMigrationProgress,
 } from './migration-records';
 import { VmStoreError } from './vms';
@@ -281,4 +282,43 @@ test('a migration waiting for a full target does not hold up its source going el
   // The source is now at its limit: the waiter stays queued even once its target frees.
   await finishMigrationRecord(db.pool, { workflowId: 'hol-run', outcome: 'completed', finalHostId: 'hol-full' });
   assert.equal((await ask('hol-wait', 'hol-full')).acquired, true);
+});
+
+test('a slot starts when it is granted: after the finish that freed it, though the request began before', async () => {
+  const ask = (workflowId: string) =>
+    acquireMigrationSlot(db.pool, {
+      workflowId,
+      sourceHostId: 'when-src',
+      targetHostId: 'when-dst',
+      maxOutgoing: 1,
+      maxIncoming: 1,
+    });
+  for (const id of ['when-a', 'when-b']) await open(id, 'when-src');
+  assert.equal((await ask('when-a')).acquired, true);
+  // Another slot decision in progress: when-b's transaction begins, then waits for the lock.
+  const holder = await db.pool.connect();
+  try {
+    await holder.query('BEGIN');
+    await holder.query('SELECT pg_advisory_xact_lock($1)', [SLOT_LOCK_KEY]);
+    const asked = ask('when-b');
+    for (let i = 0; ; i++) {
+      const waiting = await db.pool.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`);
+      if (waiting.rowCount === 1) break;
+      assert.ok(i < 200, 'when-b waits for the slot lock');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // A clear gap between when-b's transaction start and the finish, whatever the clock's resolution.
+    await new Promise((r) => setTimeout(r, 50));
+    await finishMigrationRecord(db.pool, { workflowId: 'when-a', outcome: 'completed', finalHostId: 'when-dst' });
+    await holder.query('COMMIT');
+    assert.equal((await asked).acquired, true);
+  } finally {
+    holder.release();
+  }
+  const order = await db.pool.query<{ after: boolean; started: string; finished: string }>(
+    `SELECT b.started_at > a.finished_at AS after, b.started_at::text AS started, a.finished_at::text AS finished
+     FROM migrations a, migrations b WHERE a.id = 'when-a' AND b.id = 'when-b'`,
+  );
+  const { after, started, finished } = order.rows[0]!;
+  assert.ok(after, `when-b started ${started}, when-a finished ${finished}`);
 });

@@ -36,7 +36,7 @@ export type MigrationRecordState = (typeof MIGRATION_RECORD_STATES)[number];
 
 const FINISHED_STATES: readonly MigrationRecordState[] = ['completed', 'failed', 'cancelled', 'refused'];
 // Serializes slot decisions, so that migrations asking at once never exceed a host's limits.
-const SLOT_LOCK_KEY = 746_927_005;
+export const SLOT_LOCK_KEY = 746_927_005;
 
 export interface MigrationRecord {
   id: string;
@@ -210,7 +210,11 @@ export async function acquireMigrationSlot(
     if (Number(out_busy) >= input.maxOutgoing || Number(in_busy) >= input.maxIncoming) {
       return { acquired: false, waitingBehind: Number(ahead) };
     }
-    await client.query(`UPDATE migrations SET state = 'running', started_at = now() WHERE id = $1`, [input.workflowId]);
+    // The moment the slot is granted, not the transaction's start (now()), which can precede the finish that freed
+    // the slot while this request waited for the lock: intervals read from the rows must never seem to overlap.
+    await client.query(`UPDATE migrations SET state = 'running', started_at = clock_timestamp() WHERE id = $1`, [
+      input.workflowId,
+    ]);
     return { acquired: true, waitingBehind: 0 };
   });
 }
