@@ -2,16 +2,17 @@
 import type { z } from 'zod';
 import type { hostListSchema, hostSchema } from '../api/routes/hosts';
 import type { vmListSchema, vmStartedSchema } from '../api/routes/vms';
+import { LOCAL_STORAGE_POOL } from '../domain/vm-spec';
 import { apiClientFor, CliError, parseCommandLine, type ApiClient } from './api-client';
 import { followWorkflow } from './follow-workflow';
 
 type Output = (line: string) => void;
 
-export const FLEET_USAGE = `  host list                                   hosts with state, lease token and allocations
+export const FLEET_USAGE = `  host list                                   hosts with state, lease token, allocations and storage pools
   host show ID                                one host as JSON
   host maintenance ID on|off                  placement skips a host in maintenance (admin)
-  vm create NAME --vcpus N --memory MIB [--disk NAME:MIB[:qcow2|raw] ...] [--host ID] [--network user|none]
-            [--ha-priority N] [--request-id ID] [--wait]
+  vm create NAME --vcpus N --memory MIB [--image ID] [--pool NAME] [--disk NAME:MIB[:qcow2|raw] ...]
+            [--oem-string S ...] [--host ID] [--network user|none] [--ha-priority N] [--request-id ID] [--wait]
   vm list [--host ID] [--state S]
   vm show ID
   vm start|stop|reboot|delete ID [--force] [--timeout-ms N] [--hard] [--wait]`;
@@ -47,6 +48,9 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
     vcpus: { type: 'string' },
     memory: { type: 'string' },
     disk: { type: 'string', multiple: true },
+    image: { type: 'string' },
+    pool: { type: 'string' },
+    'oem-string': { type: 'string', multiple: true },
     host: { type: 'string' },
     network: { type: 'string' },
     'ha-priority': { type: 'string' },
@@ -66,9 +70,11 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
       const { hosts } = await api.get<HostList>('/v1/hosts');
       for (const h of hosts) {
         const lease = h.lease ? `token ${h.lease.fencingToken}${h.lease.alive ? '' : ' (expired)'}` : 'no lease';
+        const pools = [LOCAL_STORAGE_POOL, ...Object.keys(h.storagePools).sort()].join(',');
         out(
           `${h.id.padEnd(16)} ${h.state.padEnd(11)} ${h.address.padEnd(15)} ${lease.padEnd(20)} ` +
-            `${h.allocated.vms} VMs, ${h.allocated.vcpus}/${h.cpus} vCPU/CPU, ${h.allocated.memoryMib}/${h.memoryMib} MiB`,
+            `${h.allocated.vms} VMs, ${h.allocated.vcpus}/${h.cpus} vCPU/CPU, ${h.allocated.memoryMib}/${h.memoryMib} MiB, ` +
+            `pools ${pools}`,
         );
       }
       if (hosts.length === 0) out('no hosts registered; start a host agent (README "Adding a hypervisor host")');
@@ -95,6 +101,9 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
         vcpus: integer(values.vcpus, '--vcpus'),
         memoryMib: integer(values.memory, '--memory'),
         disks: (values.disk ?? []).map(parseDisk),
+        ...(values.image ? { image: values.image } : {}),
+        ...(values.pool ? { storagePool: values.pool } : {}),
+        ...(values['oem-string'] ? { oemStrings: values['oem-string'] } : {}),
         ...(values.host ? { hostId: values.host } : {}),
         ...(values.network ? { network: values.network } : {}),
         ...(values['ha-priority'] ? { haPriority: integer(values['ha-priority'], '--ha-priority') } : {}),

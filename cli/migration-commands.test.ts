@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { MigrationPlan } from '../domain/migration';
+import { startStandInApi, type StandInApi } from '../test/support/stand-in-api';
 import { CliError } from './api-client';
 import { runCli } from './main';
 import { planLine, runMigrationCli } from './migration-commands';
@@ -24,41 +23,20 @@ const plan: MigrationPlan = {
   },
 };
 
-/** A stand-in API on loopback that records what the CLI sends and answers as the route would. */
-let server: http.Server;
-let requests: Array<{ method: string; url: string; headers: http.IncomingHttpHeaders; body: unknown }>;
-let answer: { status: number; body: unknown };
+let api: StandInApi;
 
 before(async () => {
-  server = http.createServer((req, res) => {
-    let text = '';
-    req.on('data', (chunk: Buffer) => (text += chunk.toString()));
-    req.on('end', () => {
-      requests.push({
-        method: req.method!,
-        url: req.url!,
-        headers: req.headers,
-        body: text ? JSON.parse(text) : undefined,
-      });
-      res.writeHead(answer.status, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(answer.body));
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  api = await startStandInApi();
 });
-after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+after(() => api.close());
 beforeEach(() => {
-  requests = [];
-  answer = {
-    status: 202,
-    body: { workflowId: `migrate-${VM}-abc`, runId: 'r', vmId: VM, existing: false, plan },
-  };
+  api.reset();
+  api.answer(202, { workflowId: `migrate-${VM}-abc`, runId: 'r', vmId: VM, existing: false, plan });
 });
 
 async function run(...argv: string[]): Promise<{ code: number; out: string[] }> {
   const out: string[] = [];
-  const { port } = server.address() as AddressInfo;
-  const code = await runMigrationCli([...argv, '--api', `http://127.0.0.1:${port}`], { out: (l) => out.push(l) });
+  const code = await runMigrationCli([...argv, '--api', api.url], { out: (l) => out.push(l) });
   return { code, out };
 }
 
@@ -70,7 +48,7 @@ async function refused(argv: string[], message: RegExp): Promise<void> {
     assert.doesNotMatch(err.message, /\n/, 'one line');
     return true;
   });
-  assert.deepEqual(requests, [], 'nothing was sent');
+  assert.deepEqual(api.requests, [], 'nothing was sent');
 }
 
 describe('novacron vm migrate: arguments', () => {
@@ -92,8 +70,8 @@ describe('novacron vm migrate: arguments', () => {
       'r-1',
     );
     assert.equal(code, 0);
-    assert.equal(requests.length, 1);
-    const [request] = requests;
+    assert.equal(api.requests.length, 1);
+    const [request] = api.requests;
     assert.equal(request!.url, `/v1/vms/${VM}/migrate`);
     assert.equal(request!.headers['idempotency-key'], 'r-1');
     assert.deepEqual(request!.body, {
@@ -115,13 +93,13 @@ describe('novacron vm migrate: arguments', () => {
 
   test('no flags send an empty body: placement and the default policy', async () => {
     await run('vm', 'migrate', VM);
-    assert.deepEqual(requests[0]!.body, {});
-    assert.equal(requests[0]!.headers['idempotency-key'], undefined);
+    assert.deepEqual(api.requests[0]!.body, {});
+    assert.equal(api.requests[0]!.headers['idempotency-key'], undefined);
   });
 
   test('--policy-json is sent as it is', async () => {
     await run('vm', 'migrate', VM, '--policy-json', '{"maxDowntimeMs":800,"stallPasses":3}');
-    assert.deepEqual(requests[0]!.body, { policy: { maxDowntimeMs: 800, stallPasses: 3 } });
+    assert.deepEqual(api.requests[0]!.body, { policy: { maxDowntimeMs: 800, stallPasses: 3 } });
   });
 
   test('bad arguments are one line, exit 2, and send nothing', async () => {
@@ -137,10 +115,11 @@ describe('novacron vm migrate: arguments', () => {
   });
 
   test("the API's refusal is one line with its status, exit 1", async () => {
-    answer = {
-      status: 422,
-      body: { error: 'MigrationRefused', message: 'migration of web-1 refused: does not converge', requestId: 'x' },
-    };
+    api.answer(422, {
+      error: 'MigrationRefused',
+      message: 'migration of web-1 refused: does not converge',
+      requestId: 'x',
+    });
     await assert.rejects(run('vm', 'migrate', VM, '--forbid-escalation'), {
       message: '422: migration of web-1 refused: does not converge',
       exitCode: 1,
@@ -171,18 +150,18 @@ describe('novacron migration list|show', () => {
   };
 
   test('list passes the filters and prints a line per migration', async () => {
-    answer = { status: 200, body: { migrations: [record] } };
+    api.answer(200, { migrations: [record] });
     const { out } = await run('migration', 'list', '--vm', VM, '--state', 'completed', '--limit', '5');
-    assert.equal(requests[0]!.url, `/v1/migrations?vmId=${VM}&state=completed&limit=5`);
+    assert.equal(api.requests[0]!.url, `/v1/migrations?vmId=${VM}&state=completed&limit=5`);
     assert.deepEqual(out, [
       `2026-01-01T00:00:00.000Z  completed ${VM}  host-a -> host-b  migrate-${VM}-abc  21 ms downtime`,
     ]);
   });
 
   test('show prints hosts, plan and result', async () => {
-    answer = { status: 200, body: record };
+    api.answer(200, record);
     const { out } = await run('migration', 'show', record.id);
-    assert.equal(requests[0]!.url, `/v1/migrations/${record.id}`);
+    assert.equal(api.requests[0]!.url, `/v1/migrations/${record.id}`);
     assert.equal(out[0], `${record.id}  completed  VM ${VM}  host-a -> host-b`);
     assert.equal(out[2], `  ${planLine(plan)}`);
     assert.match(out[3]!, /^ {2}completed: VM .* runs on host-b after 3 s, downtime 21 ms, 1\.0 MiB in 3 passes$/);

@@ -34,15 +34,17 @@ export interface OfferTestGuestInput {
   signal: AbortSignal;
 }
 
-function hint(input: OfferTestGuestInput): string {
-  const body = JSON.stringify({
-    name: 'tg-1',
-    vcpus: 1,
-    memoryMib: 256,
-    image: TESTGUEST_NAME,
-    storagePool: input.storagePool,
-  });
-  return `  a VM from it: curl -H "authorization: Bearer $NOVACRON_API_TOKEN" -H 'content-type: application/json' -d '${body}' ${input.apiUrl}/v1/vms`;
+// The CLI's own default (cli/api-client.ts): only another API needs naming.
+const CLI_DEFAULT_API_URL = 'http://127.0.0.1:8080';
+
+/** The README's walkthrough from here: a VM from the image on the shared pool, then moving it to the other host. */
+function hint(input: OfferTestGuestInput): string[] {
+  const api = input.apiUrl === CLI_DEFAULT_API_URL ? '' : ` --api ${input.apiUrl}`;
+  return [
+    `  a VM from it: bin/novacron vm create tg-1 --vcpus 1 --memory 256 --image ${TESTGUEST_NAME} ` +
+      `--pool ${input.storagePool} --oem-string novacron.dirty-mibps=8${api} --wait`,
+    `  then move it: bin/novacron vm migrate <VM id> --wait${api}`,
+  ];
 }
 
 const sleep = (ms: number, signal: AbortSignal) =>
@@ -92,7 +94,7 @@ export async function offerTestGuest(input: OfferTestGuestInput): Promise<void> 
   try {
     if (await getImage(input.pool, TESTGUEST_NAME)) {
       print(`test guest: image ${TESTGUEST_NAME} is in the library`);
-      print(hint(input));
+      for (const line of hint(input)) print(line);
       return;
     }
     const [check] = await checkPrerequisites(systemProbes(), stackContext(input.config), ['guest']);
@@ -120,7 +122,7 @@ export async function offerTestGuest(input: OfferTestGuestInput): Promise<void> 
     await Promise.race([register(input), new Promise((resolve) => input.signal.addEventListener('abort', resolve))]);
     if (input.signal.aborted) return;
     print(`test guest registered as image ${TESTGUEST_NAME} (from ${host.id}'s library, build ${image.key})`);
-    print(hint(input));
+    for (const line of hint(input)) print(line);
   } catch (err) {
     print(`no test guest image: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
   }

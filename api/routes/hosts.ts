@@ -19,6 +19,16 @@ export const hostSchema = z.object({
   diskMib: z.number(),
   labels: z.record(z.string(), z.string()),
   imageRoot: z.string(),
+  storagePools: z
+    .record(z.string(), z.string())
+    .describe(
+      "Shared storage pools the host mounts, name -> path on the host (`local`, its image root, is every host's)",
+    ),
+  migrationAddress: z.string().describe('Where QEMU on this host listens for incoming migration streams'),
+  peerLibvirtUri: z
+    .string()
+    .optional()
+    .describe("The URI other hosts' libvirtds reach this one by, for peer-to-peer migration"),
   dwcpEndpoint: z.string().optional(),
   state: z.enum(HOST_STATES),
   stateChangedAt: z.string(),
