@@ -3,6 +3,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../config/load-config';
+import { GUEST_BUILD_BINARIES, GUEST_BUILD_PACKAGES } from '../guest/build-tools';
+import { HYPERVISOR_BINARIES, NETWORK_BINARIES } from '../native/libvirt/hypervisor-binaries';
 import {
   checkPrerequisites,
   formatCheck,
@@ -46,7 +48,7 @@ test('a complete machine passes every check', async () => {
   );
   assert.deepEqual(
     [...new Set(results.map((r) => r.prerequisite))],
-    ['node', 'temporal', 'hypervisors', 'guest', 'openssl', 'ports', 'disk'],
+    ['node', 'temporal', 'hypervisors', 'network', 'guest', 'openssl', 'ports', 'disk'],
   );
 });
 
@@ -62,6 +64,7 @@ test('several missing programs name each package once, in one line', async () =>
   assert.deepEqual(await failures(probes), [
     '✗ libvirtd, virtlogd, virsh, qemu-system-x86_64, qemu-img, unshare, setpriv not found (local hypervisors); ' +
       'fix: apt-get install -y --no-install-recommends libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils util-linux',
+    "✗ ip, tc not found (the harness's host networks); fix: apt-get install -y --no-install-recommends iproute2",
     "✗ gcc, cpio, mkfs.vfat, mcopy, syslinux, apt-get, dpkg-deb not found (the test guest's build); " +
       'fix: apt-get install -y --no-install-recommends gcc cpio dosfstools mtools syslinux apt dpkg',
     '✗ openssl not found (certificates for DWCP, the API and Temporal); ' +
@@ -73,6 +76,13 @@ test("a missing mcopy names mtools, the test guest build's package", async () =>
   const probes = machine({ findExecutable: (name) => (name === 'mcopy' ? undefined : `/usr/bin/${name}`) });
   assert.deepEqual(await failures(probes), [
     "✗ mcopy not found (the test guest's build); fix: apt-get install -y --no-install-recommends mtools",
+  ]);
+});
+
+test('a missing tc names iproute2, which the networked harness needs', async () => {
+  const probes = machine({ findExecutable: (name) => (name === 'tc' ? undefined : `/usr/bin/${name}`) });
+  assert.deepEqual(await failures(probes), [
+    "✗ tc not found (the harness's host networks); fix: apt-get install -y --no-install-recommends iproute2",
   ]);
 });
 
@@ -206,5 +216,34 @@ test('stackPorts lists what npm start binds, each with a variable the config loa
   assert.deepEqual(
     external.map((p) => p.key),
     ['api.port', 'monitoring.workerMetricsPort'],
+  );
+});
+
+/** The packages of the first `apt-get install` in a text: README's Set-up line, or .ci/run's continued one. */
+function aptLine(text: string): string[] {
+  const match = /apt-get install -y (?:-qq )?--no-install-recommends((?:\\\n|[^\n>])*)/.exec(text);
+  assert.ok(match, 'an apt-get install line');
+  return match[1]!.replace(/\\\n/g, ' ').split(/\s+/).filter(Boolean);
+}
+
+test("README's Set-up line installs what .ci/run installs before PostgreSQL, and every package a check names", () => {
+  const root = path.join(__dirname, '..');
+  const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
+  const setUp = aptLine(readme.slice(readme.indexOf('## Set-up')));
+  const ci = aptLine(readFileSync(path.join(root, '.ci', 'run'), 'utf8'));
+  assert.deepEqual(setUp, ci);
+  // What every Debian system has (util-linux, apt, dpkg) is named by the checks but installed by nobody.
+  const essential = new Set(['util-linux', 'apt', 'dpkg']);
+  const named = [
+    ...Object.values(HYPERVISOR_BINARIES),
+    ...Object.values(NETWORK_BINARIES),
+    ...Object.values(GUEST_BUILD_BINARIES),
+    ...GUEST_BUILD_PACKAGES,
+    'openssl',
+    'ca-certificates',
+  ].filter((pkg) => !essential.has(pkg));
+  assert.deepEqual(
+    named.filter((pkg) => !setUp.includes(pkg)),
+    [],
   );
 });

@@ -6,9 +6,18 @@
  */
 import type { NovacronConfig } from '../config/schema';
 import { GUEST_BUILD_BINARIES } from '../guest/build-tools';
-import { HYPERVISOR_BINARIES } from '../native/libvirt/hypervisor-binaries';
+import { HYPERVISOR_BINARIES, NETWORK_BINARIES } from '../native/libvirt/hypervisor-binaries';
 
-export const PREREQUISITES = ['node', 'temporal', 'hypervisors', 'guest', 'openssl', 'ports', 'disk'] as const;
+export const PREREQUISITES = [
+  'node',
+  'temporal',
+  'hypervisors',
+  'network',
+  'guest',
+  'openssl',
+  'ports',
+  'disk',
+] as const;
 export type Prerequisite = (typeof PREREQUISITES)[number];
 
 /** The oldest Go that fetches a newer toolchain by itself when a go.mod asks for one (GOTOOLCHAIN, Go 1.21). */
@@ -246,6 +255,16 @@ export async function checkPrerequisites(
         break;
       case 'hypervisors':
         results.push(...checkHypervisors(probes));
+        break;
+      case 'network':
+        // Harness hosts with a network namespace and a capped link each (the migration tests); npm start's do not.
+        results.push(
+          checkPrograms(probes, {
+            prerequisite: 'network',
+            programs: NETWORK_BINARIES,
+            purpose: "the harness's host networks",
+          }),
+        );
         break;
       case 'guest':
         // The guest the migration tests boot is built here (npm run build:guest); npm start does not need it.

@@ -25,6 +25,7 @@ import { offerTestGuest } from './test-guest-image';
 
 /** Without these the stack runs, with no local hosts: a control plane needs no hypervisor on its own machine. */
 const LOCAL_HOST_PREREQUISITES = new Set<Prerequisite>(['hypervisors', 'openssl']);
+const TEST_ONLY_PREREQUISITES = new Set<Prerequisite>(['network', 'guest']);
 
 export interface StackHandle {
   apiUrl: string;
@@ -249,11 +250,12 @@ export async function runStackFromCli(configFile?: string): Promise<void> {
     throw err;
   }
   // Checked before anything starts: a missing program is one line with its fix, not minutes of failing services.
-  // The test guest's build tools are for the tests (and `novacron doctor` lists them); the stack does not build it.
+  // The test guest's build tools and the harness's host networks are for the tests (`novacron doctor` lists them):
+  // the stack offers the test guest only where its build can run, and its local hosts share the root namespace.
   const results = await checkPrerequisites(
     systemProbes(),
     stackContext(config),
-    PREREQUISITES.filter((prerequisite) => prerequisite !== 'guest'),
+    PREREQUISITES.filter((prerequisite) => !TEST_ONLY_PREREQUISITES.has(prerequisite)),
   );
   const failed = results.filter((result) => !result.ok);
   for (const result of failed) process.stderr.write(`${formatCheck(result)}\n`);

@@ -16,11 +16,17 @@ function repository(files: Record<string, string>): string {
 }
 
 const root = repository({
-  'native/libvirt/harness.ts': "import { x } from './hypervisor-binaries';\n",
+  'native/libvirt/harness.ts': "import { x } from './hypervisor-binaries';\nimport { net } from './harness-network';\n",
+  'native/libvirt/harness-network.ts': "import { x } from './hypervisor-binaries';\nexport const net = x;\n",
+  'guest/build.ts': 'export const build = 1;\n',
+  'workers/test-guest-image.ts': "import { build } from '../guest/build';\n",
   'native/libvirt/hypervisor-binaries.ts': 'export const x = 1;\n',
   'native/dwcp/certs.ts': 'export const certs = 1;\n',
   'native/dwcp/index.ts': "export * from './certs';\n",
-  'workers/stack.ts': "import { start } from '../native/libvirt/harness';\n",
+  'workers/stack.ts':
+    "import { start } from '../native/libvirt/harness';\nimport { offer } from './test-guest-image';\n",
+  'guest/test-guest.integration.test.ts':
+    "import { build } from './build';\nimport { start } from '../native/libvirt/harness';\n",
   'cli/main.ts': "import { runStackFromCli } from '../workers/stack';\nimport { certs } from '../native/dwcp';\n",
   'domain/pure.test.ts': "import { x } from '../native/libvirt/hypervisor-binaries';\n",
   'native/libvirt/driver.integration.test.ts': "import {\n  start,\n} from './harness';\n",
@@ -36,9 +42,21 @@ test('a pure unit test needs only what every run needs', () => {
   assert.deepEqual(needs('domain/pure.test.ts'), ['node', 'temporal', 'disk']);
 });
 
-test('a test whose imports reach the harness needs the hypervisor prerequisites', () => {
-  assert.deepEqual(needs('native/libvirt/driver.integration.test.ts'), ['node', 'temporal', 'disk', 'hypervisors']);
-  assert.deepEqual(needs('test/integration/fleet.test.ts'), ['node', 'temporal', 'disk', 'hypervisors']);
+test('a test whose imports reach the harness needs the hypervisor prerequisites and its host networks', () => {
+  const harness = ['node', 'temporal', 'disk', 'hypervisors', 'network'];
+  assert.deepEqual(needs('native/libvirt/driver.integration.test.ts'), harness);
+  assert.deepEqual(needs('test/integration/fleet.test.ts'), harness);
+});
+
+test("a test that builds the test guest needs the build's packages", () => {
+  assert.deepEqual(needs('guest/test-guest.integration.test.ts'), [
+    'node',
+    'temporal',
+    'disk',
+    'hypervisors',
+    'network',
+    'guest',
+  ]);
 });
 
 test('a type-only import loads nothing', () => {
@@ -46,7 +64,8 @@ test('a type-only import loads nothing', () => {
 });
 
 test('an entry a test starts by path counts; the stack the CLI imports for `up` alone does not', () => {
-  assert.deepEqual(needs('test/e2e/stack.test.ts'), ['node', 'temporal', 'disk', 'hypervisors']);
+  // The stack offers the test guest, which the end-to-end test boots: what it builds the guest with comes along.
+  assert.deepEqual(needs('test/e2e/stack.test.ts'), ['node', 'temporal', 'disk', 'hypervisors', 'network', 'guest']);
   assert.deepEqual(needs('cli.test.ts'), ['node', 'temporal', 'disk', 'openssl']);
 });
 

@@ -11,6 +11,12 @@ import type { Prerequisite } from '../../workers/prerequisites';
 
 const TRIGGERS: ReadonlyArray<[file: string, needs: Prerequisite[]]> = [
   ['native/libvirt/harness.ts', ['hypervisors']],
+  // The harness loads it whether or not a test asks for host networks (`network: true`, an option that imports
+  // cannot show), so every harness test needs iproute2: one line in the Set-up list, against a test that fails
+  // halfway for want of `ip`.
+  ['native/libvirt/harness-network.ts', ['network']],
+  // Reached from the stack too (workers/test-guest-image.ts): test/e2e/stack.test.ts walks the README's migration
+  // on the test guest the stack offers, which the stack builds only where these packages are.
   ['guest/build.ts', ['guest']],
   ['native/dwcp/certs.ts', ['openssl']],
 ];
