@@ -24,7 +24,8 @@ export interface HostStorage {
 /** The pool's directory on this host; a pool the host does not mount is a permanent failure of the step. */
 export function storagePoolDir(storage: HostStorage, pool: string): string {
   if (pool === LOCAL_STORAGE_POOL) return storage.imageRoot;
-  const dir = storage.storagePools[pool];
+  // hasOwn: a pool named `constructor` must not find Object's.
+  const dir = Object.hasOwn(storage.storagePools, pool) ? storage.storagePools[pool] : undefined;
   if (dir === undefined) {
     const mounted = [LOCAL_STORAGE_POOL, ...Object.keys(storage.storagePools)].join(', ');
     throw ApplicationFailure.nonRetryable(

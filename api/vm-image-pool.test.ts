@@ -88,6 +88,13 @@ test('an unknown image, a raw overlay or a pool no up host mounts is refused nam
       /^body\.storagePool: no up host mounts storage pool nfs-9 \(pools hosts declare: local, parked, shared\)$/,
     ],
     [{ ...spec, storagePool: 'parked' }, 422, /^body\.storagePool: no up host mounts storage pool parked/],
+    // A name every JavaScript object answers to: only a pool a host declared counts.
+    [{ ...spec, storagePool: 'constructor' }, 422, /^body\.storagePool: no up host mounts storage pool constructor/],
+    [
+      { ...spec, storagePool: 'constructor', hostId: 'pool-a' },
+      422,
+      /^body\.storagePool: host pool-a does not mount storage pool constructor$/,
+    ],
     [
       { ...spec, storagePool: 'shared', hostId: 'pool-b' },
       422,

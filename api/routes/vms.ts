@@ -104,7 +104,7 @@ async function checkImageAndPool(pool: Pool, spec: VmSpec, pinned: HostRecord | 
   }
   if (spec.storagePool === LOCAL_STORAGE_POOL) return;
   if (pinned) {
-    if (!(spec.storagePool in pinned.storagePools)) {
+    if (!Object.hasOwn(pinned.storagePools, spec.storagePool)) {
       throw new UnprocessableError(
         `body.storagePool: host ${pinned.id} does not mount storage pool ${spec.storagePool}`,
       );
@@ -112,7 +112,8 @@ async function checkImageAndPool(pool: Pool, spec: VmSpec, pinned: HostRecord | 
     return;
   }
   const hosts = await listHosts(pool);
-  if (!hosts.some((host) => host.state === 'up' && spec.storagePool in host.storagePools)) {
+  // hasOwn, not `in`: `constructor` is a well-formed pool name that every object has.
+  if (!hosts.some((host) => host.state === 'up' && Object.hasOwn(host.storagePools, spec.storagePool))) {
     const known = [...new Set(hosts.flatMap((host) => Object.keys(host.storagePools)))].sort();
     throw new UnprocessableError(
       `body.storagePool: no up host mounts storage pool ${spec.storagePool} ` +
