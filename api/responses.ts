@@ -3,7 +3,8 @@
  * status they can meet. An onRoute hook adds them to each route's `schema.response` from what the route declares:
  * its access (`config.role` → 401, 403, 429), its request schemas (→ 400), whether it takes a body (→ 400 for bad
  * JSON, 413, 415), and what any route answers (500, and 503 while the process drains or a dependency is down).
- * Routes declare only what their handler decides: 404 for a missing thing, 409 for a refused state change.
+ * Routes declare only what their handler decides: 404 for a missing thing, 409 for a refused state change, 422 for
+ * what cannot be done as asked.
  *
  * The same schemas serialize the answers, so an error body that does not match the document fails in the serializer
  * instead of reaching a client.
@@ -15,7 +16,7 @@ import { errorBodySchema } from './schemas';
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
-/** What each status means for any route; a route's own 404 or 409 is explained by its summary and message. */
+/** What each status means for any route; a route's own 404, 409 or 422 is explained by its summary and message. */
 const ERROR_DESCRIPTIONS: Readonly<Record<number, string>> = {
   400: 'Invalid request: `message` names the first invalid field, `issues` lists every one',
   401: 'No bearer token, or one that does not authenticate (unknown, malformed, expired, revoked)',
@@ -24,6 +25,9 @@ const ERROR_DESCRIPTIONS: Readonly<Record<number, string>> = {
   409: 'Refused in the current state',
   413: 'Body larger than api.bodyLimitBytes',
   415: 'Content-Type other than application/json',
+  422:
+    'Well-formed, but cannot be done as asked (a pool no host mounts, a migration its policy forbids): ' +
+    '`error` names the refusal, `message` the field or the figures it was judged on',
   429: "Over the caller's rate limit; Retry-After says when to try again",
   500: 'Internal error; the server log has the details under `requestId`',
   503: 'Shutting down, or a dependency (Temporal, the identity provider) is unreachable',
