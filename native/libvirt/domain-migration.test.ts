@@ -208,6 +208,18 @@ test('past its deadline the job is aborted and rejects with LibvirtMigrationTime
   });
 });
 
+test('a deadline past what a Node timer holds is capped, not fired at once', async () => {
+  const migration = pendingMigration();
+  const { conn, calls } = fakeVirsh({ migrate: migration.handler, domjobabort: () => assert.fail('no abort') });
+  // 1 TiB at 3600 s per GiB, the policy's most generous: about 43 days.
+  const job = conn.domainMigrateToURI3({ name: 'web-1', destUri: DEST, timeoutMs: 1024 * 3600 * 1000 });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(calls.at(-1)?.command, 'migrate', 'still migrating');
+  assert.ok((calls.at(-1)?.timeoutMs ?? Infinity) <= 2_147_483_647, 'the virsh call has a timeout a timer can hold');
+  migration.finish({});
+  await job;
+});
+
 test('an abort libvirt refuses (post-copy) lets the job finish, and says so when it then fails', async () => {
   const migration = pendingMigration();
   const { conn } = fakeVirsh({

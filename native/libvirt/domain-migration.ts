@@ -73,6 +73,11 @@ export type VirshCall = (
 const ABORT_GRACE_MS = 60_000;
 /** Between aborts while libvirt has no job to abort yet (it is still preparing the destination). */
 const ABORT_RETRY_MS = 200;
+/**
+ * Node's timers hold at most 2^31-1 ms (24.8 days) and fire at once beyond it (TimeoutOverflowWarning), which would
+ * abort a job the moment it started. A deadline that long is as good as none: it is capped, grace included.
+ */
+export const MAX_JOB_DEADLINE_MS = 2_147_483_647 - ABORT_GRACE_MS;
 const MAX_PARALLEL_CONNECTIONS = 255;
 const MAX_DOWNTIME_MS = 2_147_483_647;
 const URI_PATTERN = /^[a-z][a-z0-9+.-]*:\/\/[^\s'"\\]*$/i;
@@ -147,12 +152,13 @@ async function runJob(virsh: VirshCall, operation: string, args: string[], input
     aborting = abortUntilEnded();
   };
   const onAbort = () => stop('aborted');
-  const timer = setTimeout(() => stop('timeout'), input.timeoutMs);
+  const deadlineMs = Math.min(input.timeoutMs, MAX_JOB_DEADLINE_MS);
+  const timer = setTimeout(() => stop('timeout'), deadlineMs);
   input.signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    await virsh(operation, args, { timeoutMs: input.timeoutMs + ABORT_GRACE_MS, classify: migrationErrorFromVirsh });
+    await virsh(operation, args, { timeoutMs: deadlineMs + ABORT_GRACE_MS, classify: migrationErrorFromVirsh });
   } catch (err) {
-    throw stoppedError({ err, operation, stopped, abortRefused, timeoutMs: input.timeoutMs });
+    throw stoppedError({ err, operation, stopped, abortRefused, timeoutMs: deadlineMs });
   } finally {
     ended = true;
     clearTimeout(timer);
