@@ -154,7 +154,7 @@ test('creeping by less than the gain fraction a pass is a stall, and passes skip
   assert.deepEqual(skipped.log, ['5:set-downtime']);
 });
 
-test('the deadline aborts whatever the stage, but never a migration in post-copy', () => {
+test('without post-copy the deadline aborts whatever the stage, but never a migration in post-copy', () => {
   const state = start();
   assert.equal(state.deadlineMs, 600_000);
   const late = START + 600_000;
@@ -176,6 +176,32 @@ test('the deadline aborts whatever the stage, but never a migration in post-copy
   const requested = feed(start({ allowPostCopy: true }), plateau(40, 12));
   assert.equal(requested.state.stage, 'post-copy');
   assert.deepEqual(observeJobSample(requested.state, { sample: job(50, 300), nowMs: late * 2 }).actions, []);
+});
+
+test('with post-copy armed the deadline switches to post-copy, even while a rising throttle holds the ladder', () => {
+  // A plateau from pass 4 with QEMU's throttle rising every other pass, by 2 points, still rising when the 600 s
+  // deadline comes at pass 30: the ladder reaches the ceiling, and auto-converge then never runs out of passes.
+  const samples = [job(1, 4096), job(2, 1500), job(3, 900)];
+  for (let pass = 4; pass <= 30; pass++) {
+    samples.push(job(pass, 800, { autoConvergeThrottlePercent: 20 + 2 * Math.floor((pass - 4) / 2) }));
+  }
+  const run = feed(start({ allowPostCopy: true }), samples, START + 600_000 - 29 * 5000);
+  assert.deepEqual(run.log, ['4:record', '6:set-downtime', '8:set-downtime', '10:set-downtime', '30:start-post-copy']);
+  const last = run.state.escalations.at(-1)!;
+  assert.equal(last.kind, 'post-copy');
+  assert.match(last.reason, /600 s completion deadline passed \(600 s since the start\).*; switching to post-copy$/);
+  assert.equal(run.state.stage, 'post-copy');
+  assert.deepEqual(observeJobSample(run.state, { sample: job(31, 700), nowMs: START + 700_000 }).actions, []);
+});
+
+test('the setup sample at pass 0, with nothing remaining yet, is no boundary: pass 1 is the first one judged', () => {
+  // Seen on libvirt: the job's first sample says pass 0 and 0 bytes left. Judged, it set the best remainder to 0,
+  // and every later pass was a stall against it, from pass 1 on.
+  const samples = [job(0, 0, { dataTotalBytes: 0, dataProcessedBytes: 0 }), job(1, 247), job(2, 30), job(3, 30)];
+  const run = feed(start({ stallPasses: 1 }), samples);
+  assert.deepEqual(run.log, ['3:set-downtime']);
+  assert.match(run.state.escalations[0]!.reason, /^30 MiB left at pass 3 \(best 30 MiB\), no 4 % gain for 1 passes/);
+  assert.equal(run.state.bestRemainingBytes, 30 * MIB);
 });
 
 test('a throttle seen early is recorded once, in order, and the ladder numbers after it', () => {

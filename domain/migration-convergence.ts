@@ -181,9 +181,12 @@ function judgeBoundary(state: ConvergenceState, sample: MigrationJobSample, nowM
 }
 
 /**
- * One job sample. The deadline (plan.deadlineMs after startedAtMs) aborts in any stage but post-copy: there the
- * target already runs the guest and the source holds pages it still lacks, so aborting would lose the guest; QEMU
- * finishes post-copy at the link's pace, and KubeVirt likewise never aborts it.
+ * One job sample. The deadline (plan.deadlineMs after startedAtMs) switches to post-copy when the policy armed it, as
+ * KubeVirt does past its completion timeout: a rising auto-converge throttle counts as progress, so a guest that
+ * rewrites its working set faster than a pass can keep the ladder from ever reaching post-copy on its own. Without
+ * post-copy the deadline aborts, in any stage but post-copy: there the target already runs the guest and the source
+ * holds pages it still lacks, so aborting would lose the guest; QEMU finishes post-copy at the link's pace, and
+ * KubeVirt likewise never aborts it.
  */
 export function observeJobSample(
   state: ConvergenceState,
@@ -211,15 +214,21 @@ export function observeJobSample(
   }
   const elapsedMs = nowMs - next.startedAtMs;
   if (elapsedMs >= next.deadlineMs) {
-    const step = escalation(next, sample, nowMs, {
-      kind: 'abort',
-      reason:
-        `the ${seconds(next.deadlineMs)} completion deadline passed (${seconds(elapsedMs)} since the start) ` +
-        `with ${mib(sample.dataRemainingBytes)} left at pass ${sample.pass}`,
-    });
+    const passed =
+      `the ${seconds(next.deadlineMs)} completion deadline passed (${seconds(elapsedMs)} since the start) ` +
+      `with ${mib(sample.dataRemainingBytes)} left at pass ${sample.pass}`;
+    if (next.postCopyArmed) {
+      const step = escalation(next, sample, nowMs, { kind: 'post-copy', reason: `${passed}; switching to post-copy` });
+      next = { ...next, stage: 'post-copy', escalations: [...next.escalations, step] };
+      return { state: next, actions: [...actions, { kind: 'start-post-copy', escalation: step }] };
+    }
+    const step = escalation(next, sample, nowMs, { kind: 'abort', reason: passed });
     next = { ...next, stage: 'aborted', escalations: [...next.escalations, step] };
     return { state: next, actions: [...actions, { kind: 'abort', escalation: step }] };
   }
+  // Pass 0 is QEMU's setup, before its first bitmap sync: libvirt then reports nothing remaining. Taken as the first
+  // boundary, that 0 became the best remainder, which no later pass could gain on: every pass was a stall.
+  if (sample.pass < 1) return { state: next, actions };
   if (next.pass !== undefined && sample.pass <= next.pass) return { state: next, actions };
   const judged = judgeBoundary(next, sample, nowMs);
   return { state: judged.state, actions: [...actions, ...judged.actions] };
