@@ -11,6 +11,7 @@ import { fleetBenchmark } from './fleet';
 import { initBenchmark } from './init';
 import { libvirtDriverBenchmark } from './libvirt-driver';
 import { lifecycleBenchmark } from './lifecycle';
+import { migrationBenchmark } from './migration';
 import { repoPath, writeDocSection, type Benchmark } from './results';
 import { benchCommand, startRun } from './run-metadata';
 
@@ -20,6 +21,7 @@ const BENCHMARKS: Benchmark[] = [
   fleetBenchmark,
   libvirtDriverBenchmark,
   dwcpBenchmark,
+  migrationBenchmark,
 ];
 const OUT_DIR = path.join(__dirname, 'results');
 

@@ -3,6 +3,11 @@
  * and a Temporal client, with the operator's view of it through the API. The VM lifecycle integration test and the
  * fleet benchmark (bench/fleet) run on this one set-up, so what the benchmark times is what the test checks. Its
  * hosts all mount one storage pool, `shared` (a scratch directory), as `npm start`'s local hosts do.
+ *
+ * With `network: true` each harness host has a network namespace, address and link of its own, and its agent runs
+ * inside that namespace with the host's address as its own: what the agent sends a peer (the migration plan's link
+ * probe between DWCP endpoints) crosses the same capped link as the migration. The agents reach PostgreSQL and
+ * Temporal, which listen on 127.0.0.1, through forwarders on the harness bridge's address.
  */
 import { Connection, Client } from '@temporalio/client';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
@@ -21,8 +26,10 @@ import {
 } from '../../native/libvirt/harness';
 import { createMetrics } from '../../observability/metrics';
 import { startControlWorker, type ControlWorkerHandle } from '../../workers/control-worker';
+import { startEntryInNetns } from './netns-entry';
 import { isolatedEnv, startEntry, type ChildHandle } from './processes';
 import { scratchDir as testScratchDir, testTemporalAddress } from './services';
+import { forwardTcp, parseHostPort, type TcpForward } from './tcp-forward';
 import { bearer, mintToken } from './tokens';
 
 /** Short enough that a killed agent's host goes down within seconds. */
@@ -64,28 +71,37 @@ export function startAgentProcess(input: {
   /** Default: the services `npm test` started, and its scratch directory. */
   temporalAddress?: string;
   scratchDir?: (prefix: string) => string;
+  /**
+   * Runs the agent inside the hypervisor's network namespace (it must have one), with its address as the agent's:
+   * the database and Temporal addresses must then be ones that namespace reaches.
+   */
+  inNetns?: boolean;
 }): ChildHandle {
   const scratchDir = input.scratchDir ?? testScratchDir;
-  return startEntry(
-    'workers/host-agent.ts',
-    isolatedEnv({
-      ...TEST_FLEET_ENV,
-      DATABASE_URL: input.databaseUrl,
-      TEMPORAL_ADDRESS: input.temporalAddress ?? testTemporalAddress(),
-      NOVACRON_DATA_DIR: scratchDir('agent-data'),
-      NOVACRON_LOG_LEVEL: 'warn',
-      NOVACRON_AGENT_HOST_ID: input.hypervisor.hostId,
-      NOVACRON_AGENT_LIBVIRT_URI: input.hypervisor.uri,
-      NOVACRON_AGENT_IMAGE_ROOT: input.imageRoot,
-      NOVACRON_AGENT_DWCP_PORT: '0',
-      NOVACRON_AGENT_METRICS_PORT: '0',
-      NOVACRON_AGENT_PKI_DIR: sharedPkiDir(scratchDir),
-      NOVACRON_AGENT_STORAGE_POOLS: JSON.stringify(input.storagePools ?? {}),
-      NOVACRON_AGENT_MIGRATION_ADDRESS: input.hypervisor.migrationAddress,
-      ...(input.hypervisor.peerUri ? { NOVACRON_AGENT_PEER_LIBVIRT_URI: input.hypervisor.peerUri } : {}),
-      ...input.env,
-    }),
-  );
+  const { netns } = input.hypervisor;
+  if (input.inNetns && !netns)
+    throw new Error(`${input.hypervisor.hostId} has no network namespace to run its agent in`);
+  const env = isolatedEnv({
+    ...TEST_FLEET_ENV,
+    DATABASE_URL: input.databaseUrl,
+    TEMPORAL_ADDRESS: input.temporalAddress ?? testTemporalAddress(),
+    NOVACRON_DATA_DIR: scratchDir('agent-data'),
+    NOVACRON_LOG_LEVEL: 'warn',
+    NOVACRON_AGENT_HOST_ID: input.hypervisor.hostId,
+    NOVACRON_AGENT_LIBVIRT_URI: input.hypervisor.uri,
+    NOVACRON_AGENT_IMAGE_ROOT: input.imageRoot,
+    NOVACRON_AGENT_DWCP_PORT: '0',
+    NOVACRON_AGENT_METRICS_PORT: '0',
+    NOVACRON_AGENT_PKI_DIR: sharedPkiDir(scratchDir),
+    NOVACRON_AGENT_STORAGE_POOLS: JSON.stringify(input.storagePools ?? {}),
+    NOVACRON_AGENT_MIGRATION_ADDRESS: input.hypervisor.migrationAddress,
+    ...(input.hypervisor.peerUri ? { NOVACRON_AGENT_PEER_LIBVIRT_URI: input.hypervisor.peerUri } : {}),
+    ...(input.inNetns ? { NOVACRON_AGENT_ADDRESS: input.hypervisor.migrationAddress } : {}),
+    ...input.env,
+  });
+  return input.inNetns && netns
+    ? startEntryInNetns({ netns, entry: 'workers/host-agent.ts', env })
+    : startEntry('workers/host-agent.ts', env);
 }
 
 /** SIGTERM to every agent still running, then waits for all of them to exit. */
@@ -191,6 +207,33 @@ export interface StartFleetInput {
   hostIds: string[];
   scratchDir: (prefix: string) => string;
   hostsUpTimeoutMs?: number;
+  /** Hosts with network namespaces and links of their own (harness `network`), each agent inside its host's. */
+  network?: boolean;
+  /** Config every agent gets on top of TEST_FLEET_ENV, as NOVACRON_* variables. */
+  agentEnv?: Record<string, string>;
+}
+
+/** The database URL and Temporal address as a networked harness's hosts reach them: forwarders on its bridge. */
+async function forwardServices(input: {
+  bridgeAddress: string;
+  databaseUrl: string;
+  temporalAddress: string;
+}): Promise<{ databaseUrl: string; temporalAddress: string; forwards: TcpForward[] }> {
+  const url = new URL(input.databaseUrl);
+  const database = await forwardTcp({
+    listenHost: input.bridgeAddress,
+    target: { host: url.hostname, port: Number(url.port || 5432) },
+  });
+  const temporal = await forwardTcp({
+    listenHost: input.bridgeAddress,
+    target: parseHostPort(input.temporalAddress),
+  }).catch(async (err: unknown) => {
+    await database.close();
+    throw err;
+  });
+  url.hostname = database.host;
+  url.port = String(database.port);
+  return { databaseUrl: url.toString(), temporalAddress: temporal.address, forwards: [database, temporal] };
 }
 
 export async function startFleet(input: StartFleetInput): Promise<Fleet> {
@@ -204,6 +247,7 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
     );
   }
   const agents: Record<string, ChildHandle> = {};
+  const forwards: TcpForward[] = [];
   let hypervisors: LocalHypervisors | undefined;
   let connection: Connection | undefined;
   let worker: ControlWorkerHandle | undefined;
@@ -211,6 +255,7 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
 
   const stop = async (): Promise<void> => {
     await stopAgentProcesses(Object.values(agents));
+    for (const forward of forwards) await forward.close();
     await built?.close();
     await worker?.shutdown();
     await connection?.close();
@@ -220,8 +265,16 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
   try {
     const operatorToken = await mintToken(pool, { roles: ['operator'] });
     const adminToken = await mintToken(pool, { roles: ['admin'] });
-    hypervisors = await startLocalHypervisors({ count: hostIds.length, baseDir: input.scratchDir('hv') });
+    hypervisors = await startLocalHypervisors({
+      count: hostIds.length,
+      baseDir: input.scratchDir('hv'),
+      ...(input.network ? { network: true } : {}),
+    });
     const started = hypervisors;
+    const reached = started.network
+      ? await forwardServices({ bridgeAddress: started.network.address, databaseUrl, temporalAddress })
+      : { databaseUrl, temporalAddress, forwards: [] };
+    forwards.push(...reached.forwards);
     const libvirt = Object.fromEntries(started.hosts.map((h) => [h.hostId, new LibvirtConnection({ uri: h.uri })]));
     const images = input.scratchDir('images');
     const imageRoots = Object.fromEntries(hostIds.map((id) => [id, path.join(images, id)]));
@@ -244,11 +297,13 @@ export async function startFleet(input: StartFleetInput): Promise<Fleet> {
       if (!hypervisor) throw new Error(`no harness host ${hostId}`);
       agents[hostId] = startAgentProcess({
         hypervisor,
-        databaseUrl,
+        databaseUrl: reached.databaseUrl,
         imageRoot: imageRoots[hostId]!,
         storagePools,
-        temporalAddress,
+        temporalAddress: reached.temporalAddress,
         scratchDir: input.scratchDir,
+        inNetns: started.network !== undefined,
+        ...(input.agentEnv ? { env: input.agentEnv } : {}),
       });
       return agents[hostId];
     };

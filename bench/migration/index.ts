@@ -1,0 +1,255 @@
+/**
+ * Live migration benchmark, on the migration integration test's set-up (test/support/fleet.ts, two harness hosts,
+ * the test guest on the shared pool) with networked hosts whose agents run in their hosts' namespaces: libvirt's
+ * plain live migration against NovaCron's migrateVm with the parameters its plan chooses, for an idle and a
+ * memory-busy guest, over uncapped veth pairs and over 100 Mbit/s links, side by side in one run on one guest per
+ * load. It also sets the plan's predictions against what libvirt measured, and the workflow's time against the job's.
+ *
+ *   NOVACRON_BENCH_MIGRATION_REPS=4 NOVACRON_BENCH_MIGRATION_DIRTY_MIBPS=50 npm run bench -- migration
+ *
+ * NOVACRON_BENCH_MIGRATION_CASES=busy:tbf-100mbit,idle:veth runs only those cases, into migration-partial.json,
+ * and leaves the docs as they are. The agents run with the shipped config, whose datacenter profile pins
+ * dwcp.mode to datacenter; NOVACRON_BENCH_MIGRATION_DWCP_MODE=auto lets the link probe choose the mode instead.
+ */
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { vmConsoleLogPath } from '../../activities/storage-paths';
+import { migrationPolicySchema } from '../../domain/migration';
+import { migrationDeadlineMs } from '../../domain/migration-plan';
+import { ensureTestGuestImage, TESTGUEST_NAME } from '../../guest/build';
+import { parseConsoleLog, testGuestOemStrings } from '../../guest/workload';
+import { detectDomainType } from '../../native/libvirt';
+import { migrate } from '../../store/migrate';
+import { createPool } from '../../store/pool';
+import { FLEET_SHARED_POOL, startFleet, TEST_FLEET_OVERRIDES, type Fleet } from '../../test/support/fleet';
+import { waitUntil } from '../../test/support/wait';
+import { readResults, writeResults, type Benchmark, type BenchRunInput } from '../results';
+import { withBenchServices } from '../services';
+import { dirtyRate, domainHost, migrateWithDefaults, migrateWithNovacron, storeHost, type BenchVm } from './measure';
+import {
+  renderMigration,
+  totalOf,
+  type GuestLoad,
+  type LinkKind,
+  type MigrationCaseResult,
+  type MigrationResults,
+  type MigrationSample,
+} from './render';
+
+const HOSTS = ['host-1', 'host-2'];
+const REPS = Number(process.env.NOVACRON_BENCH_MIGRATION_REPS ?? 4);
+const DIRTY_MIBPS: Record<GuestLoad, number> = {
+  idle: 0,
+  busy: Number(process.env.NOVACRON_BENCH_MIGRATION_DIRTY_MIBPS ?? 50),
+};
+const GUEST = { vcpus: 1, memoryMib: 256, workingSetMiB: 64 };
+const LINK_CAP_MBIT = 100;
+const DWCP_MODE = process.env.NOVACRON_BENCH_MIGRATION_DWCP_MODE;
+const ALL_CASES: Array<{ guest: GuestLoad; link: LinkKind }> = [
+  { guest: 'idle', link: 'veth' },
+  { guest: 'idle', link: 'tbf-100mbit' },
+  { guest: 'busy', link: 'veth' },
+  { guest: 'busy', link: 'tbf-100mbit' },
+];
+const DEADLINE_MS = migrationDeadlineMs({
+  memoryBytes: GUEST.memoryMib * 1024 * 1024,
+  deadlineSecondsPerGiB: migrationPolicySchema.parse({}).deadlineSecondsPerGiB,
+});
+// A broken boot on a loaded 2-core TCG machine, not a speed bound.
+const HEARTBEAT_TIMEOUT_MS = 180_000;
+
+const log = (line: string): void => {
+  process.stdout.write(`  ${line}\n`);
+};
+const other = (hostId: string): string => HOSTS.find((h) => h !== hostId)!;
+
+function chosenCases(): { cases: typeof ALL_CASES; partial: boolean } {
+  const filter = process.env.NOVACRON_BENCH_MIGRATION_CASES;
+  if (!filter) return { cases: ALL_CASES, partial: false };
+  const names = filter.split(',').map((s) => s.trim());
+  const cases = ALL_CASES.filter((c) => names.includes(`${c.guest}:${c.link}`));
+  if (cases.length !== names.length) {
+    throw new Error(
+      `NOVACRON_BENCH_MIGRATION_CASES: expected ${ALL_CASES.map((c) => `${c.guest}:${c.link}`).join(', ')}`,
+    );
+  }
+  return { cases, partial: true };
+}
+
+function describe(sample: MigrationSample): string {
+  const figures =
+    sample.outcome === 'completed'
+      ? `total ${totalOf(sample)} ms, job ${sample.libvirtTotalMs} ms, downtime ${sample.downtimeMs} ms, ` +
+        `${Math.round((sample.bytes ?? 0) / 2 ** 20)} MiB, ${sample.passes} passes` +
+        (sample.overheadMs !== undefined ? `, overhead ${sample.overheadMs} ms` : '') +
+        (sample.plan
+          ? `, predicted ${sample.plan.prediction.totalMs} ms / ${sample.plan.prediction.downtimeMs} ms`
+          : '')
+      : `${sample.outcome} after ${sample.wallMs} ms: ${sample.reason ?? ''}`;
+  return `${sample.method} ${sample.from} → ${sample.to}: ${figures}`;
+}
+
+/** The newest heartbeat counter in the console log of the host the guest runs on, once there are `count` more. */
+async function heartbeats(fleet: Fleet, vm: BenchVm, count: number): Promise<void> {
+  const hostId = await domainHost(fleet, vm);
+  const file = vmConsoleLogPath({ imageRoot: fleet.imageRoots[hostId]!, vmId: vm.id });
+  const seen = parseConsoleLog(await readFile(file, 'utf8').catch(() => '')).heartbeats.length;
+  await waitUntil(
+    `${count} more heartbeats in ${file}`,
+    async () =>
+      parseConsoleLog(await readFile(file, 'utf8').catch(() => '')).heartbeats.length >= seen + count || undefined,
+    { timeoutMs: HEARTBEAT_TIMEOUT_MS, intervalMs: 250 },
+  );
+}
+
+/** The guest where the store says it is, or the benchmark measured something other than it meant to. */
+async function assertConsistent(fleet: Fleet, vm: BenchVm): Promise<string> {
+  const [actual, recorded] = await Promise.all([domainHost(fleet, vm), storeHost(fleet, vm)]);
+  if (actual !== recorded) throw new Error(`${vm.name} runs on ${actual} but the store names ${recorded}`);
+  return actual;
+}
+
+/**
+ * `REPS` migrations per method, interleaved in blocks of two: libvirt's defaults there and (if it went) back, so the
+ * guest is where NovaCron's store has it before NovaCron moves it there and back.
+ */
+async function runCase(fleet: Fleet, vm: BenchVm): Promise<MigrationSample[]> {
+  const samples: MigrationSample[] = [];
+  const count = (method: MigrationSample['method']) => samples.filter((s) => s.method === method).length;
+  const record = (sample: MigrationSample) => {
+    samples.push(sample);
+    log(describe(sample));
+  };
+  while (count('libvirt-defaults') < REPS || count('novacron') < REPS) {
+    if (count('libvirt-defaults') < REPS) {
+      const home = await assertConsistent(fleet, vm);
+      const out = await migrateWithDefaults(fleet, vm, {
+        from: home,
+        to: other(home),
+        ownerHostId: home,
+        deadlineMs: DEADLINE_MS,
+      });
+      record(out);
+      if (out.outcome === 'completed') {
+        record(
+          await migrateWithDefaults(fleet, vm, {
+            from: other(home),
+            to: home,
+            ownerHostId: home,
+            deadlineMs: DEADLINE_MS,
+          }),
+        );
+      }
+    }
+    for (let i = 0; i < 2 && count('novacron') < REPS; i++) {
+      record(await migrateWithNovacron(fleet, vm, { to: other(await assertConsistent(fleet, vm)) }));
+    }
+  }
+  await assertConsistent(fleet, vm);
+  return samples;
+}
+
+async function registerGuestImage(fleet: Fleet): Promise<void> {
+  const image = await ensureTestGuestImage({ log });
+  const library = path.join(fleet.imageRoots['host-1']!, 'library', `${TESTGUEST_NAME}.raw`);
+  await mkdir(path.dirname(library), { recursive: true });
+  await copyFile(image.path, library);
+  const registered = await fleet.inject({
+    method: 'POST',
+    url: '/v1/images',
+    payload: { id: TESTGUEST_NAME, hostId: 'host-1', format: 'raw' },
+  });
+  if (registered.statusCode !== 202) throw new Error(`image registration: ${registered.statusCode} ${registered.body}`);
+  await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId);
+}
+
+async function startGuest(fleet: Fleet, load: GuestLoad): Promise<BenchVm> {
+  const name = `mig-bench-${load}`;
+  const started = await fleet.createVm({
+    name,
+    vcpus: GUEST.vcpus,
+    memoryMib: GUEST.memoryMib,
+    image: TESTGUEST_NAME,
+    storagePool: FLEET_SHARED_POOL,
+    hostId: 'host-1',
+    oemStrings: testGuestOemStrings({ dirtyMiBps: DIRTY_MIBPS[load], workingSetMiB: GUEST.workingSetMiB }),
+  });
+  await fleet.waitForWorkflow(started.workflowId, 300_000);
+  const vm = { id: started.vmId, name };
+  await heartbeats(fleet, vm, 2);
+  return vm;
+}
+
+async function setLinks(fleet: Fleet, link: LinkKind): Promise<void> {
+  const cap = link === 'veth' ? undefined : { rateMbit: LINK_CAP_MBIT };
+  for (const host of fleet.hypervisors.hosts) await host.setLinkCap(cap);
+}
+
+async function run(input: BenchRunInput): Promise<{ file: string; publish: boolean }> {
+  const { cases: chosen, partial } = chosenCases();
+  return withBenchServices(
+    {
+      name: 'migration',
+      overrides: { ...TEST_FLEET_OVERRIDES, migration: { pollIntervalMs: 250 } },
+      controlWorker: false,
+    },
+    async ({ config, cleanups, scratchDir }) => {
+      const pool = createPool({ databaseUrl: config.storage.databaseUrl!, applicationName: 'novacron-bench', max: 5 });
+      cleanups.add(() => pool.end());
+      await migrate(pool);
+      const fleet = await startFleet({
+        config,
+        pool,
+        hostIds: HOSTS,
+        scratchDir,
+        network: true,
+        ...(DWCP_MODE ? { agentEnv: { NOVACRON_DWCP_MODE: DWCP_MODE } } : {}),
+      });
+      cleanups.add(() => fleet.stop());
+      await registerGuestImage(fleet);
+      const cases: MigrationCaseResult[] = [];
+      for (const load of ['idle', 'busy'] as const) {
+        const links = chosen.filter((c) => c.guest === load).map((c) => c.link);
+        if (links.length === 0) continue;
+        const vm = await startGuest(fleet, load);
+        for (const link of links) {
+          await setLinks(fleet, link);
+          const rate = await dirtyRate(fleet, vm, await domainHost(fleet, vm));
+          log(`${load} guest, ${link}: dirty rate ${(rate / 2 ** 20).toFixed(1)} MiB/s`);
+          const samples = await runCase(fleet, vm);
+          await heartbeats(fleet, vm, 2);
+          cases.push({ guest: load, link, dirtyRateBytesPerSecond: rate, samples });
+        }
+        await setLinks(fleet, 'veth');
+        await fleet.waitForWorkflow((await fleet.operate(vm.id, 'delete')).workflowId);
+      }
+      const results: Omit<MigrationResults, 'run'> = {
+        benchmark: 'migration',
+        domainType: detectDomainType(),
+        guest: { ...GUEST, dirtyMiBps: DIRTY_MIBPS },
+        repetitions: REPS,
+        linkCapMbit: LINK_CAP_MBIT,
+        deadlineMs: DEADLINE_MS,
+        agentsInHostNamespaces: true,
+        agentDwcpMode: DWCP_MODE ?? 'profile',
+        cases,
+      };
+      const name = partial ? 'migration-partial.json' : 'migration.json';
+      const file = await writeResults({ dir: input.outDir, name, recorder: input.recorder, results });
+      return { file, publish: !partial };
+    },
+  );
+}
+
+export const migrationBenchmark: Benchmark = {
+  name: 'migration',
+  run,
+  publishedResults: async (outDir) => path.join(outDir, 'migration.json'),
+  sections: [
+    {
+      doc: 'docs/benchmarks.md',
+      name: 'migration',
+      render: async (file) => renderMigration(file, await readResults<MigrationResults>(file)),
+    },
+  ],
+};
