@@ -2,14 +2,14 @@
  * Control-side activities for hosts, VMs and inventory (ASS): placement and the fenced ownership write, the
  * per-VM operation hold, lease expiry and drift scans. They run on the control task queue.
  */
-import { ApplicationFailure } from '@temporalio/activity';
 import type { Pool } from 'pg';
 import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
 import { markDriftRepairing, scanDrift, type DriftKind } from '../store/drift';
 import { recordEvent } from '../store/events';
 import { markExpiredHostsDown } from '../store/hosts';
-import { beginVmOperation, claimVm, deleteVmRecord, finishVmOperation, VmStoreError } from '../store/vms';
+import { beginVmOperation, claimVm, deleteVmRecord, finishVmOperation } from '../store/vms';
 import type { VmRecord, VmSpec, VmState } from '../domain/vm-spec';
+import { permanent } from './store-failures';
 
 export interface InventoryDeps {
   config: NovacronConfig;
@@ -50,18 +50,6 @@ export interface FleetCheckResult {
   resolved: number;
   /** Filled only under the `repair` policy. */
   repairs: DriftRepair[];
-}
-
-/** Store refusals that no retry can fix become non-retryable failures named by their code. */
-async function permanent<T>(work: () => Promise<T>, retryable: ReadonlyArray<VmStoreError['code']> = []): Promise<T> {
-  try {
-    return await work();
-  } catch (err) {
-    if (err instanceof VmStoreError && !retryable.includes(err.code)) {
-      throw ApplicationFailure.nonRetryable(err.message, err.code);
-    }
-    throw err;
-  }
 }
 
 export function createInventoryActivities(deps: InventoryDeps) {
