@@ -1,7 +1,8 @@
 /**
  * End to end: the stack as `npm start` runs it (embedded PostgreSQL, embedded Temporal with Web UI, control worker
  * and API as child processes) on scratch ports, driven through the API and the CLI; then stopped and started again
- * to prove workflow history and PostgreSQL rows survive.
+ * to prove workflow history and PostgreSQL rows survive. The first start also walks the README's first migration:
+ * the test guest it offers, a VM from it made and moved live to the other local host with the CLI lines it prints.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -17,6 +18,8 @@ import { bearer } from '../support/tokens';
 const READY_TIMEOUT_MS = 240_000;
 /** For lines the stack prints right after the ready line: a bound for a broken stack, not a speed requirement. */
 const LINE_TIMEOUT_MS = 30_000;
+/** The first start on a machine without the test guest in its cache builds it (Debian's kernel, a static init). */
+const GUEST_TIMEOUT_MS = 600_000;
 
 function cli(args: string[], apiUrl: string, token: string): { code: number | null; stdout: string; stderr: string } {
   const result = spawnSync(path.join(ROOT, 'bin', 'novacron'), [...args, '--api', apiUrl], {
@@ -126,6 +129,25 @@ test('npm start brings the stack to ready; a restart keeps workflow history and 
     has(/accepted\s+token:initial-admin {2}POST \/v1\/tokens\s+e2e-viewer/);
     has(/rejected\s+token:e2e-viewer {2}POST \/v1\/cluster\/init/);
     has(/accepted\s+token:initial-admin {2}DELETE \/v1\/tokens\/:ref\s+e2e-viewer/);
+
+    // The README's walkthrough, as the stack prints it: a VM from the test guest on the local hosts' shared pool,
+    // then moved live to the other host.
+    await stack.waitForOutput(/test guest registered as image novacron-testguest/, GUEST_TIMEOUT_MS);
+    const create = (await stack.waitForOutput(/a VM from it: bin\/novacron (.+)\n/, LINE_TIMEOUT_MS))[1]!;
+    assert.match(create, /^vm create tg-1 .*--image novacron-testguest --pool shared .*--wait$/);
+    const vmCreated = cli(create.split(' '), apiUrl, token);
+    assert.equal(vmCreated.code, 0, vmCreated.stderr + vmCreated.stdout);
+    const vmId = /\(VM ([0-9a-f-]{36})\)/.exec(vmCreated.stdout)![1]!;
+    const shown = () => JSON.parse(cli(['vm', 'show', vmId], apiUrl, token).stdout) as { hostId: string };
+    const source = shown().hostId;
+    const migrate = (await stack.waitForOutput(/then move it: bin\/novacron (.+)\n/, LINE_TIMEOUT_MS))[1]!;
+    const moved = cli(migrate.replace('<VM id>', vmId).split(' '), apiUrl, token);
+    assert.equal(moved.code, 0, moved.stderr + moved.stdout);
+    assert.match(moved.stdout, /^plan: /m);
+    const target = shown().hostId;
+    assert.ok(['host-1', 'host-2'].includes(target) && target !== source, `${vmId} moved from ${source} to ${target}`);
+    const deleted = cli(['vm', 'delete', vmId, '--wait'], apiUrl, token);
+    assert.equal(deleted.code, 0, deleted.stderr + deleted.stdout);
   } finally {
     await stopStack(stack);
   }
