@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 import { createMetrics } from '../observability/metrics';
-import { registerHost, type HostRegistration } from '../store/hosts';
+import { registerHost } from '../store/hosts';
+import { testHost } from '../test/support/hosts';
 import { createTestDatabase, temporalClient, testConfig, type TestDatabase } from '../test/support/services';
 import { bearer, mintToken } from '../test/support/tokens';
 import { buildApp, type BuiltApp } from './app';
@@ -19,30 +20,15 @@ let client: Client;
 let connection: Connection;
 let token: string;
 
-const base = {
-  cpus: 2,
-  memoryMib: 4096,
-  diskMib: 10_000,
-  labels: { region: 'local' },
-};
-const migrating: HostRegistration = {
-  ...base,
-  id: 'hv-a',
+const migrating = testHost('hv-a', {
   address: '10.0.0.21',
   libvirtUri: 'qemu+unix:///system?socket=/run/hv-a/libvirt-sock',
-  imageRoot: '/srv/hv-a',
   storagePools: { shared: '/srv/pools/shared', nfs1: '/mnt/nfs1' },
   migrationAddress: '10.1.0.21',
   peerLibvirtUri: 'qemu+tcp://10.1.0.21:16509/system',
-};
+});
 // Registered as an agent from before live migration would: no pools, no migration address, no peer URI.
-const plain: HostRegistration = {
-  ...base,
-  id: 'hv-b',
-  address: '10.0.0.22',
-  libvirtUri: 'qemu:///system',
-  imageRoot: '/srv/hv-b',
-};
+const plain = testHost('hv-b', { address: '10.0.0.22' });
 
 before(async () => {
   db = await createTestDatabase();

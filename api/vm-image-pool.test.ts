@@ -11,6 +11,7 @@ import type { NovacronConfig } from '../config/schema';
 import { createMetrics } from '../observability/metrics';
 import { registerHost, setHostMaintenance } from '../store/hosts';
 import { registerImage } from '../store/images';
+import { testHost } from '../test/support/hosts';
 import { createTestDatabase, temporalClient, testConfig, type TestDatabase } from '../test/support/services';
 import { bearer, mintToken } from '../test/support/tokens';
 import type { VmCreateInput } from '../workflows/vm-create';
@@ -23,17 +24,7 @@ let client: Client;
 let connection: Connection;
 let token: string;
 
-const host = (id: string, storagePools: Record<string, string>) => ({
-  id,
-  address: '127.0.0.1',
-  libvirtUri: `test:///${id}`,
-  cpus: 2,
-  memoryMib: 4096,
-  diskMib: 10_000,
-  labels: {},
-  imageRoot: `/srv/${id}`,
-  storagePools,
-});
+const host = (id: string, storagePools: Record<string, string>) => testHost(id, { storagePools });
 
 before(async () => {
   db = await createTestDatabase();

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
+import { testHost } from '../test/support/hosts';
 import { createTestDatabase, type TestDatabase } from '../test/support/services';
 import { waitUntil } from '../test/support/wait';
 import { listEvents } from './events';
@@ -21,16 +22,7 @@ after(async () => {
 });
 
 async function register(hostId: string): Promise<void> {
-  await registerHost(db.pool, {
-    id: hostId,
-    address: '127.0.0.1',
-    libvirtUri: 'qemu:///system',
-    cpus: 2,
-    memoryMib: 2048,
-    diskMib: 10_240,
-    labels: {},
-    imageRoot: `/tmp/${hostId}`,
-  });
+  await registerHost(db.pool, testHost(hostId));
 }
 
 test('a host the monitor marked down while its first lease committed comes back up at the next renewal', async () => {
@@ -89,19 +81,15 @@ test('a renewal that comes after the lease expired leaves the host down', async 
 });
 
 test('a host shows the pools and migration addresses it registered, and its address when it named none', async () => {
-  await registerHost(db.pool, {
-    id: 'pools-1',
-    address: '10.0.0.1',
-    libvirtUri: 'qemu:///system',
-    cpus: 2,
-    memoryMib: 2048,
-    diskMib: 10_240,
-    labels: {},
-    imageRoot: '/tmp/pools-1',
-    storagePools: { nfs: '/mnt/nfs' },
-    migrationAddress: '10.1.0.1',
-    peerLibvirtUri: 'qemu+tcp://10.1.0.1/system',
-  });
+  await registerHost(
+    db.pool,
+    testHost('pools-1', {
+      address: '10.0.0.1',
+      storagePools: { nfs: '/mnt/nfs' },
+      migrationAddress: '10.1.0.1',
+      peerLibvirtUri: 'qemu+tcp://10.1.0.1/system',
+    }),
+  );
   const host = await getHost(db.pool, 'pools-1');
   assert.deepEqual(host?.storagePools, { nfs: '/mnt/nfs' });
   assert.equal(host?.migrationAddress, '10.1.0.1');

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
+import { testHost } from '../test/support/hosts';
 import { createTestDatabase, type TestDatabase } from '../test/support/services';
 import { acquireHostLease, registerHost } from './hosts';
 import { vmSpecSchema } from '../domain/vm-spec';
@@ -22,17 +23,7 @@ after(async () => {
 
 /** A host whose live lease has exactly `token`: a long-lived host has a high token, a new one a low token. */
 async function hostWithToken(hostId: string, token: number, storagePools: Record<string, string> = {}): Promise<void> {
-  await registerHost(db.pool, {
-    id: hostId,
-    address: '127.0.0.1',
-    libvirtUri: 'qemu:///system',
-    cpus: 2,
-    memoryMib: 2048,
-    diskMib: 10_240,
-    labels: {},
-    imageRoot: `/tmp/${hostId}`,
-    storagePools,
-  });
+  await registerHost(db.pool, testHost(hostId, { storagePools }));
   await acquireHostLease(db.pool, { hostId, holder: `${hostId}-agent`, ttlMs: 60_000 });
   await db.pool.query(`UPDATE leases SET fencing_token = $2 WHERE resource = 'host:' || $1`, [hostId, token]);
 }

@@ -8,15 +8,16 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { vmConsoleLogPath } from '../../activities/storage-paths';
-import { ensureTestGuestImage, TESTGUEST_NAME } from '../../guest/build';
+import { TESTGUEST_NAME } from '../../guest/build';
 import { parseConsoleLog, testGuestOemStrings } from '../../guest/workload';
 import { isNotFound, tolerate } from '../../native/libvirt';
 import { FLEET_SHARED_POOL, startFleet, TEST_FLEET_OVERRIDES, type Fleet } from '../support/fleet';
 import { createTestDatabase, scratchDir, testConfig, type TestDatabase } from '../support/services';
+import { registerTestGuest } from '../support/test-guest-library';
 import { waitUntil } from '../support/wait';
 
 const HOSTS = ['host-1', 'host-2'];
@@ -27,7 +28,6 @@ let db: TestDatabase;
 let fleet: Fleet;
 
 before(async () => {
-  const image = await ensureTestGuestImage({ log: (line) => process.stderr.write(`${line}\n`) });
   db = await createTestDatabase();
   fleet = await startFleet({
     config: testConfig({ databaseUrl: db.url, overrides: TEST_FLEET_OVERRIDES }),
@@ -35,16 +35,7 @@ before(async () => {
     hostIds: HOSTS,
     scratchDir,
   });
-  const library = path.join(fleet.imageRoots['host-1']!, 'library', `${TESTGUEST_NAME}.raw`);
-  await mkdir(path.dirname(library), { recursive: true });
-  await copyFile(image.path, library);
-  const registered = await fleet.inject({
-    method: 'POST',
-    url: '/v1/images',
-    payload: { id: TESTGUEST_NAME, hostId: 'host-1', format: 'raw' },
-  });
-  assert.equal(registered.statusCode, 202, registered.body);
-  await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId);
+  await registerTestGuest(fleet);
 });
 
 after(async () => {
