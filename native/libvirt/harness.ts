@@ -217,6 +217,9 @@ async function startHost(input: {
   void exited.then(() => (running = false));
 
   const initPid = await namespaceInitPid(child, exited).catch(async (err: unknown) => {
+    // A setpriv or unshare that never got as far as the namespace must not outlive the failed start.
+    child.kill('SIGKILL');
+    await Promise.race([exited, sleep(STOP_GRACE_MS, undefined, { ref: false })]);
     if (link) await removeHostLink(link);
     throw err;
   });
