@@ -78,8 +78,9 @@ async function register(input: OfferTestGuestInput): Promise<void> {
           description: 'NovaCron test guest: heartbeat on ttyS0, memory dirtied as its SMBIOS OEM strings ask',
         },
       ],
-      // A failed registration may be tried again at the next start; a completed one stands.
-      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+      // The caller found the image missing from the store: an earlier run that ended (failed, or completed for a
+      // database since replaced) must not stand in for this registration.
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
     })
     .catch((err: unknown) => {
       if (err instanceof WorkflowExecutionAlreadyStartedError) return input.client.workflow.getHandle(workflowId);

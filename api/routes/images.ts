@@ -116,8 +116,9 @@ export const imageRoutes: FastifyPluginAsyncZod = async (app) => {
         workflowId,
         args: [{ imageId: id, hostId, format, description }],
         imageId: id,
-        // A failed registration (file not there yet) may be tried again; a completed one stands.
-        reusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        // The store, checked above, says whether the image is registered: a run that ended (failed, or completed for a
+        // database since replaced, as test runs sharing one Temporal server do) must not block a new registration.
+        reusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
       });
       return reply.status(started.status).send(started.body);
     },
