@@ -56,7 +56,7 @@ const DEADLINE_MS = migrationDeadlineMs({
   deadlineSecondsPerGiB: migrationPolicySchema.parse({}).deadlineSecondsPerGiB,
 });
 // A broken boot on a loaded 2-core TCG machine, not a speed bound.
-const HEARTBEAT_TIMEOUT_MS = 180_000;
+const HEARTBEAT_TIMEOUT_MS = 300_000;
 
 const log = (line: string): void => {
   process.stdout.write(`  ${line}\n`);
@@ -89,17 +89,36 @@ function describe(sample: MigrationSample): string {
   return `${sample.method} ${sample.from} → ${sample.to}: ${figures}`;
 }
 
-/** The newest heartbeat counter in the console log of the host the guest runs on, once there are `count` more. */
+/** Waits for `count` heartbeats beyond those already in the console log of the host the guest runs on. */
 async function heartbeats(fleet: Fleet, vm: BenchVm, count: number): Promise<void> {
   const hostId = await domainHost(fleet, vm);
   const file = vmConsoleLogPath({ imageRoot: fleet.imageRoots[hostId]!, vmId: vm.id });
-  const seen = parseConsoleLog(await readFile(file, 'utf8').catch(() => '')).heartbeats.length;
-  await waitUntil(
-    `${count} more heartbeats in ${file}`,
-    async () =>
-      parseConsoleLog(await readFile(file, 'utf8').catch(() => '')).heartbeats.length >= seen + count || undefined,
-    { timeoutMs: HEARTBEAT_TIMEOUT_MS, intervalMs: 250 },
-  );
+  const read = async () => parseConsoleLog(await readFile(file, 'utf8').catch(() => '')).heartbeats;
+  const seen = (await read()).length;
+  try {
+    await waitUntil(`${count} more heartbeats in ${file}`, async () => (await read()).length >= seen + count, {
+      timeoutMs: HEARTBEAT_TIMEOUT_MS,
+      intervalMs: 250,
+    });
+  } catch (err) {
+    const info = await fleet.libvirt[hostId]!.domainGetInfo({ name: vm.name }).catch((e: unknown) => String(e));
+    const tail = (await readFile(file, 'utf8').catch(() => '')).split('\n').slice(-5).join(' | ');
+    throw new Error(`${(err as Error).message}; on ${hostId}: ${JSON.stringify(info)}; log ends: ${tail}`, {
+      cause: err,
+    });
+  }
+}
+
+/** Whether the guest's heartbeat goes on after a case: a case that hung the guest is reported, not hidden. */
+async function guestAfterCase(fleet: Fleet, vm: BenchVm): Promise<MigrationCaseResult['guestAfter']> {
+  const started = performance.now();
+  try {
+    await heartbeats(fleet, vm, 2);
+    return { heartbeats: true, waitedMs: Math.round(performance.now() - started) };
+  } catch (err) {
+    log(`the guest's heartbeat did not go on: ${(err as Error).message}`);
+    return { heartbeats: false, waitedMs: Math.round(performance.now() - started), detail: (err as Error).message };
+  }
 }
 
 /** The guest where the store says it is, or the benchmark measured something other than it meant to. */
@@ -217,8 +236,10 @@ async function run(input: BenchRunInput): Promise<{ file: string; publish: boole
           const rate = await dirtyRate(fleet, vm, await domainHost(fleet, vm));
           log(`${load} guest, ${link}: dirty rate ${(rate / 2 ** 20).toFixed(1)} MiB/s`);
           const samples = await runCase(fleet, vm);
-          await heartbeats(fleet, vm, 2);
-          cases.push({ guest: load, link, dirtyRateBytesPerSecond: rate, samples });
+          const guestAfter = await guestAfterCase(fleet, vm);
+          cases.push({ guest: load, link, dirtyRateBytesPerSecond: rate, samples, guestAfter });
+          // A hung guest would make every later case measure something else.
+          if (!guestAfter.heartbeats) break;
         }
         await setLinks(fleet, 'veth');
         await fleet.waitForWorkflow((await fleet.operate(vm.id, 'delete')).workflowId);

@@ -60,7 +60,15 @@ const results = (samples: MigrationSample[], load = 1): MigrationResults => ({
   deadlineMs: 60_000,
   agentsInHostNamespaces: true,
   agentDwcpMode: 'profile',
-  cases: [{ guest: 'busy', link: 'veth', dirtyRateBytesPerSecond: 40 * 2 ** 20, samples }],
+  cases: [
+    {
+      guest: 'busy',
+      link: 'veth',
+      dirtyRateBytesPerSecond: 40 * 2 ** 20,
+      samples,
+      guestAfter: { heartbeats: true, waitedMs: 2000 },
+    },
+  ],
 });
 
 const verdict = (r: MigrationResults, prefix: string) => goalVerdicts(r).find((v) => v.goal.startsWith(prefix))!;

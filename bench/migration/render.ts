@@ -77,6 +77,8 @@ export interface MigrationCaseResult {
   /** domdirtyrate-calc over 1 s just before the case. */
   dirtyRateBytesPerSecond: number;
   samples: MigrationSample[];
+  /** Whether the guest's heartbeat went on in its host's console log after the case, and how long that took. */
+  guestAfter: { heartbeats: boolean; waitedMs: number; detail?: string };
 }
 
 export interface MigrationResults {
@@ -296,6 +298,15 @@ export function renderMigration(file: string, r: MigrationResults): string {
     '| --- | --- | --- | --- | --- | ---: | ---: |',
     ...plans.map((row) => `| ${row} |`),
     '',
+    ...r.cases.flatMap((c) =>
+      c.guestAfter.heartbeats
+        ? []
+        : [
+            `**After the ${caseName(c)} case the guest's heartbeat did not go on** within ` +
+              `${seconds(c.guestAfter.waitedMs)}; the run stopped that guest's cases there: ${c.guestAfter.detail ?? ''}`,
+            '',
+          ],
+    ),
     '| goal | this run | verdict |',
     '| --- | --- | --- |',
     ...goalVerdicts(r).map((v) => `| ${v.goal} | ${v.figure} | ${verdictText(v.met)} |`),
