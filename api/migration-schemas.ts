@@ -1,7 +1,7 @@
 /**
  * zod schemas of live migration's shapes (domain/migration.ts) for the API's answers and its OpenAPI document. Each
- * is checked at compile time to give exactly the domain type, both ways: a field added to the contract and not here
- * fails the build instead of being stripped from answers by the serializer.
+ * is checked at compile time to give exactly the domain type, both ways (exact-schema.ts): a field added to the
+ * contract and not here fails the build instead of being stripped from answers by the serializer.
  */
 import { z } from 'zod';
 import {
@@ -16,20 +16,7 @@ import {
   type MigrationResult,
 } from '../domain/migration';
 import { MIGRATION_RECORD_STATES, type MigrationRecord } from '../store/migration-records';
-
-/** Every field required, all the way down: a field only one side has, optional or not, then breaks assignability. */
-type DeepRequired<T> = T extends readonly (infer U)[]
-  ? DeepRequired<U>[]
-  : T extends object
-    ? { [K in keyof T]-?: DeepRequired<T[K]> }
-    : T;
-type Mutual<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-type Same<A, B> = Mutual<A, B> extends true ? Mutual<DeepRequired<A>, DeepRequired<B>> : false;
-
-/** The schema, if its output is exactly T; otherwise the call does not type-check (the extra argument is `never`). */
-function exactly<T>() {
-  return <S extends z.ZodType>(schema: S, ..._same: Same<z.output<S>, T> extends true ? [] : [never]): S => schema;
-}
+import { exactly } from './exact-schema';
 
 export const MIGRATION_MODES = ['datacenter', 'hybrid', 'internet'] as const satisfies readonly MigrationMode[];
 export const ESCALATION_KINDS = [

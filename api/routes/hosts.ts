@@ -3,44 +3,47 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { Gauge } from 'prom-client';
 import { z } from 'zod';
 import { DRIFT_KINDS, listDrift, openDriftCounts } from '../../store/drift';
-import { getHost, HOST_STATES, listHosts, setHostMaintenance } from '../../store/hosts';
+import { getHost, HOST_STATES, listHosts, setHostMaintenance, type HostRecord } from '../../store/hosts';
 import { NotFoundError } from '../errors';
+import { exactly } from '../exact-schema';
 import { errorBodySchema } from '../schemas';
 
 const HOST_ID = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export const hostIdSchema = z.string().regex(HOST_ID, 'must be a host id (lowercase letters, digits and dashes)');
 
-export const hostSchema = z.object({
-  id: z.string(),
-  address: z.string(),
-  libvirtUri: z.string(),
-  cpus: z.number(),
-  memoryMib: z.number(),
-  diskMib: z.number(),
-  labels: z.record(z.string(), z.string()),
-  imageRoot: z.string(),
-  storagePools: z
-    .record(z.string(), z.string())
-    .describe(
-      "Shared storage pools the host mounts, name -> path on the host (`local`, its image root, is every host's)",
-    ),
-  migrationAddress: z.string().describe('Where QEMU on this host listens for incoming migration streams'),
-  peerLibvirtUri: z
-    .string()
-    .optional()
-    .describe("The URI other hosts' libvirtds reach this one by, for peer-to-peer migration"),
-  dwcpEndpoint: z.string().optional(),
-  state: z.enum(HOST_STATES),
-  stateChangedAt: z.string(),
-  registeredAt: z.string(),
-  lease: z
-    .object({ holder: z.string(), fencingToken: z.number(), expiresAt: z.string(), alive: z.boolean() })
-    .optional(),
-  inventory: z
-    .object({ leaseToken: z.number(), seq: z.number(), observedAt: z.string(), domains: z.number() })
-    .optional(),
-  allocated: z.object({ vms: z.number(), vcpus: z.number(), memoryMib: z.number(), diskMib: z.number() }),
-});
+export const hostSchema = exactly<HostRecord>()(
+  z.object({
+    id: z.string(),
+    address: z.string(),
+    libvirtUri: z.string(),
+    cpus: z.number(),
+    memoryMib: z.number(),
+    diskMib: z.number(),
+    labels: z.record(z.string(), z.string()),
+    imageRoot: z.string(),
+    storagePools: z
+      .record(z.string(), z.string())
+      .describe(
+        "Shared storage pools the host mounts, name -> path on the host (`local`, its image root, is every host's)",
+      ),
+    migrationAddress: z.string().describe('Where QEMU on this host listens for incoming migration streams'),
+    peerLibvirtUri: z
+      .string()
+      .optional()
+      .describe("The URI other hosts' libvirtds reach this one by, for peer-to-peer migration"),
+    dwcpEndpoint: z.string().optional(),
+    state: z.enum(HOST_STATES),
+    stateChangedAt: z.string(),
+    registeredAt: z.string(),
+    lease: z
+      .object({ holder: z.string(), fencingToken: z.number(), expiresAt: z.string(), alive: z.boolean() })
+      .optional(),
+    inventory: z
+      .object({ leaseToken: z.number(), seq: z.number(), observedAt: z.string(), domains: z.number() })
+      .optional(),
+    allocated: z.object({ vms: z.number(), vcpus: z.number(), memoryMib: z.number(), diskMib: z.number() }),
+  }),
+);
 
 export const driftSchema = z.object({
   id: z.number(),
