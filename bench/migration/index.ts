@@ -11,26 +11,25 @@
  * and leaves the docs as they are. The agents run with the shipped config, whose datacenter profile pins
  * dwcp.mode to datacenter; NOVACRON_BENCH_MIGRATION_DWCP_MODE=auto lets the link probe choose the mode instead.
  */
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { copyFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { vmConsoleLogPath } from '../../activities/storage-paths';
 import { migrationPolicySchema } from '../../domain/migration';
 import { migrationDeadlineMs } from '../../domain/migration-plan';
 import { ensureTestGuestImage, TESTGUEST_NAME } from '../../guest/build';
-import { parseConsoleLog, testGuestOemStrings } from '../../guest/workload';
 import { detectDomainType } from '../../native/libvirt';
 import { migrate } from '../../store/migrate';
 import { createPool } from '../../store/pool';
-import { FLEET_SHARED_POOL, startFleet, TEST_FLEET_OVERRIDES, type Fleet } from '../../test/support/fleet';
-import { waitUntil } from '../../test/support/wait';
+import { startFleet, TEST_FLEET_OVERRIDES, type Fleet } from '../../test/support/fleet';
 import { readResults, writeResults, type Benchmark, type BenchRunInput } from '../results';
 import { withBenchServices } from '../services';
+import { deleteGuest, guestState, replaceGuest, startGuest, type BenchGuest } from './guest';
 import { dirtyRate, domainHost, migrateWithDefaults, migrateWithNovacron, storeHost, type BenchVm } from './measure';
 import {
   renderMigration,
   totalOf,
   type GuestLoad,
   type LinkKind,
+  type MeasuredSample,
   type MigrationCaseResult,
   type MigrationResults,
   type MigrationSample,
@@ -55,8 +54,6 @@ const DEADLINE_MS = migrationDeadlineMs({
   memoryBytes: GUEST.memoryMib * 1024 * 1024,
   deadlineSecondsPerGiB: migrationPolicySchema.parse({}).deadlineSecondsPerGiB,
 });
-// A broken boot on a loaded 2-core TCG machine, not a speed bound.
-const HEARTBEAT_TIMEOUT_MS = 300_000;
 
 const log = (line: string): void => {
   process.stdout.write(`  ${line}\n`);
@@ -76,7 +73,7 @@ function chosenCases(): { cases: typeof ALL_CASES; partial: boolean } {
   return { cases, partial: true };
 }
 
-function describe(sample: MigrationSample): string {
+function describe(sample: MeasuredSample): string {
   const figures =
     sample.outcome === 'completed'
       ? `total ${totalOf(sample)} ms, job ${sample.libvirtTotalMs} ms, downtime ${sample.downtimeMs} ms, ` +
@@ -89,38 +86,6 @@ function describe(sample: MigrationSample): string {
   return `${sample.method} ${sample.from} → ${sample.to}: ${figures}`;
 }
 
-/** Waits for `count` heartbeats beyond those already in the console log of the host the guest runs on. */
-async function heartbeats(fleet: Fleet, vm: BenchVm, count: number): Promise<void> {
-  const hostId = await domainHost(fleet, vm);
-  const file = vmConsoleLogPath({ imageRoot: fleet.imageRoots[hostId]!, vmId: vm.id });
-  const read = async () => parseConsoleLog(await readFile(file, 'utf8').catch(() => '')).heartbeats;
-  const seen = (await read()).length;
-  try {
-    await waitUntil(`${count} more heartbeats in ${file}`, async () => (await read()).length >= seen + count, {
-      timeoutMs: HEARTBEAT_TIMEOUT_MS,
-      intervalMs: 250,
-    });
-  } catch (err) {
-    const info = await fleet.libvirt[hostId]!.domainGetInfo({ name: vm.name }).catch((e: unknown) => String(e));
-    const tail = (await readFile(file, 'utf8').catch(() => '')).split('\n').slice(-5).join(' | ');
-    throw new Error(`${(err as Error).message}; on ${hostId}: ${JSON.stringify(info)}; log ends: ${tail}`, {
-      cause: err,
-    });
-  }
-}
-
-/** Whether the guest's heartbeat goes on after a case: a case that hung the guest is reported, not hidden. */
-async function guestAfterCase(fleet: Fleet, vm: BenchVm): Promise<MigrationCaseResult['guestAfter']> {
-  const started = performance.now();
-  try {
-    await heartbeats(fleet, vm, 2);
-    return { heartbeats: true, waitedMs: Math.round(performance.now() - started) };
-  } catch (err) {
-    log(`the guest's heartbeat did not go on: ${(err as Error).message}`);
-    return { heartbeats: false, waitedMs: Math.round(performance.now() - started), detail: (err as Error).message };
-  }
-}
-
 /** The guest where the store says it is, or the benchmark measured something other than it meant to. */
 async function assertConsistent(fleet: Fleet, vm: BenchVm): Promise<string> {
   const [actual, recorded] = await Promise.all([domainHost(fleet, vm), storeHost(fleet, vm)]);
@@ -130,41 +95,35 @@ async function assertConsistent(fleet: Fleet, vm: BenchVm): Promise<string> {
 
 /**
  * `REPS` migrations per method, interleaved in blocks of two: libvirt's defaults there and (if it went) back, so the
- * guest is where NovaCron's store has it before NovaCron moves it there and back.
+ * guest is where NovaCron's store has it before NovaCron moves it there and back. After each one the guest must
+ * show its heartbeat; a dead one is recorded on the sample and replaced before the next.
  */
-async function runCase(fleet: Fleet, vm: BenchVm): Promise<MigrationSample[]> {
+async function runCase(fleet: Fleet, guest: BenchGuest): Promise<MigrationSample[]> {
   const samples: MigrationSample[] = [];
   const count = (method: MigrationSample['method']) => samples.filter((s) => s.method === method).length;
-  const record = (sample: MigrationSample) => {
-    samples.push(sample);
-    log(describe(sample));
+  const record = async (sample: MeasuredSample): Promise<boolean> => {
+    const state = await guestState(fleet, guest.vm);
+    samples.push({ ...sample, guestSurvived: state.alive, ...(state.alive ? {} : { guestFailure: state.detail }) });
+    log(`${describe(sample)}${state.alive ? '' : `; the guest died: ${state.detail}`}`);
+    if (!state.alive) await replaceGuest(fleet, guest, DEADLINE_MS);
+    return state.alive;
   };
   while (count('libvirt-defaults') < REPS || count('novacron') < REPS) {
     if (count('libvirt-defaults') < REPS) {
-      const home = await assertConsistent(fleet, vm);
-      const out = await migrateWithDefaults(fleet, vm, {
-        from: home,
-        to: other(home),
-        ownerHostId: home,
-        deadlineMs: DEADLINE_MS,
-      });
-      record(out);
-      if (out.outcome === 'completed') {
-        record(
-          await migrateWithDefaults(fleet, vm, {
-            from: other(home),
-            to: home,
-            ownerHostId: home,
-            deadlineMs: DEADLINE_MS,
-          }),
-        );
+      const home = await assertConsistent(fleet, guest.vm);
+      const there = { from: home, to: other(home), ownerHostId: home, deadlineMs: DEADLINE_MS };
+      const out = await migrateWithDefaults(fleet, guest.vm, there);
+      if ((await record(out)) && out.outcome === 'completed') {
+        const back = { from: other(home), to: home, ownerHostId: home, deadlineMs: DEADLINE_MS };
+        await record(await migrateWithDefaults(fleet, guest.vm, back));
       }
     }
     for (let i = 0; i < 2 && count('novacron') < REPS; i++) {
-      record(await migrateWithNovacron(fleet, vm, { to: other(await assertConsistent(fleet, vm)) }));
+      const to = other(await assertConsistent(fleet, guest.vm));
+      await record(await migrateWithNovacron(fleet, guest.vm, { to }));
     }
   }
-  await assertConsistent(fleet, vm);
+  await assertConsistent(fleet, guest.vm);
   return samples;
 }
 
@@ -180,23 +139,6 @@ async function registerGuestImage(fleet: Fleet): Promise<void> {
   });
   if (registered.statusCode !== 202) throw new Error(`image registration: ${registered.statusCode} ${registered.body}`);
   await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId);
-}
-
-async function startGuest(fleet: Fleet, load: GuestLoad): Promise<BenchVm> {
-  const name = `mig-bench-${load}`;
-  const started = await fleet.createVm({
-    name,
-    vcpus: GUEST.vcpus,
-    memoryMib: GUEST.memoryMib,
-    image: TESTGUEST_NAME,
-    storagePool: FLEET_SHARED_POOL,
-    hostId: 'host-1',
-    oemStrings: testGuestOemStrings({ dirtyMiBps: DIRTY_MIBPS[load], workingSetMiB: GUEST.workingSetMiB }),
-  });
-  await fleet.waitForWorkflow(started.workflowId, 300_000);
-  const vm = { id: started.vmId, name };
-  await heartbeats(fleet, vm, 2);
-  return vm;
 }
 
 async function setLinks(fleet: Fleet, link: LinkKind): Promise<void> {
@@ -230,19 +172,16 @@ async function run(input: BenchRunInput): Promise<{ file: string; publish: boole
       for (const load of ['idle', 'busy'] as const) {
         const links = chosen.filter((c) => c.guest === load).map((c) => c.link);
         if (links.length === 0) continue;
-        const vm = await startGuest(fleet, load);
+        const guest = await startGuest(fleet, { load, dirtyMiBps: DIRTY_MIBPS[load], spec: GUEST });
         for (const link of links) {
           await setLinks(fleet, link);
-          const rate = await dirtyRate(fleet, vm, await domainHost(fleet, vm));
+          const rate = await dirtyRate(fleet, guest.vm, await domainHost(fleet, guest.vm));
           log(`${load} guest, ${link}: dirty rate ${(rate / 2 ** 20).toFixed(1)} MiB/s`);
-          const samples = await runCase(fleet, vm);
-          const guestAfter = await guestAfterCase(fleet, vm);
-          cases.push({ guest: load, link, dirtyRateBytesPerSecond: rate, samples, guestAfter });
-          // A hung guest would make every later case measure something else.
-          if (!guestAfter.heartbeats) break;
+          const samples = await runCase(fleet, guest);
+          cases.push({ guest: load, link, dirtyRateBytesPerSecond: rate, samples });
         }
         await setLinks(fleet, 'veth');
-        await fleet.waitForWorkflow((await fleet.operate(vm.id, 'delete')).workflowId);
+        await deleteGuest(fleet, guest, DEADLINE_MS);
       }
       const results: Omit<MigrationResults, 'run'> = {
         benchmark: 'migration',

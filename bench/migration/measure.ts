@@ -14,7 +14,7 @@ import { vmConsoleLogPath } from '../../activities/storage-paths';
 import type { MigrationJobSample, MigrationResult } from '../../domain/migration';
 import { LibvirtMigrationTimeoutError, migrationJobSample } from '../../native/libvirt';
 import type { Fleet } from '../../test/support/fleet';
-import type { MigrationSample, NovacronPlanFigures, WorkflowTimeline } from './render';
+import type { MeasuredSample, MigrationSample, NovacronPlanFigures, WorkflowTimeline } from './render';
 
 export interface BenchVm {
   id: string;
@@ -64,7 +64,7 @@ export async function migrateWithDefaults(
   fleet: Fleet,
   vm: BenchVm,
   input: { from: string; to: string; ownerHostId: string; deadlineMs: number },
-): Promise<MigrationSample> {
+): Promise<MeasuredSample> {
   const source = fleet.libvirt[input.from]!;
   const target = fleet.hypervisors.hosts.find((h) => h.hostId === input.to)!;
   const consoleLogPath = vmConsoleLogPath({ imageRoot: fleet.imageRoots[input.to]!, vmId: vm.id });
@@ -187,7 +187,7 @@ function planFigures(plan: NonNullable<MigrationResult['plan']>): NovacronPlanFi
 }
 
 /** NovaCron's migrateVm through the API, as an operator starts it, with the policy's defaults. */
-export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to: string }): Promise<MigrationSample> {
+export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to: string }): Promise<MeasuredSample> {
   const from = await storeHost(fleet, vm);
   const base = { method: 'novacron' as const, from, to: input.to, loadAvg1: loadAvg1() };
   const started = performance.now();

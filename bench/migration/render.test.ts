@@ -29,6 +29,7 @@ const defaults = (wallMs: number, outcome: MigrationSample['outcome'] = 'complet
   outcome,
   wallMs,
   loadAvg1: 1,
+  guestSurvived: true,
   ...(outcome === 'completed' ? { jobMs: wallMs, libvirtTotalMs: wallMs, downtimeMs: 100, bytes: 1, passes: 3 } : {}),
 });
 
@@ -48,6 +49,7 @@ const novacron = (input: { workflowMs: number; jobMs: number; downtimeMs: number
     overheadMs: input.workflowMs - input.jobMs,
     plan: plan(input.predicted),
     loadAvg1: 1,
+    guestSurvived: true,
   }) satisfies MigrationSample;
 
 const results = (samples: MigrationSample[], load = 1): MigrationResults => ({
@@ -66,7 +68,6 @@ const results = (samples: MigrationSample[], load = 1): MigrationResults => ({
       link: 'veth',
       dirtyRateBytesPerSecond: 40 * 2 ** 20,
       samples,
-      guestAfter: { heartbeats: true, waitedMs: 2000 },
     },
   ],
 });

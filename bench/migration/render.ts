@@ -69,7 +69,13 @@ export interface MigrationSample {
   plan?: NovacronPlanFigures;
   escalations?: string[];
   loadAvg1: number;
+  /** Whether the guest's heartbeat went on after the migration; a dead guest was replaced before the next one. */
+  guestSurvived: boolean;
+  guestFailure?: string;
 }
+
+/** What a migration measures, before the guest is checked. */
+export type MeasuredSample = Omit<MigrationSample, 'guestSurvived' | 'guestFailure'>;
 
 export interface MigrationCaseResult {
   guest: GuestLoad;
@@ -77,8 +83,6 @@ export interface MigrationCaseResult {
   /** domdirtyrate-calc over 1 s just before the case. */
   dirtyRateBytesPerSecond: number;
   samples: MigrationSample[];
-  /** Whether the guest's heartbeat went on in its host's console log after the case, and how long that took. */
-  guestAfter: { heartbeats: boolean; waitedMs: number; detail?: string };
 }
 
 export interface MigrationResults {
@@ -111,7 +115,7 @@ const pct = (v: number): string => `${v > 0 ? '+' : ''}${Math.round(v)} %`;
 const LINK_NAMES: Record<LinkKind, string> = { veth: 'veth, uncapped', 'tbf-100mbit': 'tbf 100 Mbit/s' };
 
 /** The end-to-end time a user waits: the driver call for libvirt's defaults, the workflow for NovaCron. */
-export function totalOf(sample: MigrationSample): number {
+export function totalOf(sample: MeasuredSample): number {
   return sample.method === 'novacron' ? (sample.workflowMs ?? sample.wallMs) : sample.wallMs;
 }
 
@@ -193,6 +197,29 @@ function planRow(c: MigrationCaseResult): string | undefined {
     spread(overhead, seconds),
     `${spread(planning, seconds)} / ${spread(rest, seconds)}`,
   ].join(' | ');
+}
+
+/** Migrations after which the guest was dead, by case and method: they say whether a figure is a live guest's. */
+function guestDeaths(r: MigrationResults): string[] {
+  const dead = r.cases.flatMap((c) => c.samples.filter((s) => !s.guestSurvived).map((s) => ({ c, s })));
+  if (dead.length === 0)
+    return ['After every migration the guest’s heartbeat went on in its new host’s console log.', ''];
+  const total = r.cases.reduce((n, c) => n + c.samples.length, 0);
+  const byCase = r.cases.flatMap((c) => {
+    const died = c.samples.filter((s) => !s.guestSurvived);
+    if (died.length === 0) return [];
+    const by = (m: MigrationMethod) => died.filter((s) => s.method === m).length;
+    return [
+      `${caseName(c)}: ${died.length} (${by('libvirt-defaults')} after libvirt's defaults, ${by('novacron')} after NovaCron's)`,
+    ];
+  });
+  const causes = [...new Set(dead.map(({ s }) => (s.guestFailure ?? '').replace(/ \(on host-\d+\)$/, '')))];
+  return [
+    `**The guest died after ${dead.length} of ${total} migrations** (its heartbeat stopped; ${causes.join('; ')}): ` +
+      `${byCase.join('; ')}. Each dead guest was replaced by a fresh one of the same spec before the next migration, ` +
+      'so every sample starts from a live guest; the sample that killed one is counted with its figures.',
+    '',
+  ];
 }
 
 export interface GoalVerdict {
@@ -298,15 +325,7 @@ export function renderMigration(file: string, r: MigrationResults): string {
     '| --- | --- | --- | --- | --- | ---: | ---: |',
     ...plans.map((row) => `| ${row} |`),
     '',
-    ...r.cases.flatMap((c) =>
-      c.guestAfter.heartbeats
-        ? []
-        : [
-            `**After the ${caseName(c)} case the guest's heartbeat did not go on** within ` +
-              `${seconds(c.guestAfter.waitedMs)}; the run stopped that guest's cases there: ${c.guestAfter.detail ?? ''}`,
-            '',
-          ],
-    ),
+    ...guestDeaths(r),
     '| goal | this run | verdict |',
     '| --- | --- | --- |',
     ...goalVerdicts(r).map((v) => `| ${v.goal} | ${v.figure} | ${verdictText(v.met)} |`),
