@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { migrationPolicySchema, type MigrationJobSample, type MigrationPolicyInput } from './migration';
 import {
   AUTO_CONVERGE_GRACE_PASSES,
+  boundaryRemainingBytes,
   createConvergenceState,
   migrationEtaMs,
   observeJobSample,
@@ -219,7 +220,39 @@ test('samples of a job that is not running, or of a pass already judged, change 
     const step = observeJobSample(state, { sample, nowMs: START + 2000 });
     assert.deepEqual(step, { state, actions: [] });
   }
-  assert.deepEqual(observeJobSample(state, { sample: job(3, 5000), nowMs: START + 2000 }).state, state);
+  // Another sample of the judged pass is remembered for the next boundary's reconstruction, and judges nothing.
+  const again = observeJobSample(state, { sample: job(3, 5000), nowMs: START + 2000 });
+  assert.deepEqual(again.actions, []);
+  assert.deepEqual(again.state, {
+    ...state,
+    lastSeen: { pass: 3, processedBytes: 4 * GIB - 5000 * MIB, remainingBytes: 5000 * MIB },
+  });
+});
+
+test('a sample late in its pass is judged by the remainder its pass began with, not by what is left of it', () => {
+  // Every pass begins with 30 MiB (the guest rewrites its working set) and sends 8 MiB/s; the poll lands 1 to 3.5 s
+  // into each pass. Read as they are, the late samples looked like gains and one set a 2 MiB best no boundary meets.
+  let processed = 128 * MIB;
+  const samples: MigrationJobSample[] = [];
+  const lateBy = [1, 3.5, 1, 3, 1.5, 3.5, 1, 2];
+  lateBy.forEach((seconds, i) => {
+    const sent = seconds * 8 * MIB;
+    // The previous pass sent what it had left, then this one sent `sent` before the sample.
+    processed += sent;
+    samples.push(job(3 + i, 30 - sent / MIB, { dataProcessedBytes: processed }));
+    processed += 30 * MIB - sent;
+  });
+  assert.deepEqual(
+    samples.map((s) => s.dataRemainingBytes / MIB),
+    [22, 2, 22, 6, 18, 2, 22, 14],
+  );
+  const run = feed(start({ stallPasses: 2, downtimeCeilingMs: 600, allowAutoConverge: false }), samples);
+  // Pass 3 is the first boundary, read as sampled (22 MiB: no sample before it); 4 and 5 began with 30 MiB, no gain:
+  // a raise at 5, to the ceiling, and the abort two passes later. Read as sampled, 4's 2 MiB was a gain.
+  assert.deepEqual(run.log, ['5:set-downtime', '7:abort']);
+  assert.equal(run.state.bestRemainingBytes, 22 * MIB);
+  assert.equal(run.state.escalations[0]!.dataRemainingBytes, 30 * MIB);
+  assert.equal(boundaryRemainingBytes(undefined, samples[1]!), 2 * MIB, 'nothing to go on: as sampled');
 });
 
 test('the ETA follows the net rate in pre-copy and the plain rate in post-copy', () => {

@@ -43,6 +43,8 @@ export interface ConvergenceState {
   /** The pass of the last boundary judged; unset before the first sample of a running job. */
   pass?: number;
   bestRemainingBytes?: number;
+  /** The newest sample's figures, from which the next pass's boundary is reconstructed. */
+  lastSeen?: { pass: number; processedBytes: number; remainingBytes: number };
   passesWithoutGain: number;
   /** QEMU's throttle at the last boundary, to tell a rising one. */
   throttlePercent: number;
@@ -156,6 +158,24 @@ function escalate(state: ConvergenceState, sample: MigrationJobSample, nowMs: nu
   };
 }
 
+/**
+ * The remainder as the sample's pass began. A sample lands at the poll's pace, seconds into a pass on a slow link or
+ * a loaded worker, when the pass has already sent part of what its sync found: read as the boundary, that sent part
+ * looked like a gain, and a sample taken near a pass's end set a best remainder no real boundary would reach again
+ * (seen on libvirt at 8 MiB/s: 2.5 MiB "left at pass 6" of a guest whose passes each began with 30 MiB). When the
+ * previous sample was of the pass just before, that pass still had to send what it had left, so everything sent
+ * beyond that belongs to this pass: remaining now plus that is what it began with. Zero pages cost almost nothing
+ * on the wire, so the correction may fall short (never over): further back there is nothing to go on.
+ */
+export function boundaryRemainingBytes(
+  lastSeen: ConvergenceState['lastSeen'],
+  sample: Pick<MigrationJobSample, 'pass' | 'dataProcessedBytes' | 'dataRemainingBytes'>,
+): number {
+  if (!lastSeen || lastSeen.pass !== sample.pass - 1) return sample.dataRemainingBytes;
+  const sentThisPass = sample.dataProcessedBytes - lastSeen.processedBytes - lastSeen.remainingBytes;
+  return sample.dataRemainingBytes + Math.max(0, sentThisPass);
+}
+
 /** Judges one pass boundary: tracks the best remainder and counts the passes that did not gain on it. */
 function judgeBoundary(state: ConvergenceState, sample: MigrationJobSample, nowMs: number): ConvergenceStep {
   const remaining = sample.dataRemainingBytes;
@@ -229,9 +249,17 @@ export function observeJobSample(
   // Pass 0 is QEMU's setup, before its first bitmap sync: libvirt then reports nothing remaining. Taken as the first
   // boundary, that 0 became the best remainder, which no later pass could gain on: every pass was a stall.
   if (sample.pass < 1) return { state: next, actions };
-  if (next.pass !== undefined && sample.pass <= next.pass) return { state: next, actions };
-  const judged = judgeBoundary(next, sample, nowMs);
-  return { state: judged.state, actions: [...actions, ...judged.actions] };
+  const lastSeen = {
+    pass: sample.pass,
+    processedBytes: sample.dataProcessedBytes,
+    remainingBytes: sample.dataRemainingBytes,
+  };
+  if (next.pass !== undefined && sample.pass <= next.pass) {
+    return { state: sample.pass === next.pass ? { ...next, lastSeen } : next, actions };
+  }
+  const atBoundary = { ...sample, dataRemainingBytes: boundaryRemainingBytes(next.lastSeen, sample) };
+  const judged = judgeBoundary(next, atBoundary, nowMs);
+  return { state: { ...judged.state, lastSeen }, actions: [...actions, ...judged.actions] };
 }
 
 /**
