@@ -4,7 +4,8 @@
  * shared disks, the target's own console log), or NovaCron's migrateVm through the API with the parameters its
  * plan chooses. Both report libvirt's completed-job statistics, read on the target.
  */
-import type { WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -186,6 +187,19 @@ function planFigures(plan: NonNullable<MigrationResult['plan']>): NovacronPlanFi
   };
 }
 
+/**
+ * A workflow that failed: a refusal the plan made after the route stopped waiting for it (the result rides in the
+ * failure's details), or anything else, which the saga has settled on one host.
+ */
+function failedWorkflow(err: unknown): Pick<MeasuredSample, 'outcome' | 'reason' | 'plan'> {
+  const cause = err instanceof WorkflowFailedError ? err.cause : undefined;
+  if (cause instanceof ApplicationFailure && cause.type === 'MigrationRefused') {
+    const refused = cause.details?.[0] as MigrationResult | undefined;
+    return { outcome: 'refused', reason: cause.message, ...(refused?.plan ? { plan: planFigures(refused.plan) } : {}) };
+  }
+  return { outcome: 'failed', reason: cause?.message ?? (err instanceof Error ? err.message : String(err)) };
+}
+
 /** NovaCron's migrateVm through the API, as an operator starts it, with the policy's defaults. */
 export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to: string }): Promise<MeasuredSample> {
   const from = await storeHost(fleet, vm);
@@ -207,7 +221,12 @@ export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to
     };
   }
   const handle = fleet.client.workflow.getHandle(response.json<{ workflowId: string }>().workflowId);
-  const result = (await handle.result()) as MigrationResult;
+  let result: MigrationResult;
+  try {
+    result = (await handle.result()) as MigrationResult;
+  } catch (err) {
+    return { ...base, ...failedWorkflow(err), wallMs: Math.round(performance.now() - started) };
+  }
   const wallMs = Math.round(performance.now() - started);
   const timeline = await workflowTimeline(handle);
   const common = {
