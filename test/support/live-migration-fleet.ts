@@ -83,11 +83,14 @@ export async function heartbeatsOn(fleet: Fleet, input: { hostId: string; vmId: 
 }
 
 /** A test guest running the workload on host-1, on the shared pool, once its counter is going. */
-export async function bootBusyGuest(fleet: Fleet, input: { name: string; workload: TestGuestWorkload }) {
+export async function bootBusyGuest(
+  fleet: Fleet,
+  input: { name: string; workload: TestGuestWorkload; memoryMib?: number },
+) {
   const started = await fleet.createVm({
     name: input.name,
     vcpus: 1,
-    memoryMib: GUEST_MEMORY_MIB,
+    memoryMib: input.memoryMib ?? GUEST_MEMORY_MIB,
     image: TESTGUEST_NAME,
     storagePool: FLEET_SHARED_POOL,
     hostId: 'host-1',
