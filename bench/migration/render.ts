@@ -199,6 +199,18 @@ function planRow(c: MigrationCaseResult): string | undefined {
   ].join(' | ');
 }
 
+/** libvirt's `setup_time` of the defaults' completed jobs: what the plan's fixed MIGRATION_SETUP_MS stands for. */
+function setupLine(r: MigrationResults): string[] {
+  const setup = r.cases.flatMap((c) => pick(completed(c.samples), 'setupMs'));
+  if (setup.length === 0) return [];
+  return [
+    `libvirt's own \`setup_time\` in the completed jobs that report it: ${spread(setup, seconds)} over ` +
+      `${setup.length} jobs; the plan counts a fixed \`MIGRATION_SETUP_MS\` (domain/migration-plan.ts) for setup, ` +
+      'connection and libvirt’s phases beyond the passes and the downtime.',
+    '',
+  ];
+}
+
 /** Migrations after which the guest was dead, by case and method: they say whether a figure is a live guest's. */
 function guestDeaths(r: MigrationResults): string[] {
   const dead = r.cases.flatMap((c) => c.samples.filter((s) => !s.guestSurvived).map((s) => ({ c, s })));
@@ -316,6 +328,7 @@ export function renderMigration(file: string, r: MigrationResults): string {
     '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |',
     ...rows.map((row) => `| ${row} |`),
     '',
+    ...setupLine(r),
     "The plan against what happened (NovaCron's runs): predicted total against libvirt's `time_elapsed`, predicted " +
       'downtime against libvirt’s `downtime`, error = (predicted − measured) / measured. Overhead = workflow time − ' +
       'the libvirt migration call, split into planning (the link probe and dirty-rate measurement, side by side, ' +
