@@ -12,7 +12,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { destinationXml } from '../../activities/migration-activities';
 import { vmConsoleLogPath } from '../../activities/storage-paths';
-import type { MigrationJobSample, MigrationResult } from '../../domain/migration';
+import type { MigrationEscalation, MigrationJobSample, MigrationPlan, MigrationResult } from '../../domain/migration';
 import { LibvirtMigrationTimeoutError, migrationJobSample } from '../../native/libvirt';
 import type { Fleet } from '../../test/support/fleet';
 import type { MeasuredSample, MigrationSample, NovacronPlanFigures, WorkflowTimeline } from './render';
@@ -163,7 +163,7 @@ export async function workflowTimeline(handle: WorkflowHandle): Promise<Workflow
   };
 }
 
-function planFigures(plan: NonNullable<MigrationResult['plan']>): NovacronPlanFigures {
+function planFigures(plan: MigrationPlan): NovacronPlanFigures {
   const finite = (v: number): number | null => (Number.isFinite(v) ? v : null);
   return {
     mode: plan.mode,
@@ -188,17 +188,17 @@ function planFigures(plan: NonNullable<MigrationResult['plan']>): NovacronPlanFi
 }
 
 /**
- * A workflow that failed: a refusal the plan made after the route stopped waiting for it (the result rides in the
- * failure's details), or anything else, which the saga has settled on one host.
+ * A workflow that failed: a refusal the plan made after the route stopped waiting for it, convergence control's
+ * abort, or anything else, which the saga has settled on one host. The migration's record keeps the plan.
  */
-function failedWorkflow(err: unknown): Pick<MeasuredSample, 'outcome' | 'reason' | 'plan'> {
+function failedWorkflow(err: unknown): Pick<MeasuredSample, 'outcome' | 'reason'> {
   const cause = err instanceof WorkflowFailedError ? err.cause : undefined;
-  if (cause instanceof ApplicationFailure && cause.type === 'MigrationRefused') {
-    const refused = cause.details?.[0] as MigrationResult | undefined;
-    return { outcome: 'refused', reason: cause.message, ...(refused?.plan ? { plan: planFigures(refused.plan) } : {}) };
-  }
-  return { outcome: 'failed', reason: cause?.message ?? (err instanceof Error ? err.message : String(err)) };
+  const outcome = cause instanceof ApplicationFailure && cause.type === 'MigrationRefused' ? 'refused' : 'failed';
+  return { outcome, reason: cause?.message ?? (err instanceof Error ? err.message : String(err)) };
 }
+
+const escalationText = (e: MigrationEscalation): string =>
+  `${e.kind}${e.value !== undefined ? ` ${e.value}` : ''} at pass ${e.pass}`;
 
 /** NovaCron's migrateVm through the API, as an operator starts it, with the policy's defaults. */
 export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to: string }): Promise<MeasuredSample> {
@@ -225,7 +225,19 @@ export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to
   try {
     result = (await handle.result()) as MigrationResult;
   } catch (err) {
-    return { ...base, ...failedWorkflow(err), wallMs: Math.round(performance.now() - started) };
+    const wallMs = Math.round(performance.now() - started);
+    const record = (await fleet.inject({ method: 'GET', url: `/v1/migrations/${handle.workflowId}` })).json<{
+      plan?: MigrationPlan;
+      escalations?: MigrationEscalation[];
+    }>();
+    return {
+      ...base,
+      ...failedWorkflow(err),
+      wallMs,
+      timeline: await workflowTimeline(handle),
+      ...(record.plan ? { plan: planFigures(record.plan) } : {}),
+      escalations: (record.escalations ?? []).map(escalationText),
+    };
   }
   const wallMs = Math.round(performance.now() - started);
   const timeline = await workflowTimeline(handle);
@@ -235,9 +247,7 @@ export async function migrateWithNovacron(fleet: Fleet, vm: BenchVm, input: { to
     workflowMs: result.workflowMs,
     timeline,
     ...(result.plan ? { plan: planFigures(result.plan) } : {}),
-    escalations: result.escalations.map(
-      (e) => `${e.kind}${e.value !== undefined ? ` ${e.value}` : ''} at pass ${e.pass}`,
-    ),
+    escalations: result.escalations.map(escalationText),
   };
   if (result.outcome !== 'completed' || !result.measured) {
     return {

@@ -137,13 +137,18 @@ function failures(samples: MigrationSample[]): string {
   return `; ${failed.length} ${outcomes} after ${spread(pick(failed, 'wallMs'), seconds)}${left.length ? ` (${left.join(', ')})` : ''}`;
 }
 
+function deaths(samples: MigrationSample[]): string {
+  const died = samples.filter((s) => !s.guestSurvived).length;
+  return died === 0 ? '' : `; the guest died after ${died}`;
+}
+
 function methodRow(c: MigrationCaseResult, method: MigrationMethod): string {
   const all = c.samples.filter((s) => s.method === method);
   const done = completed(all);
   return [
     caseName(c),
     method === 'novacron' ? 'NovaCron migrateVm' : 'libvirt defaults',
-    `${done.length}/${all.length}${failures(all)}`,
+    `${done.length}/${all.length}${failures(all)}${deaths(all)}`,
     spread(done.map(totalOf), seconds),
     spread(pick(done, 'libvirtTotalMs'), seconds),
     spread(pick(done, 'downtimeMs'), seconds),
@@ -188,10 +193,12 @@ function planRow(c: MigrationCaseResult): string | undefined {
   const rest = done.flatMap((s) =>
     s.timeline && s.overheadMs !== undefined ? [s.overheadMs - s.timeline.planningMs] : [],
   );
+  const steps = runs.map((s) => (s.escalations?.length ? s.escalations.join(', ') : 'none'));
   return [
     caseName(c),
     params,
     inputs,
+    [...new Set(steps)].join('; '),
     `${error((s) => s.plan!.prediction.totalMs, 'libvirtTotalMs')}${converges}`,
     error((s) => s.plan!.prediction.downtimeMs, 'downtimeMs'),
     spread(overhead, seconds),
@@ -285,9 +292,12 @@ export function goalVerdicts(r: MigrationResults): GoalVerdict[] {
         ? [((s.plan.prediction.totalMs - s.libvirtTotalMs) / s.libvirtTotalMs) * 100]
         : [],
     );
+    const unconverged = nova.some((s) => s.plan && !s.plan.prediction.converges)
+      ? ' (the plan predicted no convergence without its mitigation)'
+      : '';
     verdicts.push({
       goal: `predicted total within 25 %, ${caseName(c)}`,
-      figure: errors.length ? `median error ${pct(median(errors))}` : 'no finite prediction to compare',
+      figure: errors.length ? `median error ${pct(median(errors))}${unconverged}` : 'no completed migration to compare',
       met: errors.length ? Math.abs(median(errors)) <= 25 : undefined,
     });
   }
@@ -334,8 +344,8 @@ export function renderMigration(file: string, r: MigrationResults): string {
       'the libvirt migration call, split into planning (the link probe and dirty-rate measurement, side by side, ' +
       'and the plan) and the rest (lock, slot, target preparation, commit, the result).',
     '',
-    '| case | plan | plan inputs | predicted total | predicted downtime | overhead | planning / rest |',
-    '| --- | --- | --- | --- | --- | ---: | ---: |',
+    '| case | plan | plan inputs | convergence control | predicted total | predicted downtime | overhead | planning / rest |',
+    '| --- | --- | --- | --- | --- | --- | ---: | ---: |',
     ...plans.map((row) => `| ${row} |`),
     '',
     ...guestDeaths(r),
