@@ -11,14 +11,12 @@
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import type { MigrationEscalation, MigrationPlan, MigrationPolicyInput } from '../../domain/migration';
-import { readFile } from 'node:fs/promises';
-import { vmConsoleLogPath } from '../../activities/storage-paths';
-import { parseConsoleLog } from '../../guest/workload';
 import { migrationJobSample } from '../../native/libvirt';
 import type { EventRow } from '../../store/events';
 import type { MigrationRecord } from '../../store/migration-records';
 import {
   bootBusyGuest,
+  consoleOn,
   domainsOf,
   followMigration,
   heartbeatsOn,
@@ -27,7 +25,6 @@ import {
   storedVm,
   type MigrationFleet,
 } from '../support/live-migration-fleet';
-import { waitUntil } from '../support/wait';
 
 const MIB = 1024 * 1024;
 /**
@@ -124,21 +121,6 @@ async function assertLadder(record: MigrationRecord, last: 'abort' | 'post-copy'
     'one event per step, in order',
   );
   return steps.map((e) => e.kind);
-}
-
-/** The target's own console log of the guest, once it shows three heartbeats or a kernel panic. */
-async function targetConsole(hostId: string): Promise<{ heartbeats: number[]; panic?: string }> {
-  const log = vmConsoleLogPath({ imageRoot: harness.fleet.imageRoots[hostId]!, vmId });
-  return waitUntil(
-    `three heartbeats or a panic in ${log}`,
-    async () => {
-      const text = await readFile(log, 'utf8').catch(() => '');
-      const panic = /Kernel panic - .*/.exec(text)?.[0];
-      const { heartbeats } = parseConsoleLog(text);
-      return heartbeats.length >= 3 || panic ? { heartbeats, ...(panic ? { panic } : {}) } : undefined;
-    },
-    { timeoutMs: TARGET_CONSOLE_WAIT_MS, intervalMs: 500 },
-  );
 }
 
 /** Starts a migration the plan accepts though it predicts no convergence, and follows it to its end. */
@@ -240,7 +222,7 @@ test('escalation allowed with post-copy: downtime raised to the ceiling, then po
   const vm = await storedVm(fleet, vmId);
   assert.deepEqual([vm.state, vm.hostId, vm.generation], ['running', 'host-2', before.generation + 1]);
   await t.test('the guest lives on on host-2, its counter going on', { todo: POST_COPY_TODO }, async () => {
-    const seen = await targetConsole('host-2');
+    const seen = await consoleOn(fleet, { hostId: 'host-2', vmId, count: 3, timeoutMs: TARGET_CONSOLE_WAIT_MS });
     assert.equal(seen.panic, undefined, `the guest’s kernel on host-2: ${seen.panic}`);
     const onTarget = seen.heartbeats;
     assert.ok(onTarget[0]! > lastOnSource, `the counter went on on host-2 (${onTarget[0]} after ${lastOnSource})`);

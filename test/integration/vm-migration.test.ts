@@ -8,11 +8,12 @@
  * target. Fails without libvirt or the guest's build packages, as the other harness tests do.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import type { MigrationProgress, MigrationResult } from '../../domain/migration';
 import type { TestGuestWorkload } from '../../guest/workload';
 import {
   bootBusyGuest,
+  consoleOn,
   domainsOf,
   heartbeatsOn,
   migrationRecord,
@@ -28,12 +29,14 @@ const MIB = 1024 * 1024;
 // Busy, yet well under what an uncapped loopback migration sends: it converges in pre-copy with QEMU's defaults.
 const BUSY: TestGuestWorkload = { dirtyMiBps: 24, workingSetMiB: 48 };
 /**
- * The default policy but for a longer deadline. The plan refuses a guest whose memory, copied once at the link probe's
- * rate, outlasts the deadline (one minute for 256 MiB by default), and the probe, TLS between two agent processes,
- * read 4.2 MiB/s while other TCG guests loaded this machine, though the migration stream itself sends far faster.
- * 600 s per GiB gives 150 s: enough down to a 1.7 MiB/s probe.
+ * The default policy but for two figures. A longer deadline: the plan refuses a guest whose memory, copied once at the
+ * link probe's rate, outlasts the deadline (one minute for 256 MiB by default), and the probe, TLS between two agent
+ * processes, read 1.7-5.7 MiB/s while other TCG guests loaded this machine, though the migration stream itself sends
+ * far faster; 600 s per GiB gives 150 s, enough down to a 1.7 MiB/s probe. And a 1 s max downtime, so that QEMU
+ * switches over after two or three passes however loaded the machine: under this machine's QEMU 7.2/TCG a pre-copy
+ * that needs a fourth pass loses pages, and the guest dies on its target (POST_COPY_TODO in the convergence test).
  */
-const POLICY = { deadlineSecondsPerGiB: 600 };
+const POLICY = { deadlineSecondsPerGiB: 600, maxDowntimeMs: 1000 };
 
 let harness: MigrationFleet;
 
@@ -49,8 +52,8 @@ function mibText(bytes: number): string {
   return `${(bytes / MIB).toFixed(1)} MiB`;
 }
 
-/** One hop through the API, checked on libvirt, in the store and in both hosts' console logs; returns its figures. */
-async function hop(vmId: string, from: string, to: string): Promise<string> {
+/** One hop through the API, checked on libvirt, in the store and in both hosts' console logs, its figures reported. */
+async function hop(t: TestContext, vmId: string, from: string, to: string): Promise<void> {
   const { fleet } = harness;
   const before = await storedVm(fleet, vmId);
   assert.deepEqual([before.state, before.hostId], ['running', from]);
@@ -72,10 +75,24 @@ async function hop(vmId: string, from: string, to: string): Promise<string> {
   const name = (await fleet.allDomains()).find((d) => d.uuid === vmId)!.name;
   assert.equal((await fleet.libvirt[to]!.domainLookupByName({ name })).persistent, true, 'defined on the target');
 
+  const { prediction, inputs } = plan;
+  t.diagnostic(
+    `${from} → ${to}: downtime ${measured.downtimeMs} ms, total ${measured.totalMs} ms (job call ${measured.jobMs} ms, ` +
+      `workflow ${result.workflowMs} ms), ${mibText(measured.bytes)} in ${measured.passes} passes; predicted ` +
+      `${prediction.converges ? 'converging' : 'not converging'} in ${prediction.passes} passes, ` +
+      `${prediction.totalMs} ms, downtime ${prediction.downtimeMs} ms, ${mibText(prediction.bytes)}; ` +
+      `from dirty rate ${mibText(inputs.dirtyRateBytesPerSecond)}/s (guest writes ${BUSY.dirtyMiBps} MiB/s over ` +
+      `${BUSY.workingSetMiB} MiB), link ${mibText(inputs.linkBandwidthBytesPerSecond)}/s at ` +
+      `${inputs.linkRttMs.toFixed(2)} ms (${inputs.mode})`,
+  );
+
   // The source's log holds the counter up to the switchover; the target's own log carries on from there.
   const onSource = await heartbeatsOn(fleet, { hostId: from, vmId, count: 1 });
-  const onTarget = await heartbeatsOn(fleet, { hostId: to, vmId, count: 3 });
+  const target = await consoleOn(fleet, { hostId: to, vmId, count: 3 });
+  assert.equal(target.panic, undefined, `the guest's kernel on ${to} after ${measured.passes} passes: ${target.panic}`);
+  const onTarget = target.heartbeats;
   const last = onSource.at(-1)!;
+  t.diagnostic(`heartbeat ${last} on ${from} → ${onTarget[0]} on ${to}`);
   assert.ok(onTarget[0]! > last, `the counter went on on ${to} (${onTarget[0]} after ${last} on ${from})`);
   assert.deepEqual(
     onTarget,
@@ -89,24 +106,13 @@ async function hop(vmId: string, from: string, to: string): Promise<string> {
   const record = await migrationRecord(fleet, workflowId);
   assert.deepEqual([record.state, record.finalHostId], ['completed', to]);
   assert.equal(record.escalations.length, 0, JSON.stringify(record.escalations));
-
-  const { prediction, inputs } = plan;
-  return (
-    `${from} → ${to}: downtime ${measured.downtimeMs} ms, total ${measured.totalMs} ms (job call ${measured.jobMs} ms, ` +
-    `workflow ${result.workflowMs} ms), ${mibText(measured.bytes)} in ${measured.passes} passes; predicted ` +
-    `${prediction.converges ? 'converging' : 'not converging'} in ${prediction.passes} passes, ` +
-    `${prediction.totalMs} ms, downtime ${prediction.downtimeMs} ms, ${mibText(prediction.bytes)}; ` +
-    `from dirty rate ${mibText(inputs.dirtyRateBytesPerSecond)}/s (guest writes ${BUSY.dirtyMiBps} MiB/s over ` +
-    `${BUSY.workingSetMiB} MiB), link ${mibText(inputs.linkBandwidthBytesPerSecond)}/s at ` +
-    `${inputs.linkRttMs.toFixed(2)} ms (${inputs.mode}); heartbeat ${last} on ${from} → ${onTarget[0]} on ${to}`
-  );
 }
 
 test('a guest dirtying memory migrates host-1 → host-2 and back: it runs on the target only, its counter goes on', async (t) => {
   const { fleet } = harness;
   const vmId = await bootBusyGuest(fleet, { name: 'mig-e2e-1', workload: BUSY });
-  t.diagnostic(await hop(vmId, 'host-1', 'host-2'));
-  t.diagnostic(await hop(vmId, 'host-2', 'host-1'));
+  await hop(t, vmId, 'host-1', 'host-2');
+  await hop(t, vmId, 'host-2', 'host-1');
   // One guest at a time on this machine: the next test boots its own.
   await fleet.waitForWorkflow((await fleet.operate(vmId, 'delete')).workflowId, MIGRATION_TIMEOUT_MS);
   assert.deepEqual(await domainsOf(fleet, vmId), []);

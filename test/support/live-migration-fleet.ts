@@ -82,6 +82,28 @@ export async function heartbeatsOn(fleet: Fleet, input: { hostId: string; vmId: 
   return report.heartbeats;
 }
 
+/**
+ * A host's own console log of the guest once it shows `count` heartbeats, or the kernel panic that ends them: a
+ * guest that died on its target (see POST_COPY_TODO in vm-migration-convergence.test.ts) says so at once instead of
+ * being waited on in silence. A guest that hangs without a word still runs the wait out.
+ */
+export async function consoleOn(
+  fleet: Fleet,
+  input: { hostId: string; vmId: string; count: number; timeoutMs?: number },
+): Promise<{ heartbeats: number[]; panic?: string }> {
+  const log = vmConsoleLogPath({ imageRoot: fleet.imageRoots[input.hostId]!, vmId: input.vmId });
+  return waitUntil(
+    `${input.count} heartbeats or a kernel panic in ${log}`,
+    async () => {
+      const text = await readFile(log, 'utf8').catch(() => '');
+      const panic = /Kernel panic - .*/.exec(text)?.[0]?.trim();
+      const { heartbeats } = parseConsoleLog(text);
+      return heartbeats.length >= input.count || panic ? { heartbeats, ...(panic ? { panic } : {}) } : undefined;
+    },
+    { timeoutMs: input.timeoutMs ?? HEARTBEAT_TIMEOUT_MS, intervalMs: 500 },
+  );
+}
+
 /** A test guest running the workload on host-1, on the shared pool, once its counter is going. */
 export async function bootBusyGuest(
   fleet: Fleet,
