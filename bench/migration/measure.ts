@@ -76,10 +76,12 @@ export async function migrateWithDefaults(
     ownerHostId: input.ownerHostId,
   });
   let last: MigrationJobSample | undefined;
-  let sampling = true;
+  // Aborted the moment the call settles: a pending sleep must not add to the time measured.
+  const stop = new AbortController();
   const sampler = (async () => {
-    while (sampling) {
-      await sleep(SAMPLE_MS);
+    while (!stop.signal.aborted) {
+      await sleep(SAMPLE_MS, undefined, { signal: stop.signal }).catch(() => undefined);
+      if (stop.signal.aborted) return;
       const stats = await source.domainGetJobStats({ name: vm.name }).catch(() => undefined);
       const sample = stats && migrationJobSample(stats);
       if (sample?.state === 'running') last = sample;
@@ -87,6 +89,7 @@ export async function migrateWithDefaults(
   })();
   const base = { method: 'libvirt-defaults' as const, from: input.from, to: input.to, loadAvg1: loadAvg1() };
   const started = performance.now();
+  let wallMs: number;
   try {
     await source.domainMigrateToURI3({
       name: vm.name,
@@ -98,8 +101,9 @@ export async function migrateWithDefaults(
       persistentXml: xml,
       timeoutMs: input.deadlineMs,
     });
+    wallMs = Math.round(performance.now() - started);
   } catch (err) {
-    const wallMs = Math.round(performance.now() - started);
+    wallMs = Math.round(performance.now() - started);
     const stalled = last && { pass: last.pass, dataRemainingBytes: last.dataRemainingBytes };
     return {
       ...base,
@@ -109,10 +113,9 @@ export async function migrateWithDefaults(
       ...(stalled ? { lastRunning: stalled } : {}),
     };
   } finally {
-    sampling = false;
+    stop.abort();
     await sampler;
   }
-  const wallMs = Math.round(performance.now() - started);
   const completed = migrationJobSample(
     await fleet.libvirt[input.to]!.domainGetJobStats({ name: vm.name, completed: true }),
   );
