@@ -98,7 +98,7 @@ async function assertConsistent(fleet: Fleet, vm: BenchVm): Promise<string> {
  * guest is where NovaCron's store has it before NovaCron moves it there and back. After each one the guest must
  * show its heartbeat; a dead one is recorded on the sample and replaced before the next.
  */
-async function runCase(fleet: Fleet, guest: BenchGuest): Promise<MigrationSample[]> {
+async function runCase(fleet: Fleet, guest: BenchGuest, link: LinkKind): Promise<MigrationSample[]> {
   const samples: MigrationSample[] = [];
   const count = (method: MigrationSample['method']) => samples.filter((s) => s.method === method).length;
   const record = async (sample: MeasuredSample): Promise<boolean> => {
@@ -115,7 +115,16 @@ async function runCase(fleet: Fleet, guest: BenchGuest): Promise<MigrationSample
       const out = await migrateWithDefaults(fleet, guest.vm, there);
       if ((await record(out)) && out.outcome === 'completed') {
         const back = { from: other(home), to: home, ownerHostId: home, deadlineMs: DEADLINE_MS };
-        await record(await migrateWithDefaults(fleet, guest.vm, back));
+        const returned = await migrateWithDefaults(fleet, guest.vm, back);
+        await record(returned);
+        // Stranded where the store does not have it: brought home over the uncapped link, unmeasured.
+        if (returned.outcome !== 'completed' && (await domainHost(fleet, guest.vm)) !== home) {
+          await setLinks(fleet, 'veth');
+          const rescue = await migrateWithDefaults(fleet, guest.vm, back);
+          if (rescue.outcome !== 'completed')
+            throw new Error(`${guest.vm.name} could not be brought home: ${rescue.reason}`);
+          await setLinks(fleet, link);
+        }
       }
     }
     for (let i = 0; i < 2 && count('novacron') < REPS; i++) {
@@ -177,7 +186,7 @@ async function run(input: BenchRunInput): Promise<{ file: string; publish: boole
           await setLinks(fleet, link);
           const rate = await dirtyRate(fleet, guest.vm, await domainHost(fleet, guest.vm));
           log(`${load} guest, ${link}: dirty rate ${(rate / 2 ** 20).toFixed(1)} MiB/s`);
-          const samples = await runCase(fleet, guest);
+          const samples = await runCase(fleet, guest, link);
           cases.push({ guest: load, link, dirtyRateBytesPerSecond: rate, samples });
         }
         await setLinks(fleet, 'veth');
