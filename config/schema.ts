@@ -260,6 +260,30 @@ export const configSchema = z.strictObject({
       dirtyRateSeconds: z.number().int().min(1).max(60).default(1),
     })
     .prefault({}),
+  /**
+   * Host failover (hostMonitor / failoverHost). A host is suspect once its lease (dwcp.consensus.leaseTtlSeconds)
+   * has expired; after `graceMs` more, witnesses (peer agents) probe it and sign their votes; a confirmed host is
+   * fenced and its HA guests restart elsewhere. Agents stop their own guests `selfFenceMarginMs` before their lease
+   * could expire, so a guest never outlives the lease that lets it run.
+   */
+  failover: z
+    .strictObject({
+      /** `false` keeps suspicion and alerts but never fences or restarts. */
+      enabled: z.boolean().default(true),
+      /** Time after the lease's expiry before witnesses are asked: a brief hiccup ends before it. */
+      graceMs: z.number().int().min(0).max(600_000).default(2000),
+      /** More than this share of the fleet suspect at once withholds automatic failover (Kubernetes: 0.55). */
+      stormThreshold: z.number().gt(0).max(1).default(0.55),
+      /** How many peers are asked to witness; a majority must confirm (2f+1 of 3f+1 in internet mode). */
+      witnesses: z.number().int().min(1).max(31).default(3),
+      /** How long a witness tries the suspect's agent and libvirtd before it reports them unreachable. */
+      witnessProbeTimeoutMs: z.number().int().min(100).max(60_000).default(1500),
+      /** A signed vote older than this, or dated this far in the future, is refused as stale. */
+      voteMaxAgeMs: z.number().int().min(1000).max(600_000).default(30_000),
+      /** How long before its lease could expire an agent that cannot renew it stops its guests. */
+      selfFenceMarginMs: z.number().int().min(100).max(600_000).default(3000),
+    })
+    .prefault({}),
 });
 
 export type NovacronConfig = z.infer<typeof configSchema>;

@@ -17,6 +17,7 @@ test('a minimal spec gets its defaults', () => {
     ...valid,
     disks: [{ name: 'root', sizeMib: 64, format: 'qcow2' }],
     network: 'none',
+    ha: true,
     haPriority: 50,
     storagePool: 'local',
   });

@@ -56,6 +56,8 @@ export const vmSpecSchema = z.strictObject({
     .optional(),
   /** `user` is SLIRP networking, which needs no host bridge; `none` gives the guest no interface. */
   network: z.enum(['none', 'user']).default('none'),
+  /** Whether failover restarts the VM elsewhere when its host fails; `false` leaves it down with its host. */
+  ha: z.boolean().default(true),
   /** Higher restarts first when a host fails. */
   haPriority: z.number().int().min(0).max(100).default(50),
   /** Pins the VM to a host; placement picks one otherwise. */
