@@ -282,6 +282,11 @@ export const configSchema = z.strictObject({
       voteMaxAgeMs: z.number().int().min(1000).max(600_000).default(30_000),
       /** How long before its lease could expire an agent that cannot renew it stops its guests. */
       selfFenceMarginMs: z.number().int().min(100).max(600_000).default(3000),
+      /**
+       * Runs the host watchdog beside each agent: a separate process that stops the host's guests at the same
+       * deadline when the agent itself dies or hangs. `false` leaves only the agent's own timer.
+       */
+      watchdog: z.boolean().default(true),
     })
     .prefault({}),
 });
