@@ -175,6 +175,59 @@ export function createMigrationMetrics(registry: Registry): MigrationMetrics {
   };
 }
 
+/** Seconds: from the grace period and one witness round (a few seconds) to a storm of restarts (minutes). */
+const FAILOVER_DURATION_BUCKETS = [1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600];
+
+/** What failover records: each step's outcome as it is decided, and each failover's time once its VMs are handled. */
+export interface FailoverMetrics {
+  /** A host whose lease expired and which failover began to judge. */
+  suspicions: Counter<'host_id'>;
+  /** confirmed, not-confirmed (the witnesses did not agree it is down), withheld-storm (too many suspects at once). */
+  confirmations: Counter<'outcome'>;
+  /** fenced (the lease taken over, its token bumped), or refused (the store would not fence it). */
+  fences: Counter<'outcome'>;
+  /** Per VM: restarted, failed, not-restartable (no host or pool can take it), withheld. */
+  restarts: Counter<'outcome'>;
+  /** From the suspicion to the last VM's restart, by the failover's outcome. */
+  failoverSeconds: Histogram<'outcome'>;
+}
+
+export function createFailoverMetrics(registry: Registry): FailoverMetrics {
+  return {
+    suspicions: new Counter({
+      name: 'novacron_failover_suspicions_total',
+      help: 'Hosts suspected of failure (lease expired), by host',
+      labelNames: ['host_id'],
+      registers: [registry],
+    }),
+    confirmations: new Counter({
+      name: 'novacron_failover_confirmations_total',
+      help: 'Suspicions judged, by outcome (confirmed, not-confirmed, withheld-storm)',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    fences: new Counter({
+      name: 'novacron_failover_fences_total',
+      help: 'Fence attempts on confirmed hosts, by outcome (fenced, refused)',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    restarts: new Counter({
+      name: 'novacron_failover_vm_restarts_total',
+      help: "A failed host's VMs, by outcome (restarted, failed, not-restartable, withheld)",
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    failoverSeconds: new Histogram({
+      name: 'novacron_failover_duration_seconds',
+      help: "Failover time from the suspicion to the last VM's restart, by outcome",
+      labelNames: ['outcome'],
+      buckets: FAILOVER_DURATION_BUCKETS,
+      registers: [registry],
+    }),
+  };
+}
+
 export function activityOutcome(err: unknown): 'failed' | 'cancelled' {
   return err instanceof CancelledFailure ? 'cancelled' : 'failed';
 }
