@@ -6,7 +6,7 @@ import { LOCAL_STORAGE_POOL } from './vm-spec';
 
 export interface PlacementHost {
   id: string;
-  state: 'up' | 'down' | 'maintenance';
+  state: 'up' | 'down' | 'fenced' | 'maintenance';
   leaseAlive: boolean;
   cpus: number;
   memoryMib: number;

@@ -195,6 +195,14 @@ export async function removeHostLink(link: Pick<HostLink, 'netns' | 'rootDevice'
 }
 
 /**
+ * Cuts the host off the bridge (its port down) or joins it again: the partition a failover test needs. Inside the
+ * namespace the device stays up, so the host's own processes see a silent network, not a missing one.
+ */
+export async function setLinkUp(link: Pick<HostLink, 'rootDevice'>, up: boolean): Promise<void> {
+  await ip(['link', 'set', link.rootDevice, up ? 'up' : 'down']);
+}
+
+/**
  * Caps both directions of the host's link: traffic leaving the host on eth0 inside its namespace, traffic reaching
  * it on the bridge port. `undefined` removes the caps.
  */

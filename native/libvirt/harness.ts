@@ -7,7 +7,7 @@ import { join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { HarnessError } from './harness-error';
-import { addHostLink, removeHostLink, setLinkCap, startHarnessNetwork } from './harness-network';
+import { addHostLink, removeHostLink, setLinkCap, setLinkUp, startHarnessNetwork } from './harness-network';
 import type { HarnessNetwork, LinkCap } from './harness-network';
 import { findExecutable, HYPERVISOR_BINARIES, REQUIRED_BINARIES, searchPath } from './hypervisor-binaries';
 import { LibvirtConnection } from './libvirt-connection';
@@ -50,6 +50,8 @@ export interface LocalHypervisor {
   netns?: string;
   /** Caps (or with undefined uncaps) the host's link both ways. Rejects without `network`. */
   setLinkCap(cap: LinkCap | undefined): Promise<void>;
+  /** Takes the host's link down (a partition) or up again; only hosts with a network of their own have one. */
+  setLinkUp(up: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -259,6 +261,8 @@ async function startHost(input: {
     ...(link && { peerUri: `qemu+tcp://${link.address}/system`, netns: link.netns }),
     setLinkCap: (cap) =>
       link ? setLinkCap(link, cap) : Promise.reject(new HarnessError(`${hostId} has no link of its own to cap`)),
+    setLinkUp: (up) =>
+      link ? setLinkUp(link, up) : Promise.reject(new HarnessError(`${hostId} has no link of its own to cut`)),
     stop,
   };
 }

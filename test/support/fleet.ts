@@ -38,6 +38,8 @@ export const TEST_FLEET_ENV = {
   NOVACRON_FLEET_HEARTBEAT_INTERVAL_MS: '500',
   NOVACRON_FLEET_MONITOR_INTERVAL_MS: '250',
   NOVACRON_FLEET_STALENESS_BOUND_MS_DATACENTER: '4000',
+  // The default 3 s margin would not fit in a 3 s lease: agents stop their guests 1 s before theirs could expire.
+  NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000',
 };
 
 /** The same settings as config overrides, for in-process control workers. */
@@ -50,6 +52,8 @@ export const TEST_FLEET_OVERRIDES = {
     // Harness hosts each report this machine's 2 CPUs; 50 one-vCPU guests on 3 of them need a deep overcommit.
     cpuOvercommit: 32,
   },
+  // Tests that kill agents and start them again expect their hosts back: only the failover tests turn it on.
+  failover: { enabled: false, selfFenceMarginMs: 1000 },
 };
 
 /** One development CA per process, so every agent it starts trusts the others' DWCP certificates. */
