@@ -1,6 +1,7 @@
 /**
  * Hosts against a real PostgreSQL: the fleet monitor's expiry check racing a new agent's first lease, a
- * late renewal of a lease that really expired, the migration facts a host registers and the capacity reserved on it.
+ * late renewal of a lease that really expired, a live lease that no second agent takes, the migration facts and
+ * witness key a host registers and the capacity reserved on it.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -9,7 +10,16 @@ import { testHost } from '../test/support/hosts';
 import { createTestDatabase, type TestDatabase } from '../test/support/services';
 import { waitUntil } from '../test/support/wait';
 import { listEvents } from './events';
-import { acquireHostLease, getHost, listHosts, markExpiredHostsDown, registerHost, renewHostLease } from './hosts';
+import {
+  acquireHostLease,
+  getHost,
+  HostStoreError,
+  listHosts,
+  markExpiredHostsDown,
+  registerHost,
+  renewHostLease,
+  witnessPublicKeys,
+} from './hosts';
 
 let db: TestDatabase;
 
@@ -134,4 +144,64 @@ test('capacity reserved on a host counts as allocated, beside the VMs it owns an
   const expected = { vms: 4, vcpus: 5, memoryMib: 1024, diskMib: 1300 };
   assert.deepEqual((await getHost(db.pool, 'alloc-1'))?.allocated, expected);
   assert.deepEqual((await listHosts(db.pool)).find((h) => h.id === 'alloc-1')?.allocated, expected);
+});
+
+/** Ends the host's lease now, as if its agent had stopped renewing it a while ago. */
+async function expire(hostId: string): Promise<void> {
+  await db.pool.query(`UPDATE leases SET expires_at = now() - interval '1 second' WHERE resource = 'host:' || $1`, [
+    hostId,
+  ]);
+}
+
+test('a live lease is not taken by a second agent; once it expires the second agent takes it with a new token', async () => {
+  await register('held-1');
+  const first = await acquireHostLease(db.pool, { hostId: 'held-1', holder: 'agent-a', ttlMs: 60_000 });
+  await assert.rejects(
+    acquireHostLease(db.pool, { hostId: 'held-1', holder: 'agent-b', ttlMs: 60_000 }),
+    (err: unknown) => {
+      assert.ok(err instanceof HostStoreError);
+      assert.equal(err.code, 'HostLeaseHeld');
+      assert.match(err.message, /held by agent-a \(token \d+\) for another \d+ ms/);
+      const remaining = Number(/another (\d+) ms/.exec(err.message)![1]);
+      assert.ok(remaining > 50_000 && remaining <= 60_000, `${remaining} ms left of a 60 s lease`);
+      return true;
+    },
+  );
+  const lease = (await getHost(db.pool, 'held-1'))?.lease;
+  assert.equal(lease?.holder, 'agent-a');
+  assert.equal(lease?.fencingToken, first, 'the refused acquire left the token alone');
+
+  await expire('held-1');
+  const second = await acquireHostLease(db.pool, { hostId: 'held-1', holder: 'agent-b', ttlMs: 60_000 });
+  assert.equal(second, first + 1);
+  assert.equal((await getHost(db.pool, 'held-1'))?.lease?.holder, 'agent-b');
+  assert.equal(await renewHostLease(db.pool, { hostId: 'held-1', holder: 'agent-a', token: first, ttlMs: 1 }), 'lost');
+});
+
+test('an agent whose own lease expired takes it again with a new token', async () => {
+  await register('own-1');
+  const first = await acquireHostLease(db.pool, { hostId: 'own-1', holder: 'agent-a', ttlMs: 60_000 });
+  await expire('own-1');
+  assert.equal(
+    await renewHostLease(db.pool, { hostId: 'own-1', holder: 'agent-a', token: first, ttlMs: 1 }),
+    'expired',
+  );
+  const again = await acquireHostLease(db.pool, { hostId: 'own-1', holder: 'agent-a', ttlMs: 60_000 });
+  assert.equal(again, first + 1);
+  assert.equal(await renewHostLease(db.pool, { hostId: 'own-1', holder: 'agent-a', token: first, ttlMs: 1 }), 'lost');
+});
+
+test('a host keeps the witness key of its latest registration, and hosts without one are left out', async () => {
+  const key = Buffer.alloc(32, 7).toString('base64');
+  await registerHost(db.pool, testHost('witness-1', { witnessPublicKey: key }));
+  await register('witness-2');
+  assert.equal((await getHost(db.pool, 'witness-1'))?.witnessPublicKey, key);
+  assert.equal((await getHost(db.pool, 'witness-2'))?.witnessPublicKey, undefined);
+  assert.deepEqual(await witnessPublicKeys(db.pool, ['witness-1', 'witness-2', 'nowhere']), { 'witness-1': key });
+
+  const rotated = Buffer.alloc(32, 9).toString('base64');
+  await registerHost(db.pool, testHost('witness-1', { witnessPublicKey: rotated }));
+  assert.deepEqual(await witnessPublicKeys(db.pool, ['witness-1']), { 'witness-1': rotated });
+  await register('witness-1');
+  assert.deepEqual(await witnessPublicKeys(db.pool, ['witness-1']), {}, 'a registration without a key drops it');
 });
