@@ -27,7 +27,8 @@ async function lockedVm(client: PoolClient, vmId: string): Promise<VmRecord | un
  * by `workflowId` in 'starting' and owned by the new host under its live token, over the generation read here, so
  * a racing move is refused. A retry by the same workflow returns the placement it made. Refuses with VmBusy when
  * another workflow holds the VM, OwnershipChanged when the VM is no longer on `fromHostId`, and NoHostAvailable,
- * with each host's reason, when none can take it.
+ * with each host's reason, when none can take it. A pin (spec.hostId) names the failed host, so it is not applied
+ * here: whether a pinned guest restarts at all is the caller's decision.
  */
 export async function relocateVm(
   pool: Pool,
