@@ -6,6 +6,7 @@ import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@te
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, isResponseSerializationError } from 'fastify-type-provider-zod';
 import { TokenNameTakenError } from '../store/api-tokens';
+import { HostStoreError } from '../store/hosts';
 import { isTemporalUnavailable } from '../workers/temporal-clients';
 
 export class ApiError extends Error {
@@ -98,6 +99,17 @@ export function migrationFailureError(
   return new ApiError(known.status, type, `${field}${failure.message}`);
 }
 
+/**
+ * The status of each refusal of the host store: 404 for a host that does not exist, 409 for a state change the
+ * host's lease or inventory refuses now. The code becomes the body's `error`, the store's message its `message`.
+ */
+const HOST_STORE_STATUSES: Readonly<Record<HostStoreError['code'], 404 | 409>> = {
+  HostNotFound: 404,
+  HostLeaseHeld: 409,
+  FenceRefused: 409,
+  ReadmitRefused: 409,
+};
+
 export interface ErrorBody {
   error: string;
   message: string;
@@ -139,6 +151,8 @@ export function registerErrorHandler(app: FastifyInstance): void {
       return send(error.statusCode, { error: error.code, message: error.message });
     }
     if (error instanceof TokenNameTakenError) return send(409, { error: 'Conflict', message: error.message });
+    if (error instanceof HostStoreError)
+      return send(HOST_STORE_STATUSES[error.code], { error: error.code, message: error.message });
     if (error instanceof WorkflowNotFoundError) return send(404, { error: 'NotFound', message: error.message });
     if (error instanceof WorkflowExecutionAlreadyStartedError)
       return send(409, { error: 'Conflict', message: error.message });

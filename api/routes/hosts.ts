@@ -1,11 +1,16 @@
-/** Hosts (registered by their agents), maintenance, and the drift found between libvirt and the store. */
+/**
+ * Hosts (registered by their agents), maintenance, failover reports and readmission of a fenced host, and the drift
+ * found between libvirt and the store.
+ */
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { Gauge } from 'prom-client';
 import { z } from 'zod';
 import { DRIFT_KINDS, listDrift, openDriftCounts } from '../../store/drift';
-import { getHost, HOST_STATES, listHosts, setHostMaintenance, type HostRecord } from '../../store/hosts';
+import { getFailover, listHostFailovers } from '../../store/failovers';
+import { getHost, HOST_STATES, listHosts, readmitHost, setHostMaintenance, type HostRecord } from '../../store/hosts';
 import { NotFoundError } from '../errors';
 import { exactly } from '../exact-schema';
+import { failoverListSchema, failoverReportSchema } from '../failover-schemas';
 import { errorBodySchema } from '../schemas';
 
 const HOST_ID = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -32,7 +37,15 @@ export const hostSchema = exactly<HostRecord>()(
       .optional()
       .describe("The URI other hosts' libvirtds reach this one by, for peer-to-peer migration"),
     dwcpEndpoint: z.string().optional(),
-    state: z.enum(HOST_STATES),
+    witnessPublicKey: z
+      .string()
+      .optional()
+      .describe(
+        "Base64 of the raw 32-byte Ed25519 public key the host's agent signs its witness votes with; absent: it signs none",
+      ),
+    state: z
+      .enum(HOST_STATES)
+      .describe('`fenced`: a failover took its lease over; it stays fenced until an admin readmits it'),
     stateChangedAt: z.string(),
     registeredAt: z.string(),
     lease: z
@@ -132,6 +145,66 @@ export const hostRoutes: FastifyPluginAsyncZod = async (app) => {
     async (request) => {
       const host = await setHostMaintenance(pool, { hostId: request.params.id, enabled: request.body.enabled });
       if (!host) throw new NotFoundError(`host ${request.params.id} does not exist`);
+      return host;
+    },
+  );
+
+  app.get(
+    '/v1/hosts/:id/failovers',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: "The host's failovers, newest first: suspicion, confirmation, fence and each VM's restart",
+        tags: ['hosts'],
+        params: z.strictObject({ id: hostIdSchema }),
+        querystring: z.strictObject({ limit: z.coerce.number().int().min(1).max(100).default(20) }),
+        response: { 200: failoverListSchema, 404: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const { id } = request.params;
+      // A report outlives its host, but a host that never existed is more likely a typo than a host with no history.
+      if (!(await getHost(pool, id))) throw new NotFoundError(`host ${id} does not exist`);
+      return { failovers: await listHostFailovers(pool, { hostId: id, limit: request.query.limit }) };
+    },
+  );
+
+  app.get(
+    '/v1/failovers/:id',
+    {
+      config: { role: 'viewer' },
+      schema: {
+        summary: 'One failover report',
+        tags: ['hosts'],
+        params: z.strictObject({ id: z.string().min(1).max(200) }),
+        response: { 200: failoverReportSchema, 404: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const report = await getFailover(pool, request.params.id);
+      if (!report) throw new NotFoundError(`failover ${request.params.id} does not exist`);
+      return report;
+    },
+  );
+
+  app.post(
+    '/v1/hosts/:id/readmit',
+    {
+      config: { role: 'admin' },
+      schema: {
+        summary:
+          'Readmit a fenced host: up again only if its agent holds a live lease and its latest inventory shows no ' +
+          'guest running that the store places on another host; 409 ReadmitRefused says what keeps it fenced',
+        tags: ['hosts'],
+        params: z.strictObject({ id: hostIdSchema }),
+        response: { 200: hostSchema, 404: errorBodySchema, 409: errorBodySchema },
+      },
+    },
+    async (request) => {
+      const { id } = request.params;
+      await readmitHost(pool, { hostId: id, by: request.principal?.actor ?? 'anonymous' });
+      const host = await getHost(pool, id);
+      if (!host) throw new NotFoundError(`host ${id} does not exist`);
       return host;
     },
   );
