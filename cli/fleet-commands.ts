@@ -1,5 +1,9 @@
-/** `novacron host ...` and `novacron vm ...`: hosts, maintenance and the VM lifecycle, through the API. */
+/**
+ * `novacron host ...`, `novacron failover ...` and `novacron vm ...`: hosts, maintenance, failover reports and
+ * readmission, and the VM lifecycle, through the API.
+ */
 import type { z } from 'zod';
+import type { failoverListSchema, failoverReportSchema } from '../api/failover-schemas';
 import type { hostListSchema, hostSchema } from '../api/routes/hosts';
 import type { vmListSchema, vmStartedSchema } from '../api/routes/vms';
 import { LOCAL_STORAGE_POOL } from '../domain/vm-spec';
@@ -11,8 +15,14 @@ type Output = (line: string) => void;
 export const FLEET_USAGE = `  host list                                   hosts with state, lease token, allocations and storage pools
   host show ID                                one host as JSON
   host maintenance ID on|off                  placement skips a host in maintenance (admin)
+  host failovers ID [--limit N] [--json]      the host's failovers, newest first: state, detection and total
+                                              time, witness votes, fencing token, VMs restarted
+  host readmit ID                             a fenced host up again, if its agent is back and runs no guest the
+                                              store places elsewhere (admin)
+  failover show ID                            one failover report as JSON
   vm create NAME --vcpus N --memory MIB [--image ID] [--pool NAME] [--disk NAME:MIB[:qcow2|raw] ...]
-            [--oem-string S ...] [--host ID] [--network user|none] [--ha-priority N] [--request-id ID] [--wait]
+            [--oem-string S ...] [--host ID] [--network user|none] [--ha-priority N] [--no-ha]
+            [--request-id ID] [--wait]        --no-ha: failover leaves the VM down with its host
   vm list [--host ID] [--state S]
   vm show ID
   vm start|stop|reboot|delete ID [--force] [--timeout-ms N] [--hard] [--wait]`;
@@ -20,6 +30,8 @@ export const FLEET_USAGE = `  host list                                   hosts 
 // The answers of the routes these commands call, as the routes' own schemas define them.
 type Host = z.infer<typeof hostSchema>;
 type HostList = z.infer<typeof hostListSchema>;
+type Failover = z.infer<typeof failoverReportSchema>;
+type FailoverList = z.infer<typeof failoverListSchema>;
 type VmList = z.infer<typeof vmListSchema>;
 type Started = z.infer<typeof vmStartedSchema>;
 
@@ -35,6 +47,20 @@ function parseDisk(text: string): { name: string; sizeMib: number; format?: stri
   const sizeMib = integer(size, '--disk size');
   if (!name || sizeMib === undefined) throw new CliError(`--disk wants NAME:MIB[:FORMAT], not ${JSON.stringify(text)}`);
   return { name, sizeMib, ...(format ? { format } : {}) };
+}
+
+/** One line: what an operator scans a host's failover history for, `-` for what the failover never reached. */
+function failoverLine(f: Failover): string {
+  const ms = (value: number | undefined) => (value === undefined ? '-' : `${value} ms`);
+  const votes = f.confirmation
+    ? `votes ${f.confirmation.accepted}/${f.confirmation.needed} ${f.confirmation.mode}`
+    : 'votes -';
+  const fenced = f.fencedToken === undefined ? 'not fenced' : `fenced token ${f.fencedToken}`;
+  const restarted = f.vms.filter((vm) => vm.outcome === 'restarted').length;
+  return (
+    `${f.id}  ${f.state.padEnd(13)} suspected ${f.suspectedAt}  detection ${ms(f.detectionMs)}, ` +
+    `total ${ms(f.totalMs)}  ${votes}  ${fenced}  VMs restarted ${restarted}/${f.vms.length}`
+  );
 }
 
 async function follow(api: ApiClient, started: Started, out: Output): Promise<number> {
@@ -54,6 +80,9 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
     host: { type: 'string' },
     network: { type: 'string' },
     'ha-priority': { type: 'string' },
+    'no-ha': { type: 'boolean' },
+    limit: { type: 'string' },
+    json: { type: 'boolean' },
     'request-id': { type: 'string' },
     state: { type: 'string' },
     force: { type: 'boolean' },
@@ -91,7 +120,31 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
       out(`${host.id} is ${host.state}`);
       return 0;
     }
-    throw new CliError('usage: novacron host list | show ID | maintenance ID on|off');
+    if (sub === 'failovers' && arg) {
+      const limit = integer(values.limit, '--limit');
+      const query = limit === undefined ? '' : `?limit=${limit}`;
+      const { failovers } = await api.get<FailoverList>(`/v1/hosts/${encodeURIComponent(arg)}/failovers${query}`);
+      if (values.json) out(JSON.stringify(failovers, null, 2));
+      else for (const f of failovers) out(failoverLine(f));
+      if (failovers.length === 0 && !values.json) out(`no failovers recorded for host ${arg}`);
+      return 0;
+    }
+    if (sub === 'readmit' && arg) {
+      const host = await api.post<Host>(`/v1/hosts/${encodeURIComponent(arg)}/readmit`, {});
+      out(`${host.id} is ${host.state}${host.lease ? ` (lease token ${host.lease.fencingToken})` : ''}`);
+      return 0;
+    }
+    throw new CliError(
+      'usage: novacron host list | show ID | maintenance ID on|off | failovers ID [--limit N] [--json] | readmit ID',
+    );
+  }
+
+  if (command === 'failover') {
+    if (sub === 'show' && arg) {
+      out(JSON.stringify(await api.get<Failover>(`/v1/failovers/${encodeURIComponent(arg)}`), null, 2));
+      return 0;
+    }
+    throw new CliError('usage: novacron failover show ID');
   }
 
   if (command === 'vm') {
@@ -107,6 +160,7 @@ export async function runFleetCli(argv: string[], out: Output): Promise<number> 
         ...(values.host ? { hostId: values.host } : {}),
         ...(values.network ? { network: values.network } : {}),
         ...(values['ha-priority'] ? { haPriority: integer(values['ha-priority'], '--ha-priority') } : {}),
+        ...(values['no-ha'] ? { ha: false } : {}),
         ...(values['request-id'] ? { requestId: values['request-id'] } : {}),
       };
       const started = await api.post<Started>('/v1/vms', body);
