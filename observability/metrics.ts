@@ -186,7 +186,7 @@ export interface FailoverMetrics {
   confirmations: Counter<'outcome'>;
   /** fenced (the lease taken over, its token bumped), or refused (the store would not fence it). */
   fences: Counter<'outcome'>;
-  /** Per VM: restarted, failed, not-restartable (no host or pool can take it), withheld. */
+  /** Per guest: restarted, failed, not-restartable (local disks, or not running), withheld (seen running there). */
   restarts: Counter<'outcome'>;
   /** From the suspicion to the last VM's restart, by the failover's outcome. */
   failoverSeconds: Histogram<'outcome'>;
