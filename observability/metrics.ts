@@ -83,6 +83,8 @@ export interface HostAgentMetrics {
   /** reported, or failed (libvirt or the store did not answer). */
   inventoryReports: Counter<'outcome'>;
   inventoryReportDuration: Histogram<'outcome'>;
+  /** Lease lapses on which the host's guests were stopped, by who stopped them: agent, or watchdog (its process). */
+  selfFences: Counter<'by'>;
 }
 
 export function createHostAgentMetrics(registry: Registry): HostAgentMetrics {
@@ -104,6 +106,12 @@ export function createHostAgentMetrics(registry: Registry): HostAgentMetrics {
       help: 'Time to list the libvirt inventory and record it',
       labelNames: ['outcome'],
       buckets: DURATION_BUCKETS,
+      registers: [registry],
+    }),
+    selfFences: new Counter({
+      name: 'novacron_agent_self_fences_total',
+      help: "Times this host's NovaCron guests were stopped because its lease could not be renewed in time",
+      labelNames: ['by'],
       registers: [registry],
     }),
   };

@@ -6,8 +6,12 @@
  * It also runs the host's DWCP receiver (mutual TLS, certificate from agent.pkiDir) for images and migration
  * streams from peers, and the image activities that use it.
  *
- * It serves Prometheus metrics on agent.metricsPort: process metrics, lease renewals, inventory reports and the
- * outcome of every activity it runs.
+ * It serves Prometheus metrics on agent.metricsPort: process metrics, lease renewals, inventory reports, self-fences
+ * and the outcome of every activity it runs.
+ *
+ * It self-fences (docs/self-fencing.md): past the deadline its last successful renewal gives (self-fence.ts), it
+ * destroys every NovaCron guest on its libvirtd, and so does the host watchdog it keeps running beside it
+ * (host-watchdog.ts) when the agent itself dies or hangs. A guest never outlives the lease that lets it run.
  *
  * It registers the storage pools the host mounts besides its image root (agent.storagePools: VMs' disks and image
  * bases live there), the address QEMU takes incoming migrations on and the URI peers' daemons reach its libvirtd
@@ -16,13 +20,15 @@
  * Config: agent.hostId (required), agent.libvirtUri, agent.address, agent.region, agent.zone, agent.imageRoot,
  * agent.storagePools, agent.migrationAddress, agent.peerLibvirtUri, agent.domainType, agent.dwcpPort,
  * agent.dwcpListenHost, agent.pkiDir, agent.metricsPort, agent.metricsListenHost, as NOVACRON_AGENT_* variables or
- * in a config file; DATABASE_URL and TEMPORAL_ADDRESS as for every process.
+ * in a config file; failover.selfFenceMarginMs and failover.watchdog; DATABASE_URL and TEMPORAL_ADDRESS as for every
+ * process.
  */
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
 import { mkdir, stat, statfs } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { createImageActivities } from '../activities/image-activities';
 import { createImageBaseActivities } from '../activities/image-base-activities';
@@ -32,6 +38,7 @@ import { ConfigError, loadConfig } from '../config/load-config';
 import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
 import { DwcpReceiver, DwcpWorkerPool } from '../native/dwcp';
 import { DiskImages, LibvirtConnection, resolveDomainType } from '../native/libvirt';
+import { destroyNovaCronGuests } from '../native/libvirt/guest-fence';
 import { createLogger, temporalLoggerFrom } from '../observability/logger';
 import {
   activityMetricsInterceptor,
@@ -51,6 +58,8 @@ import {
 import { migrate } from '../store/migrate';
 import { createPool } from '../store/pool';
 import { ensureHostTls } from './host-pki';
+import { startHostWatchdog, type HostWatchdogLink } from './host-watchdog';
+import { SelfFence, selfFenceTiming } from './self-fence';
 import { temporalTarget } from './temporal-clients';
 
 export interface HostAgentHandle {
@@ -66,6 +75,17 @@ export interface HostAgentHandle {
 }
 
 const MiB = 1024 * 1024;
+/** How often the agent compares the monotonic clock with its self-fence deadline. */
+const SELF_FENCE_CHECK_MS = 100;
+/** libvirtd that does not answer a fence within this long is asked again at the next check. */
+const FENCE_VIRSH_TIMEOUT_MS = 10_000;
+
+/** The store's refusal while another holder's lease is alive; read by its code, as store/hosts.ts exports it. */
+function leaseHeldBy(err: unknown): { holder?: string; remainingMs?: number } | undefined {
+  return (err as { code?: string } | null)?.code === 'HostLeaseHeld'
+    ? (err as { holder?: string; remainingMs?: number })
+    : undefined;
+}
 
 /**
  * The declared pools, each an existing directory. A pool whose mount is missing must stop the agent: creating the
@@ -94,6 +114,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
   await mkdir(imageRoot, { recursive: true });
   const storagePools = await checkStoragePools(config.agent.storagePools);
   const domainType = resolveDomainType(config.agent.domainType);
+  const timing = selfFenceTiming(config);
 
   const conn = new LibvirtConnection({ uri: config.agent.libvirtUri });
   const [node, memory, disk] = await Promise.all([conn.nodeGetInfo(), conn.nodeGetMemoryStats(), statfs(imageRoot)]);
@@ -129,9 +150,104 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     });
 
     const holder = `${hostId}@${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-    const ttlMs = config.dwcp.consensus.leaseTtlSeconds * 1000;
-    let token = await acquireHostLease(pool, { hostId, holder, ttlMs });
-    logger.info({ hostId, token, ttlMs }, 'host lease acquired');
+    const { ttlMs } = timing;
+    let token = 0;
+    const fenceConn = new LibvirtConnection({ uri: config.agent.libvirtUri, commandTimeoutMs: FENCE_VIRSH_TIMEOUT_MS });
+    const selfFence = new SelfFence({
+      ttlMs,
+      marginMs: timing.marginMs,
+      now: () => process.hrtime.bigint(),
+      fence: async ({ reason }) => {
+        const result = await destroyNovaCronGuests(fenceConn);
+        const guests = result.stopped.map((guest) => ({ name: guest.name, vmId: guest.vmId }));
+        if (result.failed.length > 0) {
+          logger.error({ hostId, token, guests, failed: result.failed }, 'self-fence could not stop every guest');
+          throw new Error(`self-fence: ${result.failed.length} guest(s) still running`);
+        }
+        agentMetrics.selfFences.inc({ by: 'agent' });
+        logger.error({ hostId, token, by: 'agent', reason, guests }, 'self-fenced');
+      },
+    });
+    let watchdog: HostWatchdogLink | undefined;
+    if (config.failover.watchdog) {
+      watchdog = startHostWatchdog({
+        hostId,
+        libvirtUri: config.agent.libvirtUri,
+        logLevel: config.system.logLevel,
+        logger,
+        respawnDelayMs: config.fleet.heartbeatIntervalMs,
+        onFenced: () => agentMetrics.selfFences.inc({ by: 'watchdog' }),
+      });
+      const link = watchdog;
+      // An unclean end (start-up failure, fatal worker error) leaves it armed: the lease is not renewed any more.
+      stopped.push(() => Promise.resolve(link.abandon()));
+    }
+    const leaseRenewed = (sentAt: bigint) => watchdog?.arm(selfFence.renewed(sentAt));
+    // A restarted agent waits out its predecessor's lease; the predecessor's watchdog stops its guests meanwhile.
+    for (;;) {
+      const sentAt = selfFence.sendTime();
+      try {
+        token = await acquireHostLease(pool, { hostId, holder, ttlMs });
+        leaseRenewed(sentAt);
+        break;
+      } catch (err) {
+        const held = leaseHeldBy(err);
+        if (!held) throw err;
+        logger.warn(
+          { hostId, holder: held.holder, remainingMs: held.remainingMs },
+          'host lease held by another holder; waiting for it to expire',
+        );
+        await sleep(config.fleet.heartbeatIntervalMs);
+      }
+    }
+    logger.info({ hostId, token, ttlMs, watchdogPid: watchdog?.pid() }, 'host lease acquired');
+
+    // Set once the worker exists: a lost lease stops it, or, before it exists, stops the start-up.
+    const started: { worker?: Worker } = {};
+    let fenced = false;
+    let cleanStop = false;
+    const stopWorker = () => {
+      if (started.worker?.getState() === 'RUNNING') started.worker.shutdown();
+    };
+    const heartbeat = async () => {
+      const sentAt = selfFence.sendTime();
+      const renewal = await renewHostLease(pool, { hostId, holder, token, ttlMs });
+      if (renewal === 'renewed') leaseRenewed(sentAt);
+      else if (renewal === 'expired') {
+        // The guests have no lease any more, whatever the local clock says: they stop before a new one is taken.
+        await selfFence.leaseExpired();
+        // Down in the meantime: come back under a new token, so work written under the old one stays refused. A
+        // HostLeaseHeld here means another holder took it: the next renewal says 'lost'.
+        const reacquiredAt = selfFence.sendTime();
+        token = await acquireHostLease(pool, { hostId, holder, ttlMs });
+        leaseRenewed(reacquiredAt);
+        logger.warn({ hostId, token }, 'host lease had expired; re-acquired with a new fencing token');
+      } else {
+        fenced = true;
+        // The new holder's agent (and watchdog) guard this host's guests now.
+        cleanStop = true;
+        logger.error({ hostId, token }, 'another agent holds this host lease; this agent is fenced off and stops');
+        stopWorker();
+      }
+      agentMetrics.leaseRenewals.inc({ outcome: renewal === 'expired' ? 'reacquired' : renewal });
+    };
+
+    // From the first lease on, however long start-up still takes: a lapse during it must fence as well.
+    const leaseLoops = [
+      every(
+        SELF_FENCE_CHECK_MS,
+        async () => selfFence.check(),
+        (err) => logger.error({ err, hostId, token }, 'self-fence failed; trying again'),
+      ),
+      every(config.fleet.heartbeatIntervalMs, heartbeat, (err) => {
+        agentMetrics.leaseRenewals.inc({ outcome: 'failed' });
+        logger.warn({ err, hostId }, 'lease renewal failed');
+      }),
+    ];
+    stopped.unshift(async () => {
+      for (const loop of leaseLoops) await loop.stop();
+      if (cleanStop) await watchdog?.disarm();
+    });
 
     const pkiDir = path.resolve(config.agent.pkiDir ?? path.join(config.system.dataDir, 'pki'));
     const pki = await ensureHostTls({ pkiDir, hostId, address: config.agent.address });
@@ -170,7 +286,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     });
     stopped.unshift(() => connection.close());
     const taskQueue = `host-${hostId}`;
-    const worker = await Worker.create({
+    const created = await Worker.create({
       connection,
       namespace: target.namespace,
       taskQueue,
@@ -186,24 +302,8 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       // Cancellation reaches an activity with its heartbeat, and heartbeats carry transfer progress: keep both prompt.
       maxHeartbeatThrottleInterval: '2 seconds',
     });
-
-    let fenced = false;
-    const stopWorker = () => {
-      if (worker.getState() === 'RUNNING') worker.shutdown();
-    };
-    const heartbeat = async () => {
-      const renewal = await renewHostLease(pool, { hostId, holder, token, ttlMs });
-      if (renewal === 'expired') {
-        // Down in the meantime: come back under a new token, so work written under the old one stays refused.
-        token = await acquireHostLease(pool, { hostId, holder, ttlMs });
-        logger.warn({ hostId, token }, 'host lease had expired; re-acquired with a new fencing token');
-      } else if (renewal === 'lost') {
-        fenced = true;
-        logger.error({ hostId, token }, 'another agent holds this host lease; this agent is fenced off and stops');
-        stopWorker();
-      }
-      agentMetrics.leaseRenewals.inc({ outcome: renewal === 'expired' ? 'reacquired' : renewal });
-    };
+    started.worker = created;
+    if (fenced) throw new Error(`another agent took the lease of ${hostId} while this one started`);
 
     let seq = 0;
     const reportInventory = async () => {
@@ -224,17 +324,13 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     };
 
     const loops = [
-      every(config.fleet.heartbeatIntervalMs, heartbeat, (err) => {
-        agentMetrics.leaseRenewals.inc({ outcome: 'failed' });
-        logger.warn({ err, hostId }, 'lease renewal failed');
-      }),
       every(Math.max(100, Math.floor(inventoryStalenessBoundMs(config) / 4)), reportInventory, (err) =>
         logger.warn({ err, hostId }, 'inventory report failed'),
       ),
     ];
     await reportInventory();
 
-    const done = worker.run().finally(async () => {
+    const done = created.run().finally(async () => {
       for (const loop of loops) await loop.stop();
       for (const stop of stopped) await stop().catch(() => undefined);
       if (fenced) logger.error({ hostId }, 'host agent stopped: fenced off');
@@ -249,6 +345,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
         domainType,
         dwcpEndpoint,
         metrics: metricsServer.url,
+        watchdogPid: watchdog?.pid(),
       },
       'host agent polling',
     );
@@ -259,6 +356,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       leaseToken: () => token,
       done,
       async shutdown() {
+        cleanStop = true;
         stopWorker();
         await done;
       },

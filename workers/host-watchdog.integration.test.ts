@@ -127,7 +127,9 @@ test('orphaned by its agent, the watchdog destroys the NovaCron guest after the 
   assert.match(fenced, new RegExp(`"name":"${NOVACRON_GUEST}"`));
   assert.doesNotMatch(fenced, new RegExp(FOREIGN_GUEST));
   const { lateMs } = JSON.parse(fenced) as { lateMs: number };
-  t.diagnostic(`fired ${lateMs} ms after the deadline; exited ${Number((exit.at - deadline) / 1_000_000n)} ms after it`);
+  t.diagnostic(
+    `fired ${lateMs} ms after the deadline; exited ${Number((exit.at - deadline) / 1_000_000n)} ms after it`,
+  );
 });
 
 test('disarmed, the watchdog exits and leaves the guest running past the deadline', async () => {
