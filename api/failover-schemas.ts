@@ -92,7 +92,7 @@ export const failoverReportSchema = exactly<FailoverReport>()(
     state: z
       .enum(FAILOVER_STATES)
       .describe(
-        '`running`; `completed` (fenced, every HA guest restarted); `not-confirmed` (too few witnesses found it ' +
+        '`running`; `completed` (fenced, every restartable HA guest restarted); `not-confirmed` (too few witnesses found it ' +
           'unreachable, or none could witness: nothing fenced); `aborted` (its agent renewed the lease within the ' +
           'grace, or the lease moved on before the fence); `withheld` (fenced, but a guest a witness saw still ' +
           'running there was not restarted); `failed` (fenced, some HA guests did not restart); `reason` says which',
