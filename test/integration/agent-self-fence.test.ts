@@ -1,0 +1,111 @@
+/**
+ * A host agent SIGKILLed beside a running NovaCron guest: its watchdog, a process of its own, destroys the guest
+ * before the agent's lease expires as the database records it, and then exits. The invariant: a guest never outlives
+ * the lease that lets it run.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { buildDomainXml, detectDomainType } from '../../native/libvirt/domain-xml';
+import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt/harness';
+import { LibvirtConnection } from '../../native/libvirt/libvirt-connection';
+import { DomainState } from '../../native/libvirt/libvirt-types';
+import { startAgentProcess } from '../support/fleet';
+import type { ChildHandle } from '../support/processes';
+import { createTestDatabase, scratchDir, type TestDatabase } from '../support/services';
+import { waitUntil } from '../support/wait';
+
+const GUEST = 'sf-guest-1';
+
+let db: TestDatabase;
+let hypervisors: LocalHypervisors;
+let conn: LibvirtConnection;
+let agent: ChildHandle | undefined;
+let watchdogPid: number | undefined;
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+before(async () => {
+  assertHypervisorBinaries();
+  db = await createTestDatabase();
+  hypervisors = await startLocalHypervisors({ count: 1, baseDir: scratchDir('hv') });
+  conn = new LibvirtConnection({ uri: hypervisors.hosts[0]!.uri });
+  const imageRoot = scratchDir('sf-images');
+  await conn.domainDefineXML({
+    xml: buildDomainXml({
+      name: GUEST,
+      uuid: randomUUID(),
+      vcpus: 1,
+      // Diskless: SeaBIOS idles with nothing to boot, the cheapest running guest.
+      memoryMiB: 32,
+      disks: [],
+      networks: [],
+      metadata: { vmId: 'vm-sf-1', owner: 'self-fence-test' },
+      imageRoot,
+      domainType: detectDomainType(),
+    }),
+  });
+  await conn.domainCreate({ name: GUEST });
+});
+
+after(async () => {
+  if (agent && agent.child.exitCode === null && agent.child.signalCode === null) agent.child.kill('SIGKILL');
+  await agent?.exited;
+  if (watchdogPid !== undefined && alive(watchdogPid)) process.kill(watchdogPid, 'SIGKILL');
+  await conn?.domainDestroy({ name: GUEST }).catch(() => undefined);
+  await conn?.domainUndefine({ name: GUEST }).catch(() => undefined);
+  await hypervisors?.stop();
+  await db?.drop();
+});
+
+test("a SIGKILLed agent's guest is destroyed before its lease expires, and its watchdog exits", async (t) => {
+  const hypervisor = hypervisors.hosts[0]!;
+  agent = startAgentProcess({
+    hypervisor,
+    databaseUrl: db.url,
+    imageRoot: path.join(scratchDir('images'), hypervisor.hostId),
+    env: {
+      NOVACRON_LOG_LEVEL: 'info',
+      NOVACRON_AGENT_METRICS_LISTEN_HOST: '127.0.0.1',
+      // The test fleet's 3 s lease and 500 ms heartbeat: a margin that leaves more than one heartbeat of slack.
+      NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000',
+    },
+  });
+  const [, pid] = await agent.waitForOutput(/"pid":(\d+),"msg":"host watchdog started"/, 120_000);
+  watchdogPid = Number(pid);
+  await agent.waitForOutput(/"msg":"host agent polling"/, 120_000);
+  // A few renewals, each of which arms the watchdog again.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+
+  agent.child.kill('SIGKILL');
+  assert.equal((await agent.exited).signal, 'SIGKILL');
+  assert.equal(await conn.domainGetState({ name: GUEST }), DomainState.running, 'the guest died with the agent');
+  assert.ok(alive(watchdogPid), 'the watchdog died with its agent');
+
+  await waitUntil(
+    'the guest to be destroyed',
+    async () => ((await conn.domainGetState({ name: GUEST })) === DomainState.shutOff ? true : undefined),
+    {
+      timeoutMs: 15_000,
+      intervalMs: 100,
+    },
+  );
+  const lease = await db.pool.query<{ before_expiry: boolean; left_ms: number }>(
+    `SELECT now() < expires_at AS before_expiry, extract(epoch FROM expires_at - now()) * 1000 AS left_ms
+     FROM leases WHERE resource = $1`,
+    [`host:${hypervisor.hostId}`],
+  );
+  assert.equal(lease.rowCount, 1);
+  t.diagnostic(`guest seen off ${Math.round(Number(lease.rows[0]!.left_ms))} ms before the lease's expiry`);
+  assert.equal(lease.rows[0]!.before_expiry, true, 'the guest outlived its lease');
+  assert.match(agent.output(), /"by":"watchdog".*"msg":"self-fenced"/);
+  await waitUntil('the watchdog to exit', () => !alive(watchdogPid!), { timeoutMs: 10_000 });
+});
