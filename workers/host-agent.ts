@@ -80,11 +80,9 @@ const SELF_FENCE_CHECK_MS = 100;
 /** libvirtd that does not answer a fence within this long is asked again at the next check. */
 const FENCE_VIRSH_TIMEOUT_MS = 10_000;
 
-/** The store's refusal while another holder's lease is alive; read by its code, as store/hosts.ts exports it. */
-function leaseHeldBy(err: unknown): { holder?: string; remainingMs?: number } | undefined {
-  return (err as { code?: string } | null)?.code === 'HostLeaseHeld'
-    ? (err as { holder?: string; remainingMs?: number })
-    : undefined;
+/** The store's refusal while another holder's lease is alive (its message names the holder and the time left). */
+function isLeaseHeld(err: unknown): err is Error {
+  return err instanceof Error && (err as { code?: string }).code === 'HostLeaseHeld';
 }
 
 /**
@@ -191,12 +189,8 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
         leaseRenewed(sentAt);
         break;
       } catch (err) {
-        const held = leaseHeldBy(err);
-        if (!held) throw err;
-        logger.warn(
-          { hostId, holder: held.holder, remainingMs: held.remainingMs },
-          'host lease held by another holder; waiting for it to expire',
-        );
+        if (!isLeaseHeld(err)) throw err;
+        logger.warn({ hostId, held: err.message }, 'host lease held by another holder; waiting for it to expire');
         await sleep(config.fleet.heartbeatIntervalMs);
       }
     }
@@ -224,8 +218,8 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
         logger.warn({ hostId, token }, 'host lease had expired; re-acquired with a new fencing token');
       } else {
         fenced = true;
-        // The new holder's agent (and watchdog) guard this host's guests now.
-        cleanStop = true;
+        // Another holder can only have taken an expired lease, so this deadline has passed: the watchdog stays armed
+        // and stops any guest this agent's own fence missed.
         logger.error({ hostId, token }, 'another agent holds this host lease; this agent is fenced off and stops');
         stopWorker();
       }
