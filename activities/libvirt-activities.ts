@@ -6,7 +6,7 @@
  * overlay on the image's base as its first disk.
  */
 import { ApplicationFailure, cancellationSignal, heartbeat, sleep } from '@temporalio/activity';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import {
   buildDomainXml,
@@ -121,6 +121,29 @@ export function createLibvirtActivities(deps: LibvirtActivityDeps) {
         heartbeat({ disksDone: index + 1 });
       }
       return out;
+    },
+
+    /**
+     * The disks of a VM that exists already, as this host sees them in its pool: a failover restarts a guest of a
+     * failed host from them. A disk this host cannot see means the VM cannot run here, which no retry changes.
+     */
+    async locateVmDisks(input: { vmId: string; spec: Pick<VmSpec, 'disks' | 'storagePool'> }): Promise<VmDisk[]> {
+      const dir = vmDiskDir(storage, { pool: input.spec.storagePool, vmId: input.vmId });
+      const disks = input.spec.disks.map((disk, index) => ({
+        name: disk.name,
+        path: path.join(dir, `${disk.name}.${disk.format}`),
+        format: disk.format,
+        target: diskTarget(index),
+      }));
+      const missing: string[] = [];
+      for (const disk of disks) if (!(await stat(disk.path).catch(() => undefined))?.isFile()) missing.push(disk.path);
+      if (missing.length > 0) {
+        throw ApplicationFailure.nonRetryable(
+          `host ${deps.hostId} cannot see disk ${missing.join(', ')} in pool ${input.spec.storagePool}`,
+          'VmDisksMissing',
+        );
+      }
+      return disks;
     },
 
     async defineVmDomain(input: {

@@ -56,6 +56,7 @@ export const WORKFLOW_PROGRESS_QUERIES: Readonly<Record<WorkflowName, string>> =
   registerImage: 'imageProgress',
   replicateImage: 'imageProgress',
   migrateVm: 'migrationProgress',
+  failoverHost: 'failoverProgress',
 };
 
 /** The workflow types GET /v1/workflows filters by. */

@@ -135,7 +135,7 @@ export async function runCli(argv: string[], out: Output = (l) => process.stdout
   if (((argv[0] === 'vm' && argv[1] === 'migrate') || argv[0] === 'migration') && !help) {
     return runMigrationCli(argv, { out });
   }
-  if ((argv[0] === 'host' || argv[0] === 'vm') && !help) {
+  if ((argv[0] === 'host' || argv[0] === 'vm' || argv[0] === 'failover') && !help) {
     return runFleetCli(argv, out);
   }
   if ((argv[0] === 'image' || argv[0] === 'link') && !help) {

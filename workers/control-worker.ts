@@ -12,6 +12,7 @@ import { createLogger, temporalLoggerFrom } from '../observability/logger';
 import {
   activityMetricsInterceptor,
   createMetrics,
+  createFailoverMetrics,
   createMigrationMetrics,
   serveMetrics,
 } from '../observability/metrics';
@@ -101,6 +102,7 @@ export async function startControlWorker(input: {
       pool,
       temporal: clientConnection,
       migrationMetrics: createMigrationMetrics(metrics.registry),
+      failoverMetrics: createFailoverMetrics(metrics.registry),
     }),
     interceptors: { activity: [activityMetricsInterceptor(metrics)] },
     sinks,

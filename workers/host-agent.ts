@@ -34,8 +34,10 @@ import { createImageActivities } from '../activities/image-activities';
 import { createImageBaseActivities } from '../activities/image-base-activities';
 import { createLibvirtActivities } from '../activities/libvirt-activities';
 import { createMigrationActivities } from '../activities/migration-activities';
+import { createWitnessActivities } from '../activities/witness-activities';
 import { ConfigError, loadConfig } from '../config/load-config';
 import { inventoryStalenessBoundMs, type NovacronConfig } from '../config/schema';
+import { loadOrCreateWitnessKey } from '../native/consensus';
 import { DwcpReceiver, DwcpWorkerPool } from '../native/dwcp';
 import { DiskImages, LibvirtConnection, resolveDomainType } from '../native/libvirt';
 import { destroyNovaCronGuests } from '../native/libvirt/guest-fence';
@@ -132,6 +134,9 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     });
     stopped.unshift(() => metricsServer.close());
     await migrate(pool);
+    const pkiDir = path.resolve(config.agent.pkiDir ?? path.join(config.system.dataDir, 'pki'));
+    // Registered with the host, so the control side can check this host's witness votes against it.
+    const witnessKey = await loadOrCreateWitnessKey({ pkiDir, hostId });
     // nodeGetMemoryStats covers all memory; nodeGetInfo counts only NUMA node 0 on some VMs (docs/libvirt-driver.md).
     await registerHost(pool, {
       id: hostId,
@@ -145,6 +150,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       storagePools,
       ...(config.agent.migrationAddress ? { migrationAddress: config.agent.migrationAddress } : {}),
       ...(config.agent.peerLibvirtUri ? { peerLibvirtUri: config.agent.peerLibvirtUri } : {}),
+      witnessPublicKey: witnessKey.publicKey,
     });
 
     const holder = `${hostId}@${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
@@ -243,7 +249,6 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       if (cleanStop) await watchdog?.disarm();
     });
 
-    const pkiDir = path.resolve(config.agent.pkiDir ?? path.join(config.system.dataDir, 'pki'));
     const pki = await ensureHostTls({ pkiDir, hostId, address: config.agent.address });
     if (pki.issued) logger.info({ hostId, cert: pki.certificate.certPath }, 'issued this host its DWCP certificate');
     const dwcpPool = new DwcpWorkerPool();
@@ -289,6 +294,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
         ...imageActivities,
         ...createImageBaseActivities({ hostId, imageRoot, storagePools, pool: dwcpPool }),
         ...createMigrationActivities({ hostId, conn, imageRoot, storagePools, logger }),
+        ...createWitnessActivities({ hostId, key: witnessKey, probeTimeoutMs: config.failover.witnessProbeTimeoutMs }),
       },
       interceptors: { activity: [activityMetricsInterceptor(metrics)] },
       identity: `host-agent@${hostId}:${process.pid}`,

@@ -6,3 +6,4 @@ export { vmProgressQuery } from './vm-progress';
 export { fleetMonitor, fleetStatusQuery } from './host-fleet-monitor';
 export { registerImage, replicateImage, imageProgressQuery } from './image-workflows';
 export { migrateVm, migrationProgressQuery, cancelMigrationSignal } from './migrate-vm';
+export { failoverHost, failoverProgressQuery } from './failover-host';

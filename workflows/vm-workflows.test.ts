@@ -9,6 +9,7 @@ import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkflowBundleWi
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
+import type { FailoverControlActivities } from '../activities/failover-control-activities';
 import type { InventoryActivities } from '../activities/inventory-activities';
 import type { LibvirtActivities } from '../activities/libvirt-activities';
 import { temporalClient, testTemporalAddress } from '../test/support/services';
@@ -54,7 +55,7 @@ function mocks(hostId: string, calls: Calls, overrides: { control?: object; host
     createdAt: '',
     updatedAt: '',
   });
-  const control: Partial<InventoryActivities> = {
+  const control: Partial<InventoryActivities & FailoverControlActivities> = {
     claimVmPlacement: record('claimVmPlacement', { hostId, ownerToken: 7 }),
     beginVmOperation: async (input) => {
       calls.push(['beginVmOperation', input]);
@@ -63,6 +64,11 @@ function mocks(hostId: string, calls: Calls, overrides: { control?: object; host
     finishVmOperation: record('finishVmOperation', undefined),
     deleteVmRecord: record('deleteVmRecord', undefined),
     markDriftRepairing: record('markDriftRepairing', undefined),
+    // No host is ever suspect here: the failover path has its own tests (failover-host.test.ts).
+    claimFailovers: async () => ({
+      start: [],
+      storm: { suspect: 0, total: 1, share: 0, threshold: 0.55, storm: false },
+    }),
     ...overrides.control,
   };
   const host: Partial<LibvirtActivities> = {
