@@ -15,7 +15,12 @@ import {
   type StormVerdict,
 } from '../domain/failover';
 import type { VmSpec } from '../domain/vm-spec';
-import { checkVoteCertificate, type CertificateResult, type SignedWitnessVote } from '../native/consensus';
+import {
+  checkVoteCertificate,
+  MIN_SIGNED_WITNESSES,
+  type CertificateResult,
+  type SignedWitnessVote,
+} from '../native/consensus';
 import { recordEvent } from '../store/events';
 import * as failovers from '../store/failovers';
 import { fenceHost, getHost, listHosts, witnessPublicKeys } from '../store/hosts';
@@ -64,14 +69,17 @@ export interface RestartCandidate {
 
 export function createFailoverControlActivities(deps: FailoverControlDeps) {
   const { config, pool, failoverMetrics } = deps;
-  const settings = (): FailoverSettings => ({
-    graceMs: config.failover.graceMs,
-    witnesses: config.failover.witnesses,
-    witnessProbeTimeoutMs: config.failover.witnessProbeTimeoutMs,
-    // Internet mode cannot trust a plain majority of peers it reaches over the internet: signed 2f+1 of 3f+1.
-    voteMode:
-      (config.dwcp.mode === 'auto' ? config.system.profile : config.dwcp.mode) === 'internet' ? 'signed' : 'majority',
-  });
+  const settings = (): FailoverSettings => {
+    // Internet mode cannot trust a plain majority of peers it reaches over the internet: signed 2f+1 of 3f+1, which
+    // needs at least 4 witnesses to tolerate one liar (native/consensus MIN_SIGNED_WITNESSES).
+    const signed = (config.dwcp.mode === 'auto' ? config.system.profile : config.dwcp.mode) === 'internet';
+    return {
+      graceMs: config.failover.graceMs,
+      witnesses: signed ? Math.max(config.failover.witnesses, MIN_SIGNED_WITNESSES) : config.failover.witnesses,
+      witnessProbeTimeoutMs: config.failover.witnessProbeTimeoutMs,
+      voteMode: signed ? 'signed' : 'majority',
+    };
+  };
 
   return {
     /** One hostMonitor tick's failover part: suspects, the storm gate, and a failover row per suspect. */
@@ -182,7 +190,11 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
         now: new Date(),
         maxAgeMs: config.failover.voteMaxAgeMs,
       });
-      const byWitness = new Map(input.votes.map((v) => [v.body.witnessHostId, v.body]));
+      // The first vote of each witness, as the certificate counts it.
+      const byWitness = new Map<string, SignedWitnessVote['body']>();
+      for (const vote of input.votes) {
+        if (!byWitness.has(vote.body.witnessHostId)) byWitness.set(vote.body.witnessHostId, vote.body);
+      }
       await failovers.updateFailover(pool, {
         id: input.failoverId,
         patch: {

@@ -119,7 +119,7 @@ test('a channel with no endpoint or URI counts as unreachable', async () => {
   assert.equal(vote.body.libvirtReachable, false);
 });
 
-test("libvirtd listing the suspect's guests keeps the vote alive and names every active domain", async () => {
+test('libvirtd answering beside a dead agent votes unreachable and names every active domain', async () => {
   let askedStates: readonly DomainState[] | undefined;
   let askedUri: string | undefined;
   const domains: DomainSummary[] = [
@@ -141,7 +141,7 @@ test("libvirtd listing the suspect's guests keeps the vote alive and names every
   assert.ok(askedStates, 'the witness asks for domains by state');
   assert.ok(askedStates.includes('running') && askedStates.includes('paused'), String(askedStates));
   assert.ok(!askedStates.includes('shutoff'));
-  assert.equal(vote.body.verdict, 'alive');
+  assert.equal(vote.body.verdict, 'unreachable');
   assert.equal(vote.body.agentReachable, false);
   assert.equal(vote.body.libvirtReachable, true);
   assert.deepEqual(vote.body.runningDomains, ['db-1', 'web-2']);

@@ -70,7 +70,9 @@ export function createWitnessActivities(deps: WitnessActivityDeps) {
         round: input.round,
         suspectHostId: input.suspectHostId,
         suspectToken: input.suspectToken,
-        verdict: agentReachable || libvirt !== undefined ? 'alive' : 'unreachable',
+        // The agent is what renews the lease and runs guests: a dead agent beside a live libvirtd is a host to fail
+        // over (its watchdog stops the guests), and what libvirtd still runs is reported for the restart to respect.
+        verdict: agentReachable ? 'alive' : 'unreachable',
         agentReachable,
         libvirtReachable: libvirt !== undefined,
         ...(libvirt === undefined ? {} : { runningDomains: libvirt }),

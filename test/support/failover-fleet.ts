@@ -1,0 +1,129 @@
+/**
+ * What the failover integration test and the failover benchmark share: a three-host fleet with network
+ * namespaces of its own and failover on, guests on the shared pool, failover reports read through the API, where
+ * a guest runs according to libvirt on every host, and a host brought back (its agent restarted, readmitted).
+ */
+import assert from 'node:assert/strict';
+import type { FailoverReport } from '../../store/failovers';
+import { sampleDomains, type DomainSampler } from './domain-sampler';
+import { FLEET_SHARED_POOL, startFleet, TEST_FLEET_OVERRIDES, waitForHostsUp, type Fleet } from './fleet';
+import { createTestDatabase, scratchDir, testConfig, type TestDatabase } from './services';
+import { waitUntil } from './wait';
+
+export const FAILOVER_HOSTS = ['host-1', 'host-2', 'host-3'];
+export const TTL_MS = TEST_FLEET_OVERRIDES.dwcp.consensus.leaseTtlSeconds * 1000;
+export const SELF_FENCE_MARGIN_MS = TEST_FLEET_OVERRIDES.failover.selfFenceMarginMs;
+export const GRACE_MS = 1000;
+// Bounds for a loaded 2-core machine, not speed requirements: the benchmark times failover.
+export const FAILOVER_TIMEOUT_MS = 120_000;
+const HOSTS_UP_TIMEOUT_MS = 60_000;
+
+export interface FailoverFleet {
+  fleet: Fleet;
+  db: TestDatabase;
+  stop(): Promise<void>;
+}
+
+export async function startFailoverFleet(): Promise<FailoverFleet> {
+  const db = await createTestDatabase();
+  const failover = { ...TEST_FLEET_OVERRIDES.failover, enabled: true, graceMs: GRACE_MS, witnessProbeTimeoutMs: 1000 };
+  const fleet = await startFleet({
+    config: testConfig({ databaseUrl: db.url, overrides: { ...TEST_FLEET_OVERRIDES, failover } }),
+    pool: db.pool,
+    hostIds: FAILOVER_HOSTS,
+    scratchDir,
+    network: true,
+  }).catch(async (err: unknown) => {
+    await db.drop();
+    throw err;
+  });
+  return {
+    fleet,
+    db,
+    async stop() {
+      await fleet.stop();
+      await db.drop();
+    },
+  };
+}
+
+/** A running guest on `hostId`: blank disks on the shared pool, which is all failover needs of it. */
+export async function guestOn(
+  fleet: Fleet,
+  input: { hostId: string; name: string; spec?: Record<string, unknown> },
+): Promise<string> {
+  const started = await fleet.createVm({
+    name: input.name,
+    vcpus: 1,
+    memoryMib: 64,
+    disks: [{ name: 'root', sizeMib: 16 }],
+    storagePool: FLEET_SHARED_POOL,
+    hostId: input.hostId,
+    ...input.spec,
+  });
+  await fleet.waitForWorkflow(started.workflowId, 120_000);
+  return started.vmId;
+}
+
+export async function failoversOf(fleet: Fleet, hostId: string): Promise<FailoverReport[]> {
+  const res = await fleet.inject({ method: 'GET', url: `/v1/hosts/${hostId}/failovers` });
+  assert.equal(res.statusCode, 200, res.body);
+  return res.json<{ failovers: FailoverReport[] }>().failovers;
+}
+
+/** The newest failover of the host once it has finished, one other than those in `seen`. */
+export async function finishedFailover(
+  fleet: Fleet,
+  input: { hostId: string; seen?: ReadonlySet<string> },
+): Promise<FailoverReport> {
+  return waitUntil(
+    `a finished failover of ${input.hostId}`,
+    async () => (await failoversOf(fleet, input.hostId)).find((f) => f.state !== 'running' && !input.seen?.has(f.id)),
+    { timeoutMs: FAILOVER_TIMEOUT_MS },
+  );
+}
+
+/** The hosts on which libvirt runs the VM's domain now. */
+export async function runningOn(fleet: Fleet, vmId: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const hostId of fleet.hostIds) {
+    const domains = await fleet.libvirt[hostId]!.listAllDomains().catch(() => []);
+    if (domains.some((d) => d.uuid === vmId && d.state === 'running')) found.push(hostId);
+  }
+  return found;
+}
+
+/** Restarts a host's agent (after a kill or a fence) and readmits the host if it was fenced. */
+export async function bringBack(fleet: Fleet, hostId: string): Promise<void> {
+  const agent = fleet.agents[hostId];
+  if (agent && agent.child.exitCode === null && agent.child.signalCode === null) {
+    agent.child.kill('SIGTERM');
+    await agent.exited;
+  }
+  fleet.startAgent(hostId);
+  await waitUntil(`${hostId}'s agent holding its lease again`, async () => (await fleet.getHost(hostId)).lease.alive, {
+    timeoutMs: HOSTS_UP_TIMEOUT_MS,
+  });
+  if ((await fleet.getHost(hostId)).state === 'fenced') {
+    const readmitted = await waitUntil(
+      `${hostId} readmitted`,
+      async () => {
+        const res = await fleet.inject({ method: 'POST', url: `/v1/hosts/${hostId}/readmit` }, fleet.adminToken);
+        return res.statusCode === 200 ? res : undefined;
+      },
+      { timeoutMs: HOSTS_UP_TIMEOUT_MS },
+    );
+    assert.equal(readmitted.json<{ state: string }>().state, 'up');
+  }
+  await waitForHostsUp(fleet.pool, [hostId], HOSTS_UP_TIMEOUT_MS);
+}
+
+/** Samples the VM's domain on every host, the one it fails over from last (see domain-sampler.ts on order). */
+export function sampleFailover(fleet: Fleet, input: { vmId: string; from: string }): DomainSampler {
+  return sampleDomains({
+    libvirt: fleet.libvirt,
+    vmId: input.vmId,
+    order: [...fleet.hostIds.filter((h) => h !== input.from), input.from],
+    intervalMs: 100,
+  });
+}
