@@ -196,7 +196,12 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
   };
 
   const poolDir = (pool: string): string | undefined =>
-    pool === LOCAL_STORAGE_POOL ? deps.imageRoot : deps.storagePools[pool];
+    // hasOwn: a pool named `constructor` must not find Object's.
+    pool === LOCAL_STORAGE_POOL
+      ? deps.imageRoot
+      : Object.hasOwn(deps.storagePools, pool)
+        ? deps.storagePools[pool]
+        : undefined;
 
   return {
     /** libvirt's dirty-rate calculation over `seconds`: distinct bytes the guest dirties per second. */

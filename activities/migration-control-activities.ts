@@ -20,7 +20,8 @@ import { placeVm, rejectReason, type PlacementHost } from '../domain/vm-placemen
 import { LOCAL_STORAGE_POOL, type VmRecord } from '../domain/vm-spec';
 import { getHost, listHosts, liveHostToken, type HostRecord } from '../store/hosts';
 import * as records from '../store/migration-records';
-import { getVm, VmStoreError } from '../store/vms';
+import { getVm } from '../store/vms';
+import { permanent } from './store-failures';
 
 /** What observability/metrics.ts's createMigrationMetrics gives; optional, so tests and tools can leave it out. */
 export interface MigrationMetricsRecorder {
@@ -69,18 +70,6 @@ export interface FinishMigrationInput {
   finalHostId: string;
   result?: MigrationResult;
   error?: string;
-}
-
-/** Store refusals that no retry can fix become non-retryable failures named by their code. */
-async function permanent<T>(work: () => Promise<T>, retryable: ReadonlyArray<VmStoreError['code']> = []): Promise<T> {
-  try {
-    return await work();
-  } catch (err) {
-    if (err instanceof VmStoreError && !retryable.includes(err.code)) {
-      throw ApplicationFailure.nonRetryable(err.message, err.code);
-    }
-    throw err;
-  }
 }
 
 /** Rows written before VM specs named a pool hold their disks in the host's own image root. */

@@ -108,7 +108,13 @@ test('a record keeps the plan, progress, escalations and measured result, and a 
   const finish = { workflowId: 'rec-1', outcome: 'completed' as const, finalHostId: 'dst-a', result };
   assert.equal(await finishMigrationRecord(db.pool, finish), true);
   assert.equal(await finishMigrationRecord(db.pool, { ...finish, outcome: 'failed', error: 'late' }), false);
+  // A late sample (a retried activity after the commit) leaves the finished record's progress alone.
+  await updateMigrationProgress(db.pool, {
+    workflowId: 'rec-1',
+    progress: { workflowId: 'rec-1', vmId, sourceHostId: 'src-a', phase: 'precopy', pass: 9, escalations: [] },
+  });
   const finished = await getMigration(db.pool, 'rec-1');
+  assert.equal(finished?.progress?.pass, 2);
   assert.equal(finished?.state, 'completed');
   assert.equal(finished?.finalHostId, 'dst-a');
   assert.equal(finished?.error, undefined);

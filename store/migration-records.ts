@@ -223,11 +223,15 @@ export async function updateMigrationProgress(
   pool: Pool,
   input: { workflowId: string; progress: MigrationProgress },
 ): Promise<void> {
-  const result = await pool.query('UPDATE migrations SET progress = $2 WHERE id = $1', [
+  // A finished migration's record is final: a late sample (a retried activity after the commit) must not
+  // overwrite the progress the result was written with.
+  const result = await pool.query('UPDATE migrations SET progress = $2 WHERE id = $1 AND finished_at IS NULL', [
     input.workflowId,
     JSON.stringify(input.progress),
   ]);
-  if (result.rowCount !== 1) throw notFound(input.workflowId);
+  if (result.rowCount === 1) return;
+  const exists = await pool.query('SELECT 1 FROM migrations WHERE id = $1', [input.workflowId]);
+  if (exists.rowCount !== 1) throw notFound(input.workflowId);
 }
 
 /** Appends the step and records its event, once per `seq`. Returns whether this call recorded it. */
