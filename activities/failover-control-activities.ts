@@ -23,7 +23,7 @@ import {
 } from '../native/consensus';
 import { recordEvent } from '../store/events';
 import * as failovers from '../store/failovers';
-import { fenceHost, getHost, listHosts, witnessPublicKeys } from '../store/hosts';
+import { fenceHost, getHost, listHosts, witnessPublicKeys, type HostRecord } from '../store/hosts';
 import { relocateVm } from '../store/vm-relocation';
 import { finishVmOperation, listVms } from '../store/vms';
 import { permanent } from './store-failures';
@@ -69,6 +69,19 @@ export interface RestartCandidate {
 
 export function createFailoverControlActivities(deps: FailoverControlDeps) {
   const { config, pool, failoverMetrics } = deps;
+  const suspectHosts = (hosts: HostRecord[]) =>
+    hosts.filter((h) => h.state === 'down' && h.lease !== undefined && !h.lease.alive);
+  // Maintenance hosts are out of the fleet by the operator's choice; a fenced one is known dead, not suspect.
+  const stormOf = (hosts: HostRecord[]): StormVerdict =>
+    judgeStorm({
+      suspect: suspectHosts(hosts).length,
+      total: hosts.filter((h) => h.state !== 'maintenance').length,
+      threshold: config.failover.stormThreshold,
+    });
+  const stormReason = (storm: StormVerdict) =>
+    `${storm.suspect} of ${storm.total} hosts are suspect at once (${Math.round(storm.share * 100)}% > ` +
+    `${Math.round(storm.threshold * 100)}%, failover.stormThreshold): automatic failover withheld, as this looks ` +
+    `like the control plane's own partition`;
   const settings = (): FailoverSettings => {
     // Internet mode cannot trust a plain majority of peers it reaches over the internet: signed 2f+1 of 3f+1, which
     // needs at least 4 witnesses to tolerate one liar (native/consensus MIN_SIGNED_WITNESSES).
@@ -85,13 +98,8 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
     /** One hostMonitor tick's failover part: suspects, the storm gate, and a failover row per suspect. */
     async claimFailovers(_input: { tick: number }): Promise<FailoverClaims> {
       const hosts = await listHosts(pool);
-      const counted = hosts.filter((h) => h.state !== 'maintenance');
-      const suspects = counted.filter((h) => h.state === 'down' && h.lease && !h.lease.alive);
-      const storm = judgeStorm({
-        suspect: suspects.length,
-        total: counted.length,
-        threshold: config.failover.stormThreshold,
-      });
+      const suspects = suspectHosts(hosts);
+      const storm = stormOf(hosts);
       if (suspects.length === 0) return { start: [], storm };
       const ids = suspects.map((h) => `${h.id}@${h.lease!.fencingToken}`).join(',');
       const withhold = async (kind: string, reason: string): Promise<FailoverClaims> => {
@@ -102,14 +110,7 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
       if (!config.failover.enabled) {
         return withhold('failover.disabled', `hosts ${ids} are suspect; failover.enabled is false: nothing fails over`);
       }
-      if (storm.storm) {
-        return withhold(
-          'failover.storm',
-          `${storm.suspect} of ${storm.total} hosts are suspect at once (${Math.round(storm.share * 100)}% > ` +
-            `${Math.round(storm.threshold * 100)}%, failover.stormThreshold): automatic failover withheld, as this ` +
-            `looks like the control plane's own partition (suspect: ${ids})`,
-        );
-      }
+      if (storm.storm) return withhold('failover.storm', `${stormReason(storm)} (suspect: ${ids})`);
       const start: FailoverHostInput[] = [];
       for (const host of suspects) {
         const lease = host.lease!;
@@ -134,6 +135,8 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
     /** After the grace: still expired under the same token and still down, or the host came back (a hiccup). */
     async checkSuspect(input: { failoverId: string; hostId: string; suspectToken: number }): Promise<{
       suspect: boolean;
+      /** Withheld because too much of the fleet is suspect at once. */
+      storm?: boolean;
       reason?: string;
     }> {
       const host = await getHost(pool, input.hostId);
@@ -150,6 +153,21 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
         return { suspect: false, reason: `its lease moved to token ${host.lease.fencingToken}` };
       }
       if (host.state !== 'down') return { suspect: false, reason: `it is ${host.state}` };
+      // Hosts of one partition do not expire at the same instant (their last renewals were up to a heartbeat apart):
+      // the first one's failover would start before the storm shows. After the grace, the others have expired too.
+      const storm = stormOf(await listHosts(pool));
+      if (storm.storm) {
+        const reason = stormReason(storm);
+        await recordEvent(pool, {
+          kind: 'failover.storm',
+          hostId: input.hostId,
+          workflowId: input.failoverId,
+          message: reason,
+          idempotencyKey: `failover.storm:${input.failoverId}`,
+        });
+        failoverMetrics?.confirmations.inc({ outcome: 'withheld-storm' });
+        return { suspect: false, storm: true, reason };
+      }
       return { suspect: true };
     },
 

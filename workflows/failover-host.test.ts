@@ -49,6 +49,7 @@ function candidate(name: string, haPriority: number): RestartCandidate {
 
 interface Scenario {
   suspect?: boolean;
+  storm?: boolean;
   confirmed?: boolean;
   candidates?: RestartCandidate[];
   /** Witness hosts with a worker; `deadWitnesses` are asked but nobody polls their queue. */
@@ -83,7 +84,11 @@ async function run(scenario: Scenario): Promise<{ calls: Calls; report: Failover
   });
   const control: Partial<FailoverControlActivities> = {
     checkSuspect: record('checkSuspect', () =>
-      scenario.suspect === false ? { suspect: false, reason: 'renewed' } : { suspect: true },
+      scenario.storm
+        ? { suspect: false, storm: true, reason: '2 of 3 hosts are suspect at once' }
+        : scenario.suspect === false
+          ? { suspect: false, reason: 'renewed' }
+          : { suspect: true },
     ),
     pickWitnesses: record('pickWitnesses', () => ({ witnesses: [...witnesses, ...dead], agentEndpoint: 'x:1' })),
     confirmSuspect: record('confirmSuspect', (input: { votes: unknown[] }) => ({
@@ -161,6 +166,13 @@ test('a host that came back within the grace is neither witnessed nor fenced', a
   assert.deepEqual(names(calls), ['checkSuspect', 'finishFailover']);
   assert.equal(report.state, 'aborted');
   assert.match(report.reason ?? '', /not suspect any more: renewed/);
+});
+
+test('a storm seen after the grace withholds the failover before any witness is asked', async () => {
+  const { calls, report } = await run({ storm: true });
+  assert.deepEqual(names(calls), ['checkSuspect', 'finishFailover']);
+  assert.equal(report.state, 'withheld');
+  assert.match(report.reason ?? '', /suspect at once/);
 });
 
 test('without confirmation nothing is fenced and nothing restarts', async () => {

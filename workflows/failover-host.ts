@@ -156,6 +156,7 @@ export async function failoverHost(input: FailoverHostInput): Promise<FailoverRe
   const graceLeftMs = Date.parse(input.suspectedAt) + input.settings.graceMs - Date.now();
   if (graceLeftMs > 0) await sleep(graceLeftMs);
   const still = await store.checkSuspect({ failoverId, hostId: input.hostId, suspectToken: input.suspectToken });
+  if (still.storm) return finish('withheld', still.reason);
   if (!still.suspect) return finish('aborted', `${input.hostId} is not suspect any more: ${still.reason}`);
 
   progress.phase = 'witnessing';
