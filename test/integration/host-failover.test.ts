@@ -45,7 +45,10 @@ after(async () => {
 const guestOn = (hostId: string, name: string, spec?: Record<string, unknown>) =>
   guestOnHost(fleet, { hostId, name, ...(spec ? { spec } : {}) });
 const failoversOf = (hostId: string) => failoversOfHost(fleet, hostId);
-const finishedFailover = (hostId: string) => finishedFailoverOf(fleet, { hostId });
+/** The host's next finished failover: none of those it had before `since` was taken. */
+const finishedFailover = (hostId: string, since: ReadonlySet<string>) =>
+  finishedFailoverOf(fleet, { hostId, seen: since });
+const failoverIds = async (hostId: string) => new Set((await failoversOf(hostId)).map((f) => f.id));
 const runningOn = (vmId: string) => runningOnHosts(fleet, vmId);
 const bringBack = (hostId: string) => bringBackHost(fleet, hostId);
 const sample = (vmId: string, from: string) => sampleFailover(fleet, { vmId, from });
@@ -100,15 +103,18 @@ test('a storm (two of three agents stopped at once) fails nothing over and raise
   }
   // A cleanly stopped agent disarms its watchdog: with nobody to take them over, its guests keep running.
   assert.deepEqual(await runningOn(vmId), ['host-2']);
-  for (const hostId of stopped) await bringBack(hostId);
+  // Together: once one is back the other is a lone suspect, which fails over like any other (its guests, still
+  // running, are withheld) unless it is back within the grace too.
+  await Promise.all(stopped.map((hostId) => bringBack(hostId)));
 });
 
 test('a partitioned host fences itself, its guest restarts elsewhere, never twice, and it stays fenced', async () => {
   const vmId = await guestOn('host-3', 'partition-guest');
+  const earlier = await failoverIds('host-3');
   const sampler = sample(vmId, 'host-3');
   const cutAt = Date.now();
   await fleet.hypervisors.hosts[2]!.setLinkUp(false);
-  const report = await finishedFailover('host-3');
+  const report = await finishedFailover('host-3', earlier);
   const elsewhere = await waitUntil(
     'the guest running again',
     async () => {
@@ -154,10 +160,11 @@ test('a partitioned host fences itself, its guest restarts elsewhere, never twic
 
 test('the agent killed alone: its watchdog stops the guest, which restarts elsewhere, never twice', async () => {
   const vmId = await guestOn('host-2', 'agent-killed-guest');
+  const earlier = await failoverIds('host-2');
   const sampler = sample(vmId, 'host-2');
   fleet.agents['host-2']!.child.kill('SIGKILL');
   assert.equal((await fleet.agents['host-2']!.exited).signal, 'SIGKILL');
-  const report = await finishedFailover('host-2');
+  const report = await finishedFailover('host-2', earlier);
   await waitUntil('the guest running elsewhere', async () => (await runningOn(vmId)).some((h) => h !== 'host-2'), {
     timeoutMs: FAILOVER_TIMEOUT_MS,
   });
@@ -179,10 +186,11 @@ test('the agent killed alone: its watchdog stops the guest, which restarts elsew
 test('the whole host killed: its HA guest runs elsewhere, its no-HA guest is left alone', async () => {
   const ha = await guestOn('host-1', 'ha-guest', { haPriority: 90 });
   const noHa = await guestOn('host-1', 'no-ha-guest', { ha: false });
+  const earlier = await failoverIds('host-1');
   fleet.agents['host-1']!.child.kill('SIGKILL');
   await fleet.agents['host-1']!.exited;
   await fleet.hypervisors.hosts[0]!.stop();
-  const report = await finishedFailover('host-1');
+  const report = await finishedFailover('host-1', earlier);
   assert.equal(report.state, 'completed', JSON.stringify(report));
   const outcomes = Object.fromEntries(report.vms.map((v) => [v.vmId, v.outcome]));
   assert.equal(outcomes[ha], 'restarted');
