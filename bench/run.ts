@@ -7,6 +7,7 @@
  */
 import path from 'node:path';
 import { dwcpBenchmark } from './dwcp';
+import { failoverBenchmark } from './failover';
 import { fleetBenchmark } from './fleet';
 import { initBenchmark } from './init';
 import { libvirtDriverBenchmark } from './libvirt-driver';
@@ -22,6 +23,7 @@ const BENCHMARKS: Benchmark[] = [
   libvirtDriverBenchmark,
   dwcpBenchmark,
   migrationBenchmark,
+  failoverBenchmark,
 ];
 const OUT_DIR = path.join(__dirname, 'results');
 
