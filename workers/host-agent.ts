@@ -25,7 +25,7 @@
  */
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
-import { mkdir, stat, statfs } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -81,6 +81,9 @@ const MiB = 1024 * 1024;
 const SELF_FENCE_CHECK_MS = 100;
 /** libvirtd that does not answer a fence within this long is asked again at the next check. */
 const FENCE_VIRSH_TIMEOUT_MS = 10_000;
+
+/** In the image root: the lease holder a cleanly stopped agent leaves to the next agent on this host. */
+const LEASE_HANDOVER_FILE = '.lease-handover';
 
 /** The store's refusal while another holder's lease is alive (its message names the holder and the time left). */
 function isLeaseHeld(err: unknown): err is Error {
@@ -153,7 +156,16 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       witnessPublicKey: witnessKey.publicKey,
     });
 
-    const holder = `${hostId}@${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+    // A clean stop hands its live lease to the next agent on this host: a restart (an upgrade) then neither waits
+    // out the TTL nor lets failover take the host while its guests run. Read once, so it is used once.
+    const handoverFile = path.join(imageRoot, LEASE_HANDOVER_FILE);
+    const handedOver = await readFile(handoverFile, 'utf8').then(
+      (text) => text.trim() || undefined,
+      () => undefined,
+    );
+    await rm(handoverFile, { force: true });
+    const holder = handedOver ?? `${hostId}@${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+    if (handedOver) logger.info({ hostId, holder }, 'taking over the lease a cleanly stopped agent handed over');
     const { ttlMs } = timing;
     let token = 0;
     const fenceConn = new LibvirtConnection({ uri: config.agent.libvirtUri, commandTimeoutMs: FENCE_VIRSH_TIMEOUT_MS });
@@ -247,6 +259,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     stopped.unshift(async () => {
       for (const loop of leaseLoops) await loop.stop();
       if (cleanStop) await watchdog?.disarm();
+      if (cleanStop && !fenced) await writeFile(handoverFile, `${holder}\n`, { mode: 0o600 });
     });
 
     const pki = await ensureHostTls({ pkiDir, hostId, address: config.agent.address });

@@ -109,3 +109,41 @@ test("a SIGKILLed agent's guest is destroyed before its lease expires, and its w
   assert.match(agent.output(), /"by":"watchdog".*"msg":"self-fenced"/);
   await waitUntil('the watchdog to exit', () => !alive(watchdogPid!), { timeoutMs: 10_000 });
 });
+
+test('a cleanly stopped agent hands its live lease to the next one on its host, and the guest keeps running', async () => {
+  const hypervisor = hypervisors.hosts[0]!;
+  await conn.domainCreate({ name: GUEST }).catch(() => undefined);
+  const start = () =>
+    startAgentProcess({
+      hypervisor,
+      databaseUrl: db.url,
+      imageRoot: path.join(scratchDir('handover-images'), hypervisor.hostId),
+      env: { NOVACRON_LOG_LEVEL: 'info', NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000' },
+    });
+  const lease = async () =>
+    (
+      await db.pool.query<{ holder: string; token: string; alive: boolean }>(
+        `SELECT holder, fencing_token AS token, expires_at > now() AS alive FROM leases WHERE resource = $1`,
+        [`host:${hypervisor.hostId}`],
+      )
+    ).rows[0]!;
+  // The first test's lease must have expired first: otherwise this agent waits it out, which is not what is tested.
+  await waitUntil('the previous lease to expire', async () => !(await lease()).alive, { timeoutMs: 15_000 });
+  agent = start();
+  await agent.waitForOutput(/"msg":"host agent polling"/, 120_000);
+  const before = await lease();
+
+  agent.child.kill('SIGTERM');
+  await agent.exited;
+  agent = start();
+  await agent.waitForOutput(/"msg":"taking over the lease a cleanly stopped agent handed over"/, 120_000);
+  await agent.waitForOutput(/"msg":"host lease acquired"/, 120_000);
+  const after = await lease();
+  assert.equal(after.holder, before.holder, 'the same holder, handed over');
+  assert.equal(Number(after.token), Number(before.token) + 1, 'a new token all the same');
+  assert.equal(after.alive, true);
+  assert.doesNotMatch(agent.output(), /waiting for it to expire/, 'it did not wait out the TTL');
+  // Three seconds is the lease's TTL: the old agent's watchdog was disarmed, the new one's keeps being armed.
+  await new Promise((resolve) => setTimeout(resolve, 3500));
+  assert.equal(await conn.domainGetState({ name: GUEST }), DomainState.running);
+});

@@ -76,11 +76,20 @@ export async function finishedFailover(
   fleet: Fleet,
   input: { hostId: string; seen?: ReadonlySet<string> },
 ): Promise<FailoverReport> {
-  return waitUntil(
-    `a finished failover of ${input.hostId}`,
-    async () => (await failoversOf(fleet, input.hostId)).find((f) => f.state !== 'running' && !input.seen?.has(f.id)),
-    { timeoutMs: FAILOVER_TIMEOUT_MS },
-  );
+  try {
+    return await waitUntil(
+      `a finished failover of ${input.hostId}`,
+      async () => (await failoversOf(fleet, input.hostId)).find((f) => f.state !== 'running' && !input.seen?.has(f.id)),
+      { timeoutMs: FAILOVER_TIMEOUT_MS },
+    );
+  } catch (err) {
+    // What there was instead: the host's state and lease, and any failover still running, with its steps so far.
+    const host = await fleet.getHost(input.hostId);
+    const failovers = await failoversOf(fleet, input.hostId);
+    throw new Error(`${(err as Error).message}; host ${JSON.stringify(host)}; failovers ${JSON.stringify(failovers)}`, {
+      cause: err,
+    });
+  }
 }
 
 /** The hosts on which libvirt runs the VM's domain now. */
