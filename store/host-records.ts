@@ -3,6 +3,7 @@
  * Re-exported by store/hosts, which writes what this reads.
  */
 import type { Pool, PoolClient } from 'pg';
+import type { PlacementHost } from '../domain/vm-placement';
 import type { HostRegistration, HostState } from './hosts';
 
 export interface HostRecord extends Omit<HostRegistration, 'storagePools' | 'migrationAddress'> {
@@ -130,4 +131,19 @@ export async function getHost(client: Pool | PoolClient, hostId: string): Promis
   const result = await client.query<HostRow>(`${HOST_SELECT} WHERE h.id = $1`, [hostId]);
   const row = result.rows[0];
   return row ? toHost(row) : undefined;
+}
+
+/** What placement weighs of a host: its state, lease, capacity, labels, pools and what is allocated on it. */
+export function placementHost(host: HostRecord): PlacementHost {
+  return {
+    id: host.id,
+    state: host.state,
+    leaseAlive: host.lease?.alive ?? false,
+    cpus: host.cpus,
+    memoryMib: host.memoryMib,
+    diskMib: host.diskMib,
+    labels: host.labels,
+    storagePools: Object.keys(host.storagePools),
+    allocated: host.allocated,
+  };
 }

@@ -6,6 +6,7 @@ import type { Pool, PoolClient } from 'pg';
 import { placeVm, type PlacementPolicy } from '../domain/vm-placement';
 import { LOCAL_STORAGE_POOL, type VmRecord } from '../domain/vm-spec';
 import { recordEvent } from './events';
+import { placementHost } from './host-records';
 import { listHosts, liveHostToken } from './hosts';
 import { inTransaction } from './transaction';
 import { assignVmOwner, getVm, PLACEMENT_LOCK_KEY, VmStoreError } from './vms';
@@ -62,17 +63,7 @@ export async function relocateVm(
     const hosts = await listHosts(client);
     const storagePool = vm.spec.storagePool ?? LOCAL_STORAGE_POOL;
     const placement = placeVm(
-      hosts.map((h) => ({
-        id: h.id,
-        state: h.state,
-        leaseAlive: h.lease?.alive ?? false,
-        cpus: h.cpus,
-        memoryMib: h.memoryMib,
-        diskMib: h.diskMib,
-        labels: h.labels,
-        storagePools: Object.keys(h.storagePools),
-        allocated: h.allocated,
-      })),
+      hosts.map(placementHost),
       {
         vcpus: vm.spec.vcpus,
         memoryMib: vm.spec.memoryMib,

@@ -6,6 +6,7 @@ import type { Pool, PoolClient } from 'pg';
 import { placeVm, type PlacementPolicy, type PlacementResult } from '../domain/vm-placement';
 import { LOCAL_STORAGE_POOL, type VmRecord, type VmSpec, type VmState } from '../domain/vm-spec';
 import { recordEvent } from './events';
+import { placementHost } from './host-records';
 import { listHosts, liveHostToken } from './hosts';
 
 // Serializes placement and capacity reservations, so that each sees the capacity the previous ones took.
@@ -118,17 +119,7 @@ export async function claimVm(pool: Pool, input: ClaimVmInput): Promise<ClaimVmR
     }
     const hosts = await listHosts(client);
     const placement = placeVm(
-      hosts.map((h) => ({
-        id: h.id,
-        state: h.state,
-        leaseAlive: h.lease?.alive ?? false,
-        cpus: h.cpus,
-        memoryMib: h.memoryMib,
-        diskMib: h.diskMib,
-        labels: h.labels,
-        storagePools: Object.keys(h.storagePools),
-        allocated: h.allocated,
-      })),
+      hosts.map(placementHost),
       {
         vcpus: input.spec.vcpus,
         memoryMib: input.spec.memoryMib,

@@ -3,11 +3,10 @@
  * (the host came back within the grace, too few witnesses), restart waves by priority, a guest a witness saw
  * running withheld, and a witness whose agent never answers not holding up the round.
  */
-import type { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { Worker } from '@temporalio/worker';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type {
   FailoverControlActivities,
   FailoverReport,
@@ -15,26 +14,10 @@ import type {
 } from '../activities/failover-control-activities';
 import type { FailoverHostInput } from '../domain/failover';
 import { vmSpecSchema } from '../domain/vm-spec';
-import { temporalClient, testTemporalAddress } from '../test/support/services';
-import { loadWorkflowBundle } from '../workers/workflow-bundle';
+import { workflowTestEnv } from '../test/support/workflow-test-env';
 import type { failoverHost } from './failover-host';
 
-let bundle: WorkflowBundleWithSourceMap;
-let client: Client;
-let connection: Connection;
-let nativeConnection: NativeConnection;
-
-before(async () => {
-  Runtime.install({ logger: new DefaultLogger('WARN') });
-  bundle = await loadWorkflowBundle();
-  ({ client, connection } = await temporalClient());
-  nativeConnection = await NativeConnection.connect({ address: testTemporalAddress() });
-});
-
-after(async () => {
-  await connection.close();
-  await nativeConnection.close();
-});
+const env = workflowTestEnv();
 
 type Calls = Array<[string, unknown]>;
 
@@ -124,14 +107,14 @@ async function run(scenario: Scenario): Promise<{ calls: Calls; report: Failover
     };
   };
   const workers = [
-    await Worker.create({ connection: nativeConnection, taskQueue, workflowBundle: bundle, activities: control }),
+    await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: env.bundle, activities: control }),
     ...(await Promise.all(
       witnesses.map((w) =>
-        Worker.create({ connection: nativeConnection, taskQueue: `host-${w}`, activities: { witnessHost: vote(w) } }),
+        Worker.create({ connection: env.nativeConnection, taskQueue: `host-${w}`, activities: { witnessHost: vote(w) } }),
       ),
     )),
     await Worker.create({
-      connection: nativeConnection,
+      connection: env.nativeConnection,
       taskQueue: `host-${targetHostId}`,
       activities: {
         locateVmDisks: record('locateVmDisks', (input: { vmId: string }) => [
@@ -149,7 +132,7 @@ async function run(scenario: Scenario): Promise<{ calls: Calls; report: Failover
     suspectedAt: new Date(Date.now() - 10_000).toISOString(),
     settings: { graceMs: 1000, witnesses: 3, witnessProbeTimeoutMs: 300, voteMode: 'majority' },
   };
-  let execution = client.workflow.execute<typeof failoverHost>('failoverHost', {
+  let execution = env.client.workflow.execute<typeof failoverHost>('failoverHost', {
     taskQueue,
     workflowId: `failover-${suspectHostId}-7`,
     args: [input],

@@ -3,38 +3,22 @@
  * control queue and a host queue of their own, so routing to `host-<id>`, failure handling and drift repair are
  * observed in real histories.
  */
-import { WorkflowFailedError, WorkflowNotFoundError, type Client, type Connection } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { Worker } from '@temporalio/worker';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { FailoverControlActivities } from '../activities/failover-control-activities';
 import type { InventoryActivities } from '../activities/inventory-activities';
 import type { LibvirtActivities } from '../activities/libvirt-activities';
-import { temporalClient, testTemporalAddress } from '../test/support/services';
+import { workflowTestEnv } from '../test/support/workflow-test-env';
 import { waitUntil } from '../test/support/wait';
-import { loadWorkflowBundle } from '../workers/workflow-bundle';
 import type { FleetStatus } from './host-fleet-monitor';
 import type { vmCreate, VmCreateInput } from './vm-create';
 import { vmSpecSchema, type VmRecord } from '../domain/vm-spec';
 
-let bundle: WorkflowBundleWithSourceMap;
-let client: Client;
-let connection: Connection;
-let nativeConnection: NativeConnection;
-
-before(async () => {
-  Runtime.install({ logger: new DefaultLogger('WARN') });
-  bundle = await loadWorkflowBundle();
-  ({ client, connection } = await temporalClient());
-  nativeConnection = await NativeConnection.connect({ address: testTemporalAddress() });
-});
-
-after(async () => {
-  await connection.close();
-  await nativeConnection.close();
-});
+const env = workflowTestEnv();
 
 type Calls = Array<[string, unknown]>;
 
@@ -89,13 +73,13 @@ async function withWorkers<T>(
   const hostId = `wt-${suffix}`;
   const { control, host } = mocks(hostId, input.calls, input.overrides);
   const controlWorker = await Worker.create({
-    connection: nativeConnection,
+    connection: env.nativeConnection,
     taskQueue,
-    workflowBundle: bundle,
+    workflowBundle: env.bundle,
     activities: control,
   });
   const hostWorker = await Worker.create({
-    connection: nativeConnection,
+    connection: env.nativeConnection,
     taskQueue: `host-${hostId}`,
     activities: host,
   });
@@ -107,7 +91,7 @@ const spec = vmSpecSchema.parse({ name: 'web', vcpus: 1, memoryMib: 64, disks: [
 test('vmCreate runs the host steps on host-<id> in order and records the VM running', async () => {
   const calls: Calls = [];
   const result = await withWorkers({ calls }, async ({ taskQueue }) =>
-    client.workflow.execute<typeof vmCreate>('vmCreate', {
+    env.client.workflow.execute<typeof vmCreate>('vmCreate', {
       taskQueue,
       workflowId: `vm-create-${randomUUID()}`,
       args: [{ vmId: randomUUID(), spec } satisfies VmCreateInput],
@@ -135,7 +119,7 @@ test('a permanent host failure releases the VM as failed and fails the workflow 
       },
     },
     async ({ taskQueue }) =>
-      client.workflow
+      env.client.workflow
         .execute('vmCreate', {
           taskQueue,
           workflowId: `vm-create-${randomUUID()}`,
@@ -156,7 +140,7 @@ test('a permanent host failure releases the VM as failed and fails the workflow 
 test('an invalid spec fails vmCreate before any activity runs', async () => {
   const calls: Calls = [];
   const error = await withWorkers({ calls }, async ({ taskQueue }) =>
-    client.workflow
+    env.client.workflow
       .execute('vmCreate', {
         taskQueue,
         workflowId: `vm-create-${randomUUID()}`,
@@ -185,12 +169,12 @@ test('under the repair policy the fleet monitor starts a vmStart for a state mis
     return { markedDown: [], checkedHosts: [], staleHosts: [], opened: [], resolved: 0, repairs };
   };
   await withWorkers({ calls, overrides: { control: { checkFleet } } }, async ({ taskQueue }) => {
-    const monitor = await client.workflow.start('fleetMonitor', {
+    const monitor = await env.client.workflow.start('fleetMonitor', {
       taskQueue,
       workflowId: `fleet-monitor-${taskQueue}`,
       args: [{ intervalMs: 50, ticksPerRun: 3 }],
     });
-    const repairHandle = client.workflow.getHandle(`drift-repair-${driftId}`);
+    const repairHandle = env.client.workflow.getHandle(`drift-repair-${driftId}`);
     // The monitor starts the repair on its first tick; until then the id is unknown to the server (NotFound).
     await waitUntil('the monitor to start the repair', () =>
       repairHandle.describe().then(Boolean, (err: unknown) => {
