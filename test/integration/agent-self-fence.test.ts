@@ -113,11 +113,13 @@ test("a SIGKILLed agent's guest is destroyed before its lease expires, and its w
 test('a cleanly stopped agent hands its live lease to the next one on its host, and the guest keeps running', async () => {
   const hypervisor = hypervisors.hosts[0]!;
   await conn.domainCreate({ name: GUEST }).catch(() => undefined);
+  // One image root for both agents: the handover is left there.
+  const imageRoot = path.join(scratchDir('handover-images'), hypervisor.hostId);
   const start = () =>
     startAgentProcess({
       hypervisor,
       databaseUrl: db.url,
-      imageRoot: path.join(scratchDir('handover-images'), hypervisor.hostId),
+      imageRoot,
       env: { NOVACRON_LOG_LEVEL: 'info', NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000' },
     });
   const lease = async () =>
