@@ -43,8 +43,8 @@ test('a failover is per host incarnation, and what any witness saw running is ke
     failoverWorkflowId({ hostId: 'host-1', suspectToken: 7 }),
     failoverWorkflowId({ hostId: 'host-1', suspectToken: 8 }),
   );
-  assert.deepEqual(
-    [...domainsSeenRunning([{ runningDomains: ['a'] }, {}, { runningDomains: ['b', 'a'] }])].sort(),
-    ['a', 'b'],
-  );
+  assert.deepEqual([...domainsSeenRunning([{ runningDomains: ['a'] }, {}, { runningDomains: ['b', 'a'] }])].sort(), [
+    'a',
+    'b',
+  ]);
 });

@@ -53,8 +53,7 @@ export interface FailoverVmCandidate {
 }
 
 export type FailoverVmDecision =
-  | { kind: 'restart' }
-  | { kind: 'skip'; outcome: 'not-ha' | 'not-restartable'; reason: string };
+  { kind: 'restart' } | { kind: 'skip'; outcome: 'not-ha' | 'not-restartable'; reason: string };
 
 /** Whether a guest of a failed host restarts elsewhere; the reason is what the report shows for one that does not. */
 export function decideFailoverVm(vm: FailoverVmCandidate): FailoverVmDecision {

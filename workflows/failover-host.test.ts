@@ -107,10 +107,19 @@ async function run(scenario: Scenario): Promise<{ calls: Calls; report: Failover
     };
   };
   const workers = [
-    await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: env.bundle, activities: control }),
+    await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: env.bundle,
+      activities: control,
+    }),
     ...(await Promise.all(
       witnesses.map((w) =>
-        Worker.create({ connection: env.nativeConnection, taskQueue: `host-${w}`, activities: { witnessHost: vote(w) } }),
+        Worker.create({
+          connection: env.nativeConnection,
+          taskQueue: `host-${w}`,
+          activities: { witnessHost: vote(w) },
+        }),
       ),
     )),
     await Worker.create({
