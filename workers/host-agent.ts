@@ -61,7 +61,7 @@ import { migrate } from '../store/migrate';
 import { createPool } from '../store/pool';
 import { ensureHostTls } from './host-pki';
 import { startHostWatchdog, type HostWatchdogLink } from './host-watchdog';
-import { SelfFence, selfFenceTiming } from './self-fence';
+import { leaseGuardInterceptor, SelfFence, selfFenceTiming } from './self-fence';
 import { temporalTarget } from './temporal-clients';
 
 export interface HostAgentHandle {
@@ -309,7 +309,12 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
         ...createMigrationActivities({ hostId, conn, imageRoot, storagePools, logger }),
         ...createWitnessActivities({ hostId, key: witnessKey, probeTimeoutMs: config.failover.witnessProbeTimeoutMs }),
       },
-      interceptors: { activity: [activityMetricsInterceptor(metrics)] },
+      interceptors: {
+        activity: [
+          activityMetricsInterceptor(metrics),
+          leaseGuardInterceptor({ hostId, leaseLive: () => !fenced && (selfFence.remainingMs() ?? -1) > 0 }),
+        ],
+      },
       identity: `host-agent@${hostId}:${process.pid}`,
       shutdownGraceTime: '5s',
       // Cancellation reaches an activity with its heartbeat, and heartbeats carry transfer progress: keep both prompt.

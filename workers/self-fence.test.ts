@@ -1,9 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { ApplicationFailure } from '@temporalio/common';
+import type { ActivityExecuteInput } from '@temporalio/worker';
 
 import { ConfigError } from '../config/load-config';
 import { configSchema } from '../config/schema';
-import { NS_PER_MS, SelfFence, selfFenceTiming } from './self-fence';
+import { leaseGuardInterceptor, NS_PER_MS, SelfFence, selfFenceTiming } from './self-fence';
 
 function fakeClock(startMs = 1_000) {
   let nowNs = BigInt(startMs) * NS_PER_MS;
@@ -124,4 +126,24 @@ test('the margin must leave a heartbeat interval before the deadline', () => {
   );
   // The test fleet's 3 s lease and 500 ms heartbeat leave no room for the default 3 s margin.
   assert.throws(() => selfFenceTiming(config({ selfFenceMarginMs: 3000 }, 500, 3)), ConfigError);
+});
+
+test('host work runs only while the lease could be alive, and a lapse is retryable', async () => {
+  let live = true;
+  const ran: string[] = [];
+  const execute = leaseGuardInterceptor({ hostId: 'host-1', leaseLive: () => live })().inbound.execute!;
+  const call = { args: [], headers: {} } as unknown as ActivityExecuteInput;
+  const next = async () => {
+    ran.push('activity');
+    return 'done';
+  };
+  assert.equal(await execute(call, next), 'done');
+  live = false;
+  await assert.rejects(execute(call, next), (err: unknown) => {
+    assert.ok(err instanceof ApplicationFailure);
+    assert.equal(err.type, 'HostLeaseLapsed');
+    assert.equal(err.nonRetryable, false);
+    return true;
+  });
+  assert.deepEqual(ran, ['activity'], 'the lapsed call never reached the activity');
 });

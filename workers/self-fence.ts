@@ -8,6 +8,8 @@
  * `ttl` past `sentAt`: the local deadline is conservative by the margin plus the query's trip, and only durations
  * are compared, never the two clocks' readings, so no skew between them matters (only their rates, a few ppm).
  */
+import { ApplicationFailure } from '@temporalio/common';
+import type { ActivityExecuteInput, ActivityInboundCallsInterceptor, Next } from '@temporalio/worker';
 import { ConfigError } from '../config/load-config';
 import type { NovacronConfig } from '../config/schema';
 
@@ -126,4 +128,26 @@ export class SelfFence {
       .finally(() => (this.fencing = undefined));
     return this.fencing;
   }
+}
+
+/**
+ * Host activities run only while this agent's lease could still be alive: past the self-fence deadline the store
+ * may have fenced the host and handed its guests over, so a zombie agent (a partition that heals before its next
+ * renewal says `lost`) must not touch libvirt for it. Retryable: once the agent holds a lease again, the work can go
+ * on; a fenced host is never given new work in the meantime.
+ */
+export function leaseGuardInterceptor(input: { hostId: string; leaseLive: () => boolean }) {
+  return (): { inbound: ActivityInboundCallsInterceptor } => ({
+    inbound: {
+      async execute(call: ActivityExecuteInput, next: Next<ActivityInboundCallsInterceptor, 'execute'>) {
+        if (!input.leaseLive()) {
+          throw ApplicationFailure.retryable(
+            `host ${input.hostId}'s agent holds no live lease; it does no host work until it does`,
+            'HostLeaseLapsed',
+          );
+        }
+        return next(call);
+      },
+    },
+  });
 }
