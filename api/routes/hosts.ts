@@ -11,7 +11,7 @@ import { getHost, HOST_STATES, listHosts, readmitHost, setHostMaintenance, type 
 import { NotFoundError } from '../errors';
 import { exactly } from '../exact-schema';
 import { failoverListSchema, failoverReportSchema } from '../failover-schemas';
-import { errorBodySchema } from '../schemas';
+import { errorBodySchema, workflowIdSchema } from '../schemas';
 
 const HOST_ID = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export const hostIdSchema = z.string().regex(HOST_ID, 'must be a host id (lowercase letters, digits and dashes)');
@@ -176,7 +176,7 @@ export const hostRoutes: FastifyPluginAsyncZod = async (app) => {
       schema: {
         summary: 'One failover report',
         tags: ['hosts'],
-        params: z.strictObject({ id: z.string().min(1).max(200) }),
+        params: z.strictObject({ id: workflowIdSchema }),
         response: { 200: failoverReportSchema, 404: errorBodySchema },
       },
     },
