@@ -114,7 +114,11 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
       const start: FailoverHostInput[] = [];
       for (const host of suspects) {
         const lease = host.lease!;
-        const id = failoverWorkflowId({ hostId: host.id, suspectToken: lease.fencingToken });
+        const id = failoverWorkflowId({
+          hostId: host.id,
+          suspectToken: lease.fencingToken,
+          suspectedAt: lease.expiresAt,
+        });
         const report = await failovers.createFailover(pool, {
           id,
           hostId: host.id,

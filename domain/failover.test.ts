@@ -38,10 +38,19 @@ test('restart waves go by priority, highest first, equal priorities together, ti
 });
 
 test('a failover is per host incarnation, and what any witness saw running is kept', () => {
-  assert.equal(failoverWorkflowId({ hostId: 'host-1', suspectToken: 7 }), 'failover-host-1-7');
+  const at = '2026-12-01T14:48:46.448Z';
+  assert.equal(
+    failoverWorkflowId({ hostId: 'host-1', suspectToken: 7, suspectedAt: at }),
+    'failover-host-1-7-1796136526448',
+  );
   assert.notEqual(
-    failoverWorkflowId({ hostId: 'host-1', suspectToken: 7 }),
-    failoverWorkflowId({ hostId: 'host-1', suspectToken: 8 }),
+    failoverWorkflowId({ hostId: 'host-1', suspectToken: 7, suspectedAt: at }),
+    failoverWorkflowId({ hostId: 'host-1', suspectToken: 8, suspectedAt: at }),
+  );
+  // The same token in another database's history (its lease expired at another time) is another failover.
+  assert.notEqual(
+    failoverWorkflowId({ hostId: 'host-1', suspectToken: 7, suspectedAt: at }),
+    failoverWorkflowId({ hostId: 'host-1', suspectToken: 7, suspectedAt: '2026-12-01T14:50:00.000Z' }),
   );
   assert.deepEqual([...domainsSeenRunning([{ runningDomains: ['a'] }, {}, { runningDomains: ['b', 'a'] }])].sort(), [
     'a',

@@ -21,9 +21,13 @@ export interface FailoverHostInput {
   settings: FailoverSettings;
 }
 
-/** One failover per host incarnation: a host that comes back and fails again gets a new one. */
-export function failoverWorkflowId(input: { hostId: string; suspectToken: number }): string {
-  return `failover-${input.hostId}-${input.suspectToken}`;
+/**
+ * One failover per lapsed lease: a host that comes back and fails again gets a new one. The expiry is part of it
+ * because Temporal's history can outlive the store's rows (a database rebuilt, or test databases sharing one
+ * server), and a token alone would then name an old failover, whose id Temporal refuses to start again.
+ */
+export function failoverWorkflowId(input: { hostId: string; suspectToken: number; suspectedAt: string }): string {
+  return `failover-${input.hostId}-${input.suspectToken}-${Date.parse(input.suspectedAt)}`;
 }
 
 export interface StormVerdict {
