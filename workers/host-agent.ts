@@ -126,7 +126,17 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     max: 3,
     applicationName: `novacron-agent-${hostId}`,
   });
-  const stopped: Array<() => Promise<void>> = [() => pool.end()];
+  // Its own connection: renewals must not queue behind inventory reports and activities on a busy host, or a slow
+  // moment would pass the self-fence deadline with the lease still alive.
+  const leasePool = createPool({
+    databaseUrl: config.storage.databaseUrl,
+    max: 1,
+    applicationName: `novacron-agent-${hostId}-lease`,
+  });
+  const stopped: Array<() => Promise<void>> = [() => pool.end(), () => leasePool.end()];
+  // Self-fencing is failover's other half: with failover off nobody restarts a guest elsewhere, so stopping it
+  // would only lose it. Agents and control workers must agree on failover.enabled (README, Adding a host).
+  const selfFencing = config.failover.enabled;
   try {
     const metrics = createMetrics({ service: 'host-agent', labels: { host_id: hostId } });
     const agentMetrics = createHostAgentMetrics(metrics.registry);
@@ -185,7 +195,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       },
     });
     let watchdog: HostWatchdogLink | undefined;
-    if (config.failover.watchdog) {
+    if (selfFencing && config.failover.watchdog) {
       watchdog = startHostWatchdog({
         hostId,
         libvirtUri: config.agent.libvirtUri,
@@ -203,7 +213,7 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     for (;;) {
       const sentAt = selfFence.sendTime();
       try {
-        token = await acquireHostLease(pool, { hostId, holder, ttlMs });
+        token = await acquireHostLease(leasePool, { hostId, holder, ttlMs });
         leaseRenewed(sentAt);
         break;
       } catch (err) {
@@ -223,15 +233,15 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
     };
     const heartbeat = async () => {
       const sentAt = selfFence.sendTime();
-      const renewal = await renewHostLease(pool, { hostId, holder, token, ttlMs });
+      const renewal = await renewHostLease(leasePool, { hostId, holder, token, ttlMs });
       if (renewal === 'renewed') leaseRenewed(sentAt);
       else if (renewal === 'expired') {
         // The guests have no lease any more, whatever the local clock says: they stop before a new one is taken.
-        await selfFence.leaseExpired();
+        if (selfFencing) await selfFence.leaseExpired();
         // Down in the meantime: come back under a new token, so work written under the old one stays refused. A
         // HostLeaseHeld here means another holder took it: the next renewal says 'lost'.
         const reacquiredAt = selfFence.sendTime();
-        token = await acquireHostLease(pool, { hostId, holder, ttlMs });
+        token = await acquireHostLease(leasePool, { hostId, holder, ttlMs });
         leaseRenewed(reacquiredAt);
         logger.warn({ hostId, token }, 'host lease had expired; re-acquired with a new fencing token');
       } else {
@@ -246,11 +256,15 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
 
     // From the first lease on, however long start-up still takes: a lapse during it must fence as well.
     const leaseLoops = [
-      every(
-        SELF_FENCE_CHECK_MS,
-        async () => selfFence.check(),
-        (err) => logger.error({ err, hostId, token }, 'self-fence failed; trying again'),
-      ),
+      ...(selfFencing
+        ? [
+            every(
+              SELF_FENCE_CHECK_MS,
+              async () => selfFence.check(),
+              (err) => logger.error({ err, hostId, token }, 'self-fence failed; trying again'),
+            ),
+          ]
+        : []),
       every(config.fleet.heartbeatIntervalMs, heartbeat, (err) => {
         agentMetrics.leaseRenewals.inc({ outcome: 'failed' });
         logger.warn({ err, hostId }, 'lease renewal failed');
@@ -312,7 +326,9 @@ export async function startHostAgent(input: { config: NovacronConfig; logger: Lo
       interceptors: {
         activity: [
           activityMetricsInterceptor(metrics),
-          leaseGuardInterceptor({ hostId, leaseLive: () => !fenced && (selfFence.remainingMs() ?? -1) > 0 }),
+          ...(selfFencing
+            ? [leaseGuardInterceptor({ hostId, leaseLive: () => !fenced && (selfFence.remainingMs() ?? -1) > 0 })]
+            : []),
         ],
       },
       identity: `host-agent@${hostId}:${process.pid}`,

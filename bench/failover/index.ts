@@ -21,6 +21,7 @@ import {
   failoversOf,
   finishedFailover,
   GRACE_MS,
+  FAILOVER_AGENT_ENV,
   guestOn,
   runningOn,
 } from '../../test/support/failover-fleet';
@@ -231,7 +232,14 @@ async function run(input: BenchRunInput): Promise<{ file: string; publish: boole
       const pool = createPool({ databaseUrl: config.storage.databaseUrl!, applicationName: 'novacron-bench', max: 5 });
       cleanups.add(() => pool.end());
       await migrate(pool);
-      const fleet = await startFleet({ config, pool, hostIds: FAILOVER_HOSTS, scratchDir, network: true });
+      const fleet = await startFleet({
+        config,
+        pool,
+        hostIds: FAILOVER_HOSTS,
+        scratchDir,
+        network: true,
+        agentEnv: FAILOVER_AGENT_ENV,
+      });
       cleanups.add(() => fleet.stop());
       const runs = await measure(fleet);
       const results: Omit<FailoverResults, 'run'> = {

@@ -77,6 +77,7 @@ test("a SIGKILLed agent's guest is destroyed before its lease expires, and its w
       NOVACRON_AGENT_METRICS_LISTEN_HOST: '127.0.0.1',
       // The test fleet's 3 s lease and 500 ms heartbeat: a margin that leaves more than one heartbeat of slack.
       NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000',
+      NOVACRON_FAILOVER_ENABLED: 'true',
     },
   });
   const [, pid] = await agent.waitForOutput(/"pid":(\d+),"msg":"host watchdog started"/, 120_000);
@@ -120,7 +121,11 @@ test('a cleanly stopped agent hands its live lease to the next one on its host, 
       hypervisor,
       databaseUrl: db.url,
       imageRoot,
-      env: { NOVACRON_LOG_LEVEL: 'info', NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000' },
+      env: {
+        NOVACRON_LOG_LEVEL: 'info',
+        NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000',
+        NOVACRON_FAILOVER_ENABLED: 'true',
+      },
     });
   const lease = async () =>
     (

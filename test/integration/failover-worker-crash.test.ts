@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { FailoverReport } from '../../store/failovers';
+import { FAILOVER_AGENT_ENV } from '../support/failover-fleet';
 import { FLEET_SHARED_POOL, TEST_FLEET_OVERRIDES } from '../support/fleet';
 import { startProcessFleet, type ProcessFleet } from '../support/migration-process-fleet';
 import { createTestDatabase, scratchDir, testConfig, type TestDatabase } from '../support/services';
@@ -27,6 +28,7 @@ before(async () => {
     pool: db.pool,
     hostIds: HOSTS,
     scratchDir,
+    agentEnv: FAILOVER_AGENT_ENV,
   });
 });
 

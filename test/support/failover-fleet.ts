@@ -18,6 +18,9 @@ export const GRACE_MS = 1000;
 export const FAILOVER_TIMEOUT_MS = 120_000;
 const HOSTS_UP_TIMEOUT_MS = 60_000;
 
+/** What agents of a failover fleet need on top of the test fleet's settings: self-fencing on. */
+export const FAILOVER_AGENT_ENV = { NOVACRON_FAILOVER_ENABLED: 'true' };
+
 export interface FailoverFleet {
   fleet: Fleet;
   db: TestDatabase;
@@ -33,6 +36,7 @@ export async function startFailoverFleet(): Promise<FailoverFleet> {
     hostIds: FAILOVER_HOSTS,
     scratchDir,
     network: true,
+    agentEnv: FAILOVER_AGENT_ENV,
   }).catch(async (err: unknown) => {
     await db.drop();
     throw err;

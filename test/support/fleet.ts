@@ -40,6 +40,8 @@ export const TEST_FLEET_ENV = {
   NOVACRON_FLEET_STALENESS_BOUND_MS_DATACENTER: '4000',
   // The default 3 s margin would not fit in a 3 s lease: agents stop their guests 1 s before theirs could expire.
   NOVACRON_FAILOVER_SELF_FENCE_MARGIN_MS: '1000',
+  // Off as on the control side (TEST_FLEET_OVERRIDES): these agents' guests stay when the agent is killed.
+  NOVACRON_FAILOVER_ENABLED: 'false',
 };
 
 /** The same settings as config overrides, for in-process control workers. */

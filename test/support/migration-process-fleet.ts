@@ -186,6 +186,8 @@ export interface StartProcessFleetInput {
   pool: Pool;
   hostIds: string[];
   scratchDir: (prefix: string) => string;
+  /** Config every agent gets on top of TEST_FLEET_ENV, as NOVACRON_* variables. */
+  agentEnv?: Record<string, string>;
 }
 
 // The first start of a worker may bundle the workflows (webpack) on a loaded 2-core machine.
@@ -258,6 +260,7 @@ export async function startProcessFleet(input: StartProcessFleetInput): Promise<
         storagePools,
         temporalAddress,
         scratchDir: input.scratchDir,
+        ...(input.agentEnv ? { env: input.agentEnv } : {}),
       });
       return agents[hostId];
     };
