@@ -107,7 +107,11 @@ test("a SIGKILLed agent's guest is destroyed before its lease expires, and its w
   assert.equal(lease.rowCount, 1);
   t.diagnostic(`guest seen off ${Math.round(Number(lease.rows[0]!.left_ms))} ms before the lease's expiry`);
   assert.equal(lease.rows[0]!.before_expiry, true, 'the guest outlived its lease');
-  assert.match(agent.output(), /"by":"watchdog".*"msg":"self-fenced"/);
+  // The watchdog logs after the destroy returns, into the dead agent's output: wait for the line, do not race it.
+  const killed = agent;
+  await waitUntil('the watchdog to log its fence', () => /"by":"watchdog".*"msg":"self-fenced"/.test(killed.output()), {
+    timeoutMs: 10_000,
+  });
   await waitUntil('the watchdog to exit', () => !alive(watchdogPid!), { timeoutMs: 10_000 });
 });
 
