@@ -16,8 +16,9 @@ import type {
   MigrationProgress,
   MigrationResult,
 } from '../domain/migration';
-import { placeVm, rejectReason, type PlacementHost } from '../domain/vm-placement';
+import { placeVm, rejectReason } from '../domain/vm-placement';
 import { LOCAL_STORAGE_POOL, type VmRecord } from '../domain/vm-spec';
+import { placementHost } from '../store/host-records';
 import { getHost, listHosts, liveHostToken, type HostRecord } from '../store/hosts';
 import * as records from '../store/migration-records';
 import { getVm } from '../store/vms';
@@ -75,20 +76,6 @@ export interface FinishMigrationInput {
 /** Rows written before VM specs named a pool hold their disks in the host's own image root. */
 function storagePoolOf(vm: VmRecord): string {
   return vm.spec.storagePool ?? LOCAL_STORAGE_POOL;
-}
-
-function placementHost(host: HostRecord): PlacementHost {
-  return {
-    id: host.id,
-    state: host.state,
-    leaseAlive: host.lease?.alive ?? false,
-    cpus: host.cpus,
-    memoryMib: host.memoryMib,
-    diskMib: host.diskMib,
-    labels: host.labels,
-    allocated: host.allocated,
-    storagePools: Object.keys(host.storagePools),
-  };
 }
 
 function targetHost(host: HostRecord): MigrationTargetHost {
