@@ -11,15 +11,14 @@
  * and leaves the docs as they are. The agents run with the shipped config, whose datacenter profile pins
  * dwcp.mode to datacenter; NOVACRON_BENCH_MIGRATION_DWCP_MODE=auto lets the link probe choose the mode instead.
  */
-import { copyFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { migrationPolicySchema } from '../../domain/migration';
 import { migrationDeadlineMs } from '../../domain/migration-plan';
-import { ensureTestGuestImage, TESTGUEST_NAME } from '../../guest/build';
 import { detectDomainType } from '../../native/libvirt';
 import { migrate } from '../../store/migrate';
 import { createPool } from '../../store/pool';
 import { startFleet, TEST_FLEET_OVERRIDES, type Fleet } from '../../test/support/fleet';
+import { registerTestGuest } from '../../test/support/test-guest-library';
 import { readResults, writeResults, type Benchmark, type BenchRunInput } from '../results';
 import { withBenchServices } from '../services';
 import { deleteGuest, guestState, replaceGuest, startGuest, type BenchGuest } from './guest';
@@ -136,20 +135,6 @@ async function runCase(fleet: Fleet, guest: BenchGuest, link: LinkKind): Promise
   return samples;
 }
 
-async function registerGuestImage(fleet: Fleet): Promise<void> {
-  const image = await ensureTestGuestImage({ log });
-  const library = path.join(fleet.imageRoots['host-1']!, 'library', `${TESTGUEST_NAME}.raw`);
-  await mkdir(path.dirname(library), { recursive: true });
-  await copyFile(image.path, library);
-  const registered = await fleet.inject({
-    method: 'POST',
-    url: '/v1/images',
-    payload: { id: TESTGUEST_NAME, hostId: 'host-1', format: 'raw' },
-  });
-  if (registered.statusCode !== 202) throw new Error(`image registration: ${registered.statusCode} ${registered.body}`);
-  await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId);
-}
-
 async function setLinks(fleet: Fleet, link: LinkKind): Promise<void> {
   const cap = link === 'veth' ? undefined : { rateMbit: LINK_CAP_MBIT };
   for (const host of fleet.hypervisors.hosts) await host.setLinkCap(cap);
@@ -176,7 +161,7 @@ async function run(input: BenchRunInput): Promise<{ file: string; publish: boole
         ...(DWCP_MODE ? { agentEnv: { NOVACRON_DWCP_MODE: DWCP_MODE } } : {}),
       });
       cleanups.add(() => fleet.stop());
-      await registerGuestImage(fleet);
+      await registerTestGuest(fleet, { log });
       const cases: MigrationCaseResult[] = [];
       for (const load of ['idle', 'busy'] as const) {
         const links = chosen.filter((c) => c.guest === load).map((c) => c.link);

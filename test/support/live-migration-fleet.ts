@@ -5,14 +5,14 @@
  * end is: a refused or aborted migration fails its workflow, so the workflow route cannot be waited on for those.
  */
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { vmConsoleLogPath } from '../../activities/storage-paths';
 import type { MigrationPolicyInput } from '../../domain/migration';
-import { ensureTestGuestImage, TESTGUEST_NAME } from '../../guest/build';
+import { TESTGUEST_NAME } from '../../guest/build';
 import { parseConsoleLog, testGuestOemStrings, type TestGuestWorkload } from '../../guest/workload';
 import type { MigrationRecord } from '../../store/migration-records';
 import { FLEET_SHARED_POOL, startFleet, TEST_FLEET_OVERRIDES, type Fleet } from './fleet';
+import { registerTestGuest } from './test-guest-library';
 import { createTestDatabase, scratchDir, testConfig, type TestDatabase } from './services';
 import { waitUntil } from './wait';
 
@@ -31,7 +31,6 @@ export interface MigrationFleet {
 
 /** Two harness hosts on one shared pool, sampling migration jobs four times a second, with the test guest image. */
 export async function startMigrationFleet(): Promise<MigrationFleet> {
-  const image = await ensureTestGuestImage({ log: (line) => process.stderr.write(`${line}\n`) });
   const db: TestDatabase = await createTestDatabase();
   const fleet = await startFleet({
     config: testConfig({
@@ -50,16 +49,7 @@ export async function startMigrationFleet(): Promise<MigrationFleet> {
     await db.drop();
   };
   try {
-    const library = path.join(fleet.imageRoots['host-1']!, 'library', `${TESTGUEST_NAME}.raw`);
-    await mkdir(path.dirname(library), { recursive: true });
-    await copyFile(image.path, library);
-    const registered = await fleet.inject({
-      method: 'POST',
-      url: '/v1/images',
-      payload: { id: TESTGUEST_NAME, hostId: 'host-1', format: 'raw' },
-    });
-    assert.equal(registered.statusCode, 202, registered.body);
-    await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId);
+    await registerTestGuest(fleet);
   } catch (err) {
     await stop();
     throw err;

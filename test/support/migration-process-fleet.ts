@@ -9,7 +9,7 @@ import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Pool } from 'pg';
 import pino from 'pino';
@@ -17,7 +17,7 @@ import { vmConsoleLogPath } from '../../activities/storage-paths';
 import { buildApp, type BuiltApp } from '../../api/app';
 import type { NovacronConfig } from '../../config/schema';
 import type { MigrationResult } from '../../domain/migration';
-import { ensureTestGuestImage, TESTGUEST_NAME } from '../../guest/build';
+import { TESTGUEST_NAME } from '../../guest/build';
 import { parseConsoleLog, testGuestOemStrings, type TestGuestWorkload } from '../../guest/workload';
 import { LibvirtConnection } from '../../native/libvirt';
 import { assertHypervisorBinaries, startLocalHypervisors, type LocalHypervisors } from '../../native/libvirt/harness';
@@ -35,20 +35,7 @@ export type MigrationFleet = Pick<
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Copies the built test guest into host-1's library and registers it, so VMs boot from it on the shared pool. */
-export async function registerTestGuest(fleet: MigrationFleet): Promise<void> {
-  const image = await ensureTestGuestImage({ log: (line) => process.stderr.write(`${line}\n`) });
-  const library = path.join(fleet.imageRoots['host-1']!, 'library', `${TESTGUEST_NAME}.raw`);
-  await mkdir(path.dirname(library), { recursive: true });
-  await copyFile(image.path, library);
-  const registered = await fleet.inject({
-    method: 'POST',
-    url: '/v1/images',
-    payload: { id: TESTGUEST_NAME, hostId: 'host-1', format: 'raw' },
-  });
-  assert.equal(registered.statusCode, 202, registered.body);
-  await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId, 300_000);
-}
+export { registerTestGuest } from './test-guest-library';
 
 export interface GuestSpec {
   name: string;

@@ -28,5 +28,6 @@ export async function registerTestGuest(
   if (registered.statusCode !== 202) {
     throw new Error(`registering ${TESTGUEST_NAME}: ${registered.statusCode} ${registered.body}`);
   }
-  await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId, input.timeoutMs);
+  // Hashing the image is the slow part; on a loaded 2-core machine it has taken minutes.
+  await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId, input.timeoutMs ?? 300_000);
 }
