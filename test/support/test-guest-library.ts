@@ -28,6 +28,6 @@ export async function registerTestGuest(
   if (registered.statusCode !== 202) {
     throw new Error(`registering ${TESTGUEST_NAME}: ${registered.statusCode} ${registered.body}`);
   }
-  // Hashing the image is the slow part; on a loaded 2-core machine it has taken minutes.
+  // Hashing the image is the slow part, and slower still on a loaded machine.
   await fleet.waitForWorkflow(registered.json<{ workflowId: string }>().workflowId, input.timeoutMs ?? 300_000);
 }
