@@ -38,7 +38,7 @@ const POLL_INTERVAL_MS = 50;
 const GUEST = { vcpus: 1, memoryMib: 64, diskMib: 16, storagePool: FLEET_SHARED_POOL };
 /** The goals for kill → guest running elsewhere. */
 const GOALS = { p50Ms: 10_000, p99Ms: 15_000 };
-/** The integration test's failover settings (startFailoverFleet), on the benchmark's own services. */
+/** The test fleet's 3 s lease with failover on (the integration test gives its lease more slack), on the benchmark's own services. */
 const OVERRIDES = {
   ...TEST_FLEET_OVERRIDES,
   failover: { ...TEST_FLEET_OVERRIDES.failover, enabled: true, graceMs: GRACE_MS, witnessProbeTimeoutMs: 1000 },

@@ -53,25 +53,39 @@ const runningOn = (vmId: string) => runningOnHosts(fleet, vmId);
 const bringBack = (hostId: string) => bringBackHost(fleet, hostId);
 const sample = (vmId: string, from: string) => sampleFailover(fleet, { vmId, from });
 const leaseToken = async (hostId: string) => (await fleet.getHost(hostId)).lease.fencingToken;
+const leaseExpiry = async (hostId: string) =>
+  (
+    await db.pool.query<{ expires_at: Date }>(`SELECT expires_at FROM leases WHERE resource = $1`, [`host:${hostId}`])
+  ).rows[0]?.expires_at.getTime();
+/** Returns once the host's agent has just renewed its lease (its expiry moved). */
+async function justRenewed(hostId: string): Promise<void> {
+  const was = await leaseExpiry(hostId);
+  await waitUntil(`${hostId}'s next renewal`, async () => (await leaseExpiry(hostId)) !== was, { intervalMs: 10 });
+}
 
 test('a cut shorter than the self-fence deadline fences nothing and fails nothing over', async () => {
   const vmId = await guestOn('host-3', 'hiccup-guest');
   const before = await leaseToken('host-3');
-  // The agent stops its guests 2 s (TTL − margin) after its last renewal went out; a renewal is up to a heartbeat
-  // old when the cut begins, and after it TCP takes its retransmission backoff to resume (a 500 ms cut stopped the
-  // guest in one run without the lease expiring). 300 ms leaves a second of that slack.
+  // The agent stops its guests TTL − margin after its last renewal went out. The cut starts just after a renewal,
+  // so the deadline is a whole TTL − margin away; after the cut TCP takes its retransmission backoff to resume (a
+  // 500 ms cut stopped the guest in one run of a 3 s lease without the lease expiring).
   const cutMs = 300;
-  assert.ok(cutMs < TTL_MS - SELF_FENCE_MARGIN_MS - 1500, `the test's settings leave no room for a ${cutMs} ms cut`);
+  assert.ok(cutMs < TTL_MS - SELF_FENCE_MARGIN_MS - 2500, `the test's settings leave no room for a ${cutMs} ms cut`);
+  await justRenewed('host-3');
+  const cutAt = performance.now();
   await fleet.hypervisors.hosts[2]!.setLinkUp(false);
   await new Promise((r) => setTimeout(r, cutMs));
   await fleet.hypervisors.hosts[2]!.setLinkUp(true);
+  const cutLastedMs = Math.round(performance.now() - cutAt);
   // Long enough for a failover to have started had the lease expired: the lease, the grace and a few ticks.
   await new Promise((r) => setTimeout(r, TTL_MS + GRACE_MS + 2000));
-  assert.deepEqual(await failoversOf('host-3'), []);
+  // What the agent logged (warnings and worse): a self-fence says when and why.
+  const agentLog = () => `cut ${cutLastedMs} ms; host-3's agent: ${fleet.agents['host-3']!.output().slice(-3000)}`;
+  assert.deepEqual(await failoversOf('host-3'), [], agentLog());
   const host = await fleet.getHost('host-3');
   assert.equal(host.state, 'up');
   assert.equal(host.lease.fencingToken, before, 'the lease never expired, so its token did not move');
-  assert.deepEqual(await runningOn(vmId), ['host-3']);
+  assert.deepEqual(await runningOn(vmId), ['host-3'], agentLog());
 });
 
 test('a storm (two of three agents stopped at once) fails nothing over and raises the alert', async () => {
@@ -115,6 +129,10 @@ test('a partitioned host fences itself, its guest restarts elsewhere, never twic
   const vmId = await guestOn('host-3', 'partition-guest');
   const earlier = await failoverIds('host-3');
   const sampler = sample(vmId, 'host-3');
+  // On a loaded machine the sampler's first round can take longer than the agent takes to fence itself.
+  await waitUntil('the sampler seeing the guest run on host-3', () =>
+    sampler.seen().some((o) => o.hostId === 'host-3' && o.state === 'running'),
+  );
   const cutAt = Date.now();
   await fleet.hypervisors.hosts[2]!.setLinkUp(false);
   const report = await finishedFailover('host-3', earlier);

@@ -18,6 +18,8 @@ export interface DomainObservation {
 }
 
 export interface DomainSampler {
+  /** The observations so far, while it keeps sampling. */
+  seen(): readonly DomainObservation[];
   /** Stops after the round in progress and returns every observation. */
   stop(): Promise<DomainObservation[]>;
 }
@@ -47,6 +49,7 @@ export function sampleDomains(input: {
     }
   })();
   return {
+    seen: () => [...observations],
     async stop() {
       stopping = true;
       await loop;
