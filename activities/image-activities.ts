@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { NovacronConfig } from '../config/schema';
 import {
   chunkingParams,
+  fixedChunking,
   classifyMode,
   dialTls,
   DwcpError,
@@ -361,6 +362,9 @@ export function createImageActivities(deps: ImageActivityDeps) {
           maxInFlightChunks: parameters.maxInFlightChunks,
           ...(rateLimitMbps !== undefined ? { maxBytesPerSecond: (rateLimitMbps * 1e6) / 8 } : {}),
           chunking: chunkingParams({ avgBytes: parameters.chunkAvgBytes }),
+          ...(parameters.firstCopyChunkBytes
+            ? { firstCopyChunking: fixedChunking({ bytes: parameters.firstCopyChunkBytes }) }
+            : {}),
           pool: deps.pool,
           dial: async (dial) => {
             const current = await deps.lookupDwcpEndpoint?.(input.targetHostId).catch(() => undefined);
@@ -389,6 +393,7 @@ export function createImageActivities(deps: ImageActivityDeps) {
           mode: parameters.mode,
           streams: parameters.streams,
           compressionLevel: parameters.compressionLevel,
+          chunking: result.chunking,
           logicalBytes: result.logicalBytes,
           wireBytes: result.wireBytes,
           durationMs: result.durationMs,

@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { chunkingParams } from '../../native/dwcp/chunking';
+import { chunkingParams, fixedChunking } from '../../native/dwcp/chunking';
 import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/worker-pool';
 import { probeLink } from '../../native/dwcp/mode';
 import { DwcpReceiver } from '../../native/dwcp/receiver';
@@ -21,6 +21,7 @@ const ConfigSchema = z.object({
   path: z.string(),
   streams: z.number().int().positive(),
   chunkAvgBytes: z.number().int().positive(),
+  firstCopyChunkBytes: z.number().int().nonnegative().default(0),
   compressionLevel: z.number().int().nonnegative(),
   maxInFlightChunks: z.number().int().positive(),
 });
@@ -91,6 +92,9 @@ async function main(): Promise<void> {
         sourcePath: config.path,
         streams: config.streams,
         chunking: chunkingParams({ avgBytes: config.chunkAvgBytes }),
+        ...(config.firstCopyChunkBytes > 0
+          ? { firstCopyChunking: fixedChunking({ bytes: config.firstCopyChunkBytes }) }
+          : {}),
         compressionLevel: config.compressionLevel,
         maxInFlightChunks: config.maxInFlightChunks,
       });

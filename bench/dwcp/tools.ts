@@ -46,6 +46,8 @@ export function nodeArgv(script: string, config: unknown): string[] {
 export interface DwcpParams {
   streams: number;
   chunkAvgBytes: number;
+  /** Offered to a receiver with no base (0 or absent: none). */
+  firstCopyChunkBytes?: number;
   compressionLevel: number;
   maxInFlightChunks: number;
 }
@@ -163,6 +165,7 @@ export function toolSpecs(input: {
         const settings = {
           streams: params.streams,
           chunkAvgBytes: params.chunkAvgBytes,
+          firstCopyChunkBytes: params.firstCopyChunkBytes ?? 0,
           compressionLevel: params.compressionLevel,
           maxInFlightChunks: params.maxInFlightChunks,
         };

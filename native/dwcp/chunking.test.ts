@@ -4,7 +4,9 @@ import { test } from 'node:test';
 import {
   ContentChunker,
   chunkLengths,
+  chunkingKey,
   chunkingParams,
+  fixedChunking,
   isZeroChunk,
   looksIncompressible,
   nextChunkLength,
@@ -144,4 +146,17 @@ test('random data is incompressible, text and zeros-with-noise are not', () => {
 test('invalid parameters are rejected', () => {
   assert.throws(() => chunkingParams({ avgBytes: 1000 }), RangeError);
   assert.throws(() => chunkingParams({ avgBytes: 65536, maxBytes: 64 * 1024 * 1024 }), RangeError);
+});
+
+test('fixed chunking cuts equal extents whatever the content, and needs more data before a short tail', () => {
+  const fixed = fixedChunking({ bytes: 8192 });
+  const data = noiseContent({ bytes: 3 * 8192 + 100, seed: 5 });
+  assert.deepEqual(chunkLengths({ data, params: fixed }), [8192, 8192, 8192, 100]);
+  assert.equal(nextChunkLength({ data, start: 3 * 8192, end: data.length, params: fixed, final: false }), 0);
+  assert.equal(chunkingKey(fixed), 'fixed/8192');
+  assert.notEqual(chunkingKey(fixed), chunkingKey(chunkingParams({ avgBytes: 8192 })));
+  // What a receiver rebuilds from the HELLO's description is the same chunking.
+  assert.equal(chunkingKey(chunkingParams({ ...fixed })), 'fixed/8192');
+  assert.throws(() => fixedChunking({ bytes: 5000 }), RangeError);
+  assert.throws(() => fixedChunking({ bytes: 8 * 1024 * 1024 }), RangeError);
 });

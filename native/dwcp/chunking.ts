@@ -13,6 +13,11 @@ export interface ChunkingParams {
   maxBytes: number;
   /** FastCDC normalization level: how much harder a cut is before avgBytes and easier after it. */
   normalization: number;
+  /**
+   * Fixed extents of maxBytes (min = avg = max) instead of content-defined cuts: for a copy that has nothing to
+   * deduplicate against, where finding shift-resistant boundaries is CPU spent for nothing.
+   */
+  fixed?: boolean;
 }
 
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -23,7 +28,9 @@ export function chunkingParams(input: {
   minBytes?: number;
   maxBytes?: number;
   normalization?: number;
+  fixed?: boolean;
 }): ChunkingParams {
+  if (input.fixed) return fixedChunking({ bytes: input.avgBytes });
   const avgBytes = input.avgBytes;
   const minBytes = input.minBytes ?? Math.max(64, Math.floor(avgBytes / 4));
   const maxBytes = input.maxBytes ?? avgBytes * 4;
@@ -40,8 +47,18 @@ export function chunkingParams(input: {
   return { minBytes, avgBytes, maxBytes, normalization };
 }
 
+/** Fixed extents of `bytes` (a multiple of 4 KiB, the page and file-system block size, up to MAX_CHUNK_BYTES). */
+export function fixedChunking(input: { bytes: number }): ChunkingParams {
+  const { bytes } = input;
+  if (!Number.isInteger(bytes) || bytes <= 0 || bytes % 4096 !== 0 || bytes > MAX_CHUNK_BYTES) {
+    throw new RangeError(`fixed chunks must be a multiple of 4096 bytes up to ${MAX_CHUNK_BYTES}, got ${bytes}`);
+  }
+  return { minBytes: bytes, avgBytes: bytes, maxBytes: bytes, normalization: 0, fixed: true };
+}
+
 /** A stable key for "same chunking": two sides only share chunk hashes when they cut alike. */
 export function chunkingKey(params: ChunkingParams): string {
+  if (params.fixed) return `fixed/${params.maxBytes}`;
   return `${params.minBytes}/${params.avgBytes}/${params.maxBytes}/${params.normalization}`;
 }
 
@@ -133,6 +150,7 @@ export function nextChunkLength(input: {
   const { data, start, params } = input;
   const available = input.end - start;
   if (available <= 0) return 0;
+  if (params.fixed) return available >= params.maxBytes ? params.maxBytes : input.final ? available : 0;
   if (available <= params.minBytes) return input.final ? available : 0;
   const masks = masksFor(params);
   const limit = Math.min(available, params.maxBytes);

@@ -2,6 +2,7 @@
  * The receiving side of sendFile: the protocol state of one expected file (manifest parts, the NEED plan for each,
  * chunks, the journal and the end-to-end check). What touches the partial file itself is in partial-file.ts.
  */
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { compress } from 'zstd-napi';
 import { chunkingParams, type ChunkingParams } from './chunking';
@@ -51,6 +52,19 @@ export interface ExpectFileInput {
   onProgress?: (progress: TransferProgress) => void;
 }
 
+/** The files among `paths` that hold content to deduplicate against: regular and not empty. */
+async function usableBases(paths: string[]): Promise<string[]> {
+  const sizes = await Promise.all(
+    paths.map((p) =>
+      stat(p).then(
+        (info) => (info.isFile() ? info.size : 0),
+        () => 0,
+      ),
+    ),
+  );
+  return paths.filter((_, i) => sizes[i]! > 0);
+}
+
 /** What the receiver knows of the manifest stream of the current attempt. */
 interface ManifestStream {
   /** Entries received in this attempt (the manifest restarts from chunk 0 with every attempt). */
@@ -96,6 +110,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
 
   async attach(socket: FrameSocket, hello: Hello): Promise<void> {
     if (hello.kind !== TransferKind.FILE) throw new DwcpProtocolError('this transfer expects a file');
+    let chosen: ChunkingParams | undefined;
     if (hello.streamIndex > 0) {
       if (this.stream === undefined) throw new DwcpProtocolError('data stream before the control stream');
       this.joinAttempt(socket, hello);
@@ -103,11 +118,15 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       const file = hello.file;
       if (file === undefined) throw new DwcpProtocolError('file HELLO without file description');
       this.beginAttempt(socket, hello);
-      const chunking = chunkingParams(file.chunking);
+      const bases = await usableBases([this.input.targetPath, ...(this.input.baseImages ?? [])]);
+      // Nothing to deduplicate against: the sender's cheaper first-copy chunking, if it offered one. The choice
+      // depends only on the bases, so a resumed transfer chooses as its first attempt did and its journal applies.
+      const firstCopy = bases.length === 0 ? file.firstCopyChunking : undefined;
+      const chunking = chunkingParams(firstCopy ?? file.chunking);
+      if (firstCopy !== undefined) chosen = chunking;
       await this.open(file.size, chunking);
       // Index the existing target (a previous version) and the base images while the sender is still scanning its
       // source: both read a whole image.
-      const bases = [this.input.targetPath, ...(this.input.baseImages ?? [])];
       const indexing = this.ctx.chunkIndex.addExistingFiles({ paths: bases, chunking });
       indexing.catch(() => undefined);
       this.stream = { received: 0, nextOffset: 0, end: undefined, indexing };
@@ -118,7 +137,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     await socket.send({
       type: FrameType.HELLO,
       transferId: this.transferId,
-      payload: jsonPayload({ ok: true } satisfies HelloReply),
+      payload: jsonPayload({ ok: true, ...(chosen ? { chunking: chosen } : {}) } satisfies HelloReply),
     });
     this.serveChunks(socket);
   }

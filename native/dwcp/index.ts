@@ -27,6 +27,7 @@ export {
   MAX_CHUNK_BYTES,
   chunkLengths,
   chunkingParams,
+  fixedChunking,
   isZeroChunk,
   looksIncompressible,
   type ChunkingParams,

@@ -51,6 +51,12 @@ export interface ModeParameters {
   chunkAvgBytes: number;
   /** Fixed chunk size for ordered streams (migration). */
   streamChunkBytes: number;
+  /**
+   * Fixed extents offered for a file copy to a receiver with nothing to deduplicate against (0: always
+   * content-defined chunks). Where CPU is the limit, cutting content-defined chunks that nothing will match is
+   * waste; on slow links the CPU is idle anyway and the same cuts serve the next delta.
+   */
+  firstCopyChunkBytes: number;
   /** zstd level when no CPU measurement is at hand; chooseCompressionLevel refines it. */
   compressionLevel: number;
   maxCompressionLevel: number;
@@ -71,6 +77,7 @@ export const MODE_PARAMETERS = {
     maxStreams: 8,
     chunkAvgBytes: 128 * 1024,
     streamChunkBytes: 1024 * 1024,
+    firstCopyChunkBytes: 1024 * 1024,
     compressionLevel: 0,
     maxCompressionLevel: 3,
     maxInFlightChunks: 32,
@@ -81,6 +88,7 @@ export const MODE_PARAMETERS = {
     maxStreams: 16,
     chunkAvgBytes: 64 * 1024,
     streamChunkBytes: 512 * 1024,
+    firstCopyChunkBytes: 0,
     compressionLevel: 3,
     maxCompressionLevel: 9,
     maxInFlightChunks: 64,
@@ -91,6 +99,7 @@ export const MODE_PARAMETERS = {
     maxStreams: 32,
     chunkAvgBytes: 32 * 1024,
     streamChunkBytes: 256 * 1024,
+    firstCopyChunkBytes: 0,
     compressionLevel: 6,
     maxCompressionLevel: 12,
     maxInFlightChunks: 256,
@@ -115,6 +124,8 @@ export interface TransferParameters {
   streams: number;
   chunkAvgBytes: number;
   streamChunkBytes: number;
+  /** See ModeParameters; absent in parameters resolved before it existed (workflow histories). */
+  firstCopyChunkBytes?: number;
   compressionLevel: number;
   maxInFlightChunks: number;
 }
@@ -152,6 +163,7 @@ export function resolveTransferParameters(input: {
     streams: chooseStreamCount({ mode, rttMs: input.rttMs, bandwidthMbps: input.bandwidthMbps }),
     chunkAvgBytes: row.chunkAvgBytes,
     streamChunkBytes: row.streamChunkBytes,
+    firstCopyChunkBytes: row.firstCopyChunkBytes,
     compressionLevel,
     maxInFlightChunks: row.maxInFlightChunks,
   };

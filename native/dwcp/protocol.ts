@@ -2,7 +2,9 @@
  * The DWCP session protocol on top of framing: bodies of the control frames and the chunk states exchanged after the
  * manifest. One transfer runs as numbered attempts; each attempt opens N connections, stream 0 first:
  *
- * 1. sender → HELLO {kind, attempt, streamIndex, streams, file?}; receiver → HELLO {ok, nextIndex?, completed?}
+ * 1. sender → HELLO {kind, attempt, streamIndex, streams, file?}; receiver → HELLO {ok, nextIndex?, completed?,
+ *    chunking?} (chunking: the receiver has no base, so the sender cuts fixed extents instead of content-defined
+ *    chunks)
  * 2. file kind, stream 0 only: sender → MANIFEST parts (chunkIndex = the part's first chunk) as its scan cuts
  *    them, then MANIFEST_END {chunkCount, sha256, manifestDigest}; the receiver answers each part with a NEED
  *    (same chunkIndex, zstd of one ChunkState byte per chunk of the part). The HELLO comes before the sender's
@@ -39,6 +41,7 @@ export const ChunkingSchema = z.object({
   avgBytes: z.number().int().positive(),
   maxBytes: z.number().int().positive(),
   normalization: z.number().int().nonnegative(),
+  fixed: z.boolean().optional(),
 });
 
 export const HelloSchema = z.object({
@@ -51,6 +54,12 @@ export const HelloSchema = z.object({
     .object({
       size: z.number().int().nonnegative(),
       chunking: ChunkingSchema,
+      /**
+       * What the sender would rather cut with when the receiver has nothing to deduplicate against (no existing
+       * target, no base image): the receiver's reply names the chunking it chose. Only before the sender's scan
+       * began; later attempts describe the chunking the scan used.
+       */
+      firstCopyChunking: ChunkingSchema.optional(),
     })
     .optional(),
 });
@@ -69,6 +78,8 @@ export const HelloReplySchema = z.object({
   nextIndex: z.number().int().nonnegative().optional(),
   /** The transfer already finished (the sender missed the END reply); its verified sha256. */
   completed: z.string().optional(),
+  /** File kind: the chunking to scan with, when the receiver took the sender's firstCopyChunking. */
+  chunking: ChunkingSchema.optional(),
 });
 export type HelloReply = z.infer<typeof HelloReplySchema>;
 

@@ -4,11 +4,11 @@
  */
 import { stat } from 'node:fs/promises';
 import { decompress } from 'zstd-napi';
-import { chunkingParams, type ChunkingParams } from './chunking';
+import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
 import { ChunkEncoding, FrameType, jsonPayload, parseJsonPayload } from './framing';
 import { growPerChunk, manifestEntry } from './manifest';
-import { ChunkState, EndReplySchema, TransferKind, type End, type NackReason } from './protocol';
+import { ChunkState, EndReplySchema, TransferKind, type End, type HelloReply, type NackReason } from './protocol';
 import type { SendWorkload } from './send-engine';
 import { openDataSockets, SenderContext, type SenderOptions } from './sender-context';
 import { SourceScan, streamManifest } from './source-scan';
@@ -17,6 +17,12 @@ import { emptyChunkStats, type SendResult } from './transfer-types';
 export interface SendFileInput extends SenderOptions {
   sourcePath: string;
   chunking?: ChunkingParams;
+  /**
+   * Offered to the receiver as what to cut with instead of `chunking` when it has nothing to deduplicate against
+   * (typically fixed extents, fixedChunking): the scan then waits for the receiver's answer instead of starting
+   * before the first connection.
+   */
+  firstCopyChunking?: ChunkingParams;
 }
 
 const DEFAULT_CHUNKING = chunkingParams({ avgBytes: 64 * 1024 });
@@ -26,6 +32,20 @@ const DEFAULT_CHUNKING = chunkingParams({ avgBytes: 64 * 1024 });
  * part; the receiver answers each part with the chunks it lacks, and those are sent while later parts are still
  * being hashed. Resumes across reconnects and receiver restarts.
  */
+/** The chunking the scan uses: the receiver may only pick what was offered. */
+function chosenChunking(input: {
+  reply: HelloReply['chunking'];
+  offered: ChunkingParams | undefined;
+  otherwise: ChunkingParams;
+}): ChunkingParams {
+  if (input.reply === undefined) return input.otherwise;
+  const picked = chunkingParams(input.reply);
+  if (input.offered === undefined || chunkingKey(picked) !== chunkingKey(input.offered)) {
+    throw new DwcpProtocolError(`the receiver chose chunking ${chunkingKey(picked)}, which was not offered`);
+  }
+  return input.offered;
+}
+
 export async function sendFile(input: SendFileInput): Promise<SendResult> {
   const ctx = new SenderContext(input);
   try {
@@ -37,22 +57,34 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         throw DwcpError.fromNative(err, `source ${input.sourcePath}`);
       },
     );
-    // The scan starts before the first connection, and the receiver indexes its base images meanwhile.
-    const scan = new SourceScan({ pool: ctx.pool, path: input.sourcePath, chunking, size });
-    const manifest = scan.manifest;
+    const startScan = (with_: ChunkingParams) =>
+      new SourceScan({ pool: ctx.pool, path: input.sourcePath, chunking: with_, size });
+    // Without an alternative to offer, the scan starts before the first connection, and the receiver indexes its
+    // base images meanwhile.
+    let scan = input.firstCopyChunking === undefined ? startScan(chunking) : undefined;
     const stats = emptyChunkStats();
     let logicalBytes = 0;
     let chunksDone = 0;
 
     const { attempts } = await ctx.withReconnect(async (attempt) => {
+      const offer = scan === undefined ? input.firstCopyChunking : undefined;
+      const file = {
+        size,
+        chunking: scan?.chunking ?? chunking,
+        ...(offer !== undefined ? { firstCopyChunking: offer } : {}),
+      };
       const control = await ctx.connect({
         streamIndex: 0,
-        hello: { kind: TransferKind.FILE, attempt, streamIndex: 0, streams: ctx.streams, file: { size, chunking } },
+        hello: { kind: TransferKind.FILE, attempt, streamIndex: 0, streams: ctx.streams, file },
       });
       const sockets = [control.socket];
       try {
+        const current = (scan ??= startScan(
+          chosenChunking({ reply: control.reply.chunking, offered: offer, otherwise: chunking }),
+        ));
+        const manifest = current.manifest;
         if (control.reply.completed !== undefined) {
-          const { manifest: whole } = await scan.done();
+          const { manifest: whole } = await current.done();
           if (control.reply.completed !== whole.sha256)
             throw new DwcpChecksumError('receiver completed with another sha256');
           logicalBytes = whole.size;
@@ -79,7 +111,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
             if (queueHead < queue.length) return Promise.resolve(queue[queueHead++]!);
             queue.length = 0;
             queueHead = 0;
-            const total = scan.chunkCount;
+            const total = current.chunkCount;
             return Promise.resolve(manifestSent && total !== undefined && answered === total ? 'end' : 'wait');
           },
           onNeed: (frame) => {
@@ -140,7 +172,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
             ctx.acks++;
             logicalBytes += manifestEntry({ manifest, index }).length;
             chunksDone++;
-            ctx.progress({ logicalBytes, chunksDone, chunksTotal: scan.chunkCount });
+            ctx.progress({ logicalBytes, chunksDone, chunksTotal: current.chunkCount });
           },
           onNack: (index, reason: NackReason) => {
             if (reason === 'ref-miss') states[index] = ChunkState.SEND;
@@ -153,7 +185,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           queue: [],
           maxInFlight: input.maxInFlightChunks ?? 16 * ctx.streams,
         });
-        streamManifest({ socket: control.socket, scan, transferId: input.transferId }).then(
+        streamManifest({ socket: control.socket, scan: current, transferId: input.transferId }).then(
           () => {
             manifestSent = true;
             engine.wake();
@@ -161,7 +193,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           (err: unknown) => engine.fail(DwcpError.fromNative(err, 'manifest')),
         );
         const reply = await engine.run(async () => {
-          const { manifest: whole } = await scan.done();
+          const { manifest: whole } = await current.done();
           return {
             type: FrameType.END,
             transferId: input.transferId,
@@ -173,16 +205,23 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           };
         });
         const end = parseJsonPayload({ frame: reply, schema: EndReplySchema });
-        const { manifest: whole } = await scan.done();
+        const { manifest: whole } = await current.done();
         if (end.sha256 !== whole.sha256) throw new DwcpChecksumError('receiver reports a different sha256');
       } finally {
         for (const s of sockets) s.destroy();
       }
     });
+    if (scan === undefined) throw new DwcpProtocolError('the send ended before the receiver answered');
     const { manifest: whole } = await scan.done();
     stats.total = whole.chunkCount;
     ctx.progress({ logicalBytes, chunksDone, chunksTotal: whole.chunkCount, force: true });
-    return ctx.result({ sha256: whole.sha256, logicalBytes, attempts, chunks: stats });
+    return ctx.result({
+      sha256: whole.sha256,
+      logicalBytes,
+      attempts,
+      chunks: stats,
+      chunking: chunkingKey(whole.chunking),
+    });
   } finally {
     await ctx.close();
   }

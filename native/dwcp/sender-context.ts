@@ -111,10 +111,17 @@ export class SenderContext {
     });
   }
 
-  result(input: { sha256: string; logicalBytes: number; attempts: number; chunks: ChunkStats }): SendResult {
+  result(input: {
+    sha256: string;
+    logicalBytes: number;
+    attempts: number;
+    chunks: ChunkStats;
+    chunking?: string;
+  }): SendResult {
     return {
       transferId: this.options.transferId,
       sha256: input.sha256,
+      ...(input.chunking !== undefined ? { chunking: input.chunking } : {}),
       logicalBytes: input.logicalBytes,
       wireBytes: this.wireBytes,
       wireBytesReceived: this.wireBytesReceived,

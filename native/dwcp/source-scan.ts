@@ -20,7 +20,7 @@ export class SourceScan {
   private summary: ScanSummary | undefined;
   private failure: DwcpError | undefined;
   private readonly changed = new Notifier();
-  private readonly chunking: ChunkingParams;
+  readonly chunking: ChunkingParams;
 
   constructor(input: { pool: DwcpWorkerPool; path: string; chunking: ChunkingParams; size: number }) {
     this.chunking = input.chunking;

@@ -29,6 +29,8 @@ export interface ChunkStats {
 export interface SendResult {
   transferId: string;
   sha256: string;
+  /** File sends: how the file was cut (chunkingKey), e.g. `fixed/1048576` when the receiver took a first-copy offer. */
+  chunking?: string;
   logicalBytes: number;
   wireBytes: number;
   wireBytesReceived: number;

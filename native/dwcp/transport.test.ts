@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Duplex, Readable, Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { ChunkIndex, sidecarPath } from './chunk-index';
-import { chunkingParams } from './chunking';
+import { chunkingKey, chunkingParams, fixedChunking } from './chunking';
 import { dialTls, type Dialer } from './connection';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError } from './errors';
@@ -75,6 +75,36 @@ test('a file crosses three streams intact, with zero regions left as holes', asy
   assert.ok(progress.length > 0 && progress.at(-1)!.chunksDone === sent.chunks.total);
   // Sidecars are opt-in: a default receiver leaves nothing beside the target.
   await assert.rejects(access(sidecarPath(target, chunking)));
+});
+
+test('a first copy with nothing to deduplicate against is cut in the fixed extents offered; a later version is not', async () => {
+  const firstCopyChunking = fixedChunking({ bytes: 64 * 1024 });
+  const source = path.join(dir, 'first-copy.img');
+  const target = path.join(dir, 'out', 'first-copy.img');
+  const content = makeTestContent({ bytes: 6 * 1024 * 1024 + 5000 });
+  const expected = await writeTestFile({ path: source, content });
+  const first = randomUUID();
+  const received = receiver.expectFile({ transferId: first, targetPath: target });
+  const sent = await sendFile({ ...sender({ transferId: first }), sourcePath: source, chunking, firstCopyChunking });
+  assert.equal((await received).sha256, expected);
+  assert.equal(await sha256File({ path: target }), expected);
+  assert.equal(sent.chunking, 'fixed/65536');
+  assert.equal(sent.chunks.total, Math.ceil(content.length / (64 * 1024)));
+  assert.ok(sent.chunks.zero > 0, 'zero extents were recognised');
+  const info = await stat(target);
+  assert.ok(info.blocks * 512 < info.size * 0.8, `target is sparse: ${info.blocks * 512} bytes allocated`);
+
+  // The target now exists: the receiver has a base and keeps content-defined chunks, so the edit costs little.
+  const v2 = Buffer.from(content);
+  v2.write('patched', 1_000_000);
+  const source2 = path.join(dir, 'first-copy-v2.img');
+  const expected2 = await writeTestFile({ path: source2, content: v2 });
+  const second = randomUUID();
+  const received2 = receiver.expectFile({ transferId: second, targetPath: target });
+  const sent2 = await sendFile({ ...sender({ transferId: second }), sourcePath: source2, chunking, firstCopyChunking });
+  assert.equal((await received2).sha256, expected2);
+  assert.equal(sent2.chunking, chunkingKey(chunking));
+  assert.ok(sent2.chunks.data <= 2, `${sent2.chunks.data} chunks sent as data`);
 });
 
 test('a new version reuses the chunks of a base image, so only the changes cross the wire', async () => {
