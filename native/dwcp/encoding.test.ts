@@ -102,6 +102,22 @@ test('the worker pool scans, encodes, verifies and hashes off the main thread', 
     assert.equal(wrong.data, undefined);
     const { sha256 } = await pool.run({ kind: 'hashFile', path: file });
     assert.equal(sha256, manifest.sha256);
+    // Checking a file against its manifest, chunk by chunk: a flipped byte in a data chunk and a byte where a
+    // zero chunk should be are both found.
+    const entries = () => Buffer.from(manifest.entries);
+    assert.equal((await pool.run({ kind: 'checkManifest', path: file, entries: entries() })).firstMismatch, undefined);
+    const flipped = path.join(dir, 'flipped.bin');
+    const zeroAt = results.find((r) => r.entry.zero)!.entry;
+    for (const [at, index] of [
+      [results[1]!.entry.offset + 7, 1],
+      [zeroAt.offset + 3, zeroAt.index],
+    ] as const) {
+      const damaged = Buffer.from(content);
+      damaged[at]! ^= 0x01;
+      await writeFile(flipped, damaged);
+      const check = await pool.run({ kind: 'checkManifest', path: flipped, entries: entries() });
+      assert.equal(check.firstMismatch, index);
+    }
     // Verified writes: a chunk lands only when it matches its hash, and only in a file that exists.
     const copy = path.join(dir, 'copy.bin');
     await writeFile(copy, Buffer.alloc(content.length));

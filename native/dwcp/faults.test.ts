@@ -92,11 +92,12 @@ function startReceiverProcess(input: { port: number; transferId: string; targetP
   }) as Promise<{ child: ChildProcess; port: number; done: Promise<string> }>;
 }
 
-test('a receiver killed mid-transfer is restarted and the transfer resumes where the journal left it', async () => {
-  const source = path.join(dir, 'resume-src.img');
+/** Sends a file to a receiver process, SIGKILLs it mid-transfer once its journal holds a fair share, restarts it. */
+async function sendThroughReceiverKill(input: { name: string; wholeFileSha256?: boolean }) {
+  const source = path.join(dir, `${input.name}-src.img`);
   const size = 8 * 1024 * 1024;
   const expected = await writeTestFile({ path: source, content: noiseContent({ bytes: size, seed: 61 }) });
-  const target = path.join(dir, 'resume', 'target.img');
+  const target = path.join(dir, input.name, 'target.img');
   const transferId = randomUUID();
 
   const first = await startReceiverProcess({ port: 0, transferId, targetPath: target });
@@ -112,6 +113,7 @@ test('a receiver killed mid-transfer is restarted and the transfer resumes where
     sourcePath: source,
     chunking,
     streams: 2,
+    ...(input.wholeFileSha256 !== undefined ? { wholeFileSha256: input.wholeFileSha256 } : {}),
     // Slow enough that the kill lands in the middle.
     maxBytesPerSecond: 6 * 1024 * 1024,
     reconnect: { timeoutMs: 30_000, initialDelayMs: 100, maxDelayMs: 500 },
@@ -129,7 +131,12 @@ test('a receiver killed mid-transfer is restarted and the transfer resumes where
   });
   assert.ok(restarted !== undefined, 'the receiver was killed during the transfer');
   const second = await restarted;
-  assert.equal(await second.done, expected);
+  return { sent, done: await second.done, expected, target, size, journaledAtKill };
+}
+
+test('a receiver killed mid-transfer is restarted and the transfer resumes where the journal left it', async () => {
+  const { sent, done, expected, target, size, journaledAtKill } = await sendThroughReceiverKill({ name: 'resume' });
+  assert.equal(done, expected);
   assert.equal(await sha256File({ path: target }), expected);
   assert.ok(sent.attempts >= 2, `${sent.attempts} attempts`);
   // The restarted receiver reported the journaled chunks, and they were not sent again.
@@ -141,6 +148,18 @@ test('a receiver killed mid-transfer is restarted and the transfer resumes where
   // The partial file and the journal are gone (the chunk-index sidecar of the new target is meant to stay).
   const leftovers = (await readdir(path.dirname(target))).filter((f) => /\.dwcp-(partial|journal)/.test(f));
   assert.deepEqual(leftovers, []);
+});
+
+test('without the whole-file sha256, a resumed transfer is checked against its manifest and identified by it', async () => {
+  const { sent, done, expected, target, journaledAtKill } = await sendThroughReceiverKill({
+    name: 'resume-digest',
+    wholeFileSha256: false,
+  });
+  assert.equal(sent.sha256, undefined);
+  assert.match(sent.manifestDigest ?? '', /^[0-9a-f]{64}$/);
+  assert.equal(done, `digest:${sent.manifestDigest}`);
+  assert.equal(await sha256File({ path: target }), expected);
+  assert.ok(sent.chunks.resumed >= journaledAtKill && journaledAtKill > 0, `${sent.chunks.resumed} resumed`);
 });
 
 /** Chunk records in a journal file (lines after the header; a torn last line is not counted). */

@@ -33,6 +33,7 @@ import {
   EndSchema,
   ManifestEndSchema,
   TransferKind,
+  verifiedIdentity,
   type Hello,
   type HelloReply,
   type ManifestEnd,
@@ -263,7 +264,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     this.manifest.truncate(end.chunkCount);
     const manifest: Manifest = {
       size: this.size,
-      sha256: end.sha256,
+      sha256: end.sha256 ?? '',
       chunkCount: end.chunkCount,
       entries: this.manifest.entries,
       chunking,
@@ -334,20 +335,18 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       throw new DwcpProtocolError('END before every chunk arrived');
     }
     await file.flush();
-    const sha256 = this.verifyWholeFile
-      ? (await this.ctx.pool.run({ kind: 'hashFile', path: this.paths.partialPath })).sha256
-      : manifestEnd.sha256;
-    if (sha256 !== manifestEnd.sha256 || end.sha256 !== manifestEnd.sha256) {
+    const mismatch = end.sha256 !== manifestEnd.sha256 ? 'END names another sha256' : await this.reverify(manifestEnd);
+    if (mismatch !== undefined) {
       // A whole-file mismatch means the chunk-level checks were fooled; keep nothing from this attempt.
       await this.release();
       await removePartial(this.paths);
-      this.fail(new DwcpChecksumError(`received content has sha256 ${sha256}, expected ${manifestEnd.sha256}`), true);
+      this.fail(new DwcpChecksumError(`received content does not match: ${mismatch}`), true);
       return;
     }
     await file.sync();
     await this.release();
     await moveOntoTarget({ ...this.paths, targetPath: this.input.targetPath });
-    await this.answerEnd(socket, sha256);
+    await this.answerEnd(socket, verifiedIdentity(manifestEnd));
     // The verified manifest is the new target's chunk index: its next version is then indexed without a scan.
     const chunking = this.chunking;
     if (chunking !== undefined) {
@@ -356,11 +355,30 @@ export class FileReceiveTransfer extends ReceiveTransfer {
         .catch(() => undefined);
     }
     this.succeed({
-      sha256,
+      sha256: manifestEnd.sha256,
+      manifestDigest: manifestEnd.manifestDigest,
       logicalBytes: this.logicalBytes,
       chunksDone: this.chunksDone,
       chunksTotal: manifestEnd.chunkCount,
     });
+  }
+
+  /**
+   * When some content was not checked as it arrived (see verifyWholeFile), the file is read again: against the
+   * whole-file sha256 if the sender computed one, otherwise chunk by chunk against the manifest. Undefined: it
+   * matches.
+   */
+  private async reverify(manifestEnd: ManifestEnd): Promise<string | undefined> {
+    if (!this.verifyWholeFile) return undefined;
+    const { pool } = this.ctx;
+    const { partialPath } = this.paths;
+    if (manifestEnd.sha256 !== undefined) {
+      const { sha256 } = await pool.run({ kind: 'hashFile', path: partialPath });
+      return sha256 === manifestEnd.sha256 ? undefined : `sha256 ${sha256}, expected ${manifestEnd.sha256}`;
+    }
+    const entries = Buffer.from(this.manifest.entries.subarray(0, manifestEnd.chunkCount * MANIFEST_ENTRY_BYTES));
+    const { firstMismatch } = await pool.run({ kind: 'checkManifest', path: partialPath, entries });
+    return firstMismatch === undefined ? undefined : `chunk ${firstMismatch} differs from its manifest entry`;
   }
 
   protected async release(): Promise<void> {

@@ -67,7 +67,11 @@ export type Hello = z.infer<typeof HelloSchema>;
 
 export const ManifestEndSchema = z.object({
   chunkCount: z.number().int().nonnegative(),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** The whole file's sha256; absent when the sender did not compute one (sendFile's wholeFileSha256: false). */
+  sha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
   manifestDigest: z.string().regex(/^[0-9a-f]{64}$/),
 });
 export type ManifestEnd = z.infer<typeof ManifestEndSchema>;
@@ -87,13 +91,26 @@ export const NackSchema = z.object({ reason: z.enum(['checksum', 'ref-miss']) })
 export type NackReason = z.infer<typeof NackSchema>['reason'];
 
 export const EndSchema = z.object({
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  sha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
   size: z.number().int().nonnegative(),
   chunkCount: z.number().int().nonnegative(),
 });
 export type End = z.infer<typeof EndSchema>;
 
+/**
+ * What the receiver verified (also what a HELLO reply's `completed` says): the whole file's sha256 when the sender
+ * computed one, otherwise the manifest digest, which covers every chunk's sha256, their order and the size.
+ */
 export const EndReplySchema = z.object({ sha256: z.string() });
+export type EndReply = z.infer<typeof EndReplySchema>;
+
+/** The identity a finished file transfer is known by on both ends (see EndReplySchema). */
+export function verifiedIdentity(input: { sha256?: string | undefined; manifestDigest: string }): string {
+  return input.sha256 || input.manifestDigest;
+}
 
 /** Manifest parts stay well under the frame payload limit. */
 export const MANIFEST_PART_ENTRIES = 16 * 1024;

@@ -8,7 +8,7 @@ import type { FrameSocket } from './connection';
 import type { DwcpWorkerPool } from './worker-pool';
 import { DwcpError, DwcpProtocolError } from './errors';
 import { ErrorBodySchema, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
-import type { Hello, NackReason } from './protocol';
+import type { EndReply, Hello, NackReason } from './protocol';
 import { emptyChunkStats, progressReporter, type ReceiveResult, type TransferProgress } from './transfer-types';
 
 export interface Deferred<T> {
@@ -181,20 +181,35 @@ export abstract class ReceiveTransfer {
       .catch(() => undefined);
   }
 
-  /** Answers the sender's END with the sha256 this side verified; from then on the receiver only remembers it. */
-  protected async answerEnd(socket: FrameSocket, sha256: string): Promise<void> {
+  /**
+   * Answers the sender's END with what this side verified (see EndReplySchema); from then on the receiver only
+   * remembers it.
+   */
+  protected async answerEnd(socket: FrameSocket, verified: string): Promise<void> {
     this.finished = true;
-    this.ctx.onFinished(this.transferId, sha256);
-    await socket.send({ type: FrameType.END, transferId: this.transferId, payload: jsonPayload({ sha256 }) });
+    this.ctx.onFinished(this.transferId, verified);
+    await socket.send({
+      type: FrameType.END,
+      transferId: this.transferId,
+      payload: jsonPayload({ sha256: verified } satisfies EndReply),
+    });
     socket.close();
   }
 
   /** The final progress report, then the result for whoever expects the transfer. */
-  protected succeed(input: { sha256: string; logicalBytes: number; chunksDone: number; chunksTotal: number }): void {
-    this.progress({ ...input, force: true });
+  protected succeed(input: {
+    sha256: string | undefined;
+    manifestDigest?: string;
+    logicalBytes: number;
+    chunksDone: number;
+    chunksTotal: number;
+  }): void {
+    const { sha256, manifestDigest, ...progress } = input;
+    this.progress({ ...progress, force: true });
     this.result.resolve({
       transferId: this.transferId,
-      sha256: input.sha256,
+      ...(sha256 !== undefined ? { sha256 } : {}),
+      ...(manifestDigest !== undefined ? { manifestDigest } : {}),
       logicalBytes: input.logicalBytes,
       wireBytes: this.wireBytes,
       durationMs: Date.now() - this.started,

@@ -8,7 +8,15 @@ import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
 import { ChunkEncoding, FrameType, jsonPayload, parseJsonPayload } from './framing';
 import { growPerChunk, manifestEntry } from './manifest';
-import { ChunkState, EndReplySchema, TransferKind, type End, type HelloReply, type NackReason } from './protocol';
+import {
+  ChunkState,
+  EndReplySchema,
+  TransferKind,
+  verifiedIdentity,
+  type End,
+  type HelloReply,
+  type NackReason,
+} from './protocol';
 import type { SendWorkload } from './send-engine';
 import { openDataSockets, SenderContext, type SenderOptions } from './sender-context';
 import { SourceScan, streamManifest } from './source-scan';
@@ -23,6 +31,12 @@ export interface SendFileInput extends SenderOptions {
    * before the first connection.
    */
   firstCopyChunking?: ChunkingParams;
+  /**
+   * Also compute the whole file's sha256 in the scan (default true), for callers that identify content by it (the
+   * image library). False saves a hash of every byte, holes included; the receiver's checks are as strong either
+   * way: every chunk against its sha256, and the manifest against its digest.
+   */
+  wholeFileSha256?: boolean;
 }
 
 const DEFAULT_CHUNKING = chunkingParams({ avgBytes: 64 * 1024 });
@@ -58,7 +72,13 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       },
     );
     const startScan = (with_: ChunkingParams) =>
-      new SourceScan({ pool: ctx.pool, path: input.sourcePath, chunking: with_, size });
+      new SourceScan({
+        pool: ctx.pool,
+        path: input.sourcePath,
+        chunking: with_,
+        size,
+        hashWholeFile: input.wholeFileSha256 ?? true,
+      });
     // Without an alternative to offer, the scan starts before the first connection, and the receiver indexes its
     // base images meanwhile.
     let scan = input.firstCopyChunking === undefined ? startScan(chunking) : undefined;
@@ -84,9 +104,9 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         ));
         const manifest = current.manifest;
         if (control.reply.completed !== undefined) {
-          const { manifest: whole } = await current.done();
-          if (control.reply.completed !== whole.sha256)
-            throw new DwcpChecksumError('receiver completed with another sha256');
+          const { manifest: whole, digest } = await current.done();
+          if (control.reply.completed !== verifiedIdentity({ sha256: whole.sha256, manifestDigest: digest }))
+            throw new DwcpChecksumError('receiver completed with other content');
           logicalBytes = whole.size;
           chunksDone = whole.chunkCount;
           return;
@@ -198,25 +218,27 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
             type: FrameType.END,
             transferId: input.transferId,
             payload: jsonPayload({
-              sha256: whole.sha256,
+              ...(whole.sha256 !== '' ? { sha256: whole.sha256 } : {}),
               size: whole.size,
               chunkCount: whole.chunkCount,
             } satisfies End),
           };
         });
         const end = parseJsonPayload({ frame: reply, schema: EndReplySchema });
-        const { manifest: whole } = await current.done();
-        if (end.sha256 !== whole.sha256) throw new DwcpChecksumError('receiver reports a different sha256');
+        const { manifest: whole, digest } = await current.done();
+        if (end.sha256 !== verifiedIdentity({ sha256: whole.sha256, manifestDigest: digest }))
+          throw new DwcpChecksumError('receiver verified other content');
       } finally {
         for (const s of sockets) s.destroy();
       }
     });
     if (scan === undefined) throw new DwcpProtocolError('the send ended before the receiver answered');
-    const { manifest: whole } = await scan.done();
+    const { manifest: whole, digest } = await scan.done();
     stats.total = whole.chunkCount;
     ctx.progress({ logicalBytes, chunksDone, chunksTotal: whole.chunkCount, force: true });
     return ctx.result({
-      sha256: whole.sha256,
+      ...(whole.sha256 !== '' ? { sha256: whole.sha256 } : {}),
+      manifestDigest: digest,
       logicalBytes,
       attempts,
       chunks: stats,

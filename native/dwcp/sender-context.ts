@@ -112,7 +112,8 @@ export class SenderContext {
   }
 
   result(input: {
-    sha256: string;
+    sha256?: string;
+    manifestDigest?: string;
     logicalBytes: number;
     attempts: number;
     chunks: ChunkStats;
@@ -120,7 +121,8 @@ export class SenderContext {
   }): SendResult {
     return {
       transferId: this.options.transferId,
-      sha256: input.sha256,
+      ...(input.sha256 !== undefined ? { sha256: input.sha256 } : {}),
+      ...(input.manifestDigest !== undefined ? { manifestDigest: input.manifestDigest } : {}),
       ...(input.chunking !== undefined ? { chunking: input.chunking } : {}),
       logicalBytes: input.logicalBytes,
       wireBytes: this.wireBytes,

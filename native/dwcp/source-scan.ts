@@ -22,10 +22,23 @@ export class SourceScan {
   private readonly changed = new Notifier();
   readonly chunking: ChunkingParams;
 
-  constructor(input: { pool: DwcpWorkerPool; path: string; chunking: ChunkingParams; size: number }) {
+  constructor(input: {
+    pool: DwcpWorkerPool;
+    path: string;
+    chunking: ChunkingParams;
+    size: number;
+    /** False: the manifest's sha256 is empty, and the manifest digest alone identifies the content. */
+    hashWholeFile: boolean;
+  }) {
     this.chunking = input.chunking;
+    const task = {
+      kind: 'scanParts' as const,
+      path: input.path,
+      chunking: input.chunking,
+      hashWholeFile: input.hashWholeFile,
+    };
     input.pool
-      .runWithParts({ kind: 'scanParts', path: input.path, chunking: input.chunking }, (part) => {
+      .runWithParts(task, (part) => {
         this.manifest.put(part.first, part.entries);
         this.changed.notify();
       })
@@ -90,6 +103,10 @@ export async function streamManifest(input: {
     next = part.first + part.entries.length / MANIFEST_ENTRY_BYTES;
   }
   const { manifest, digest } = await input.scan.done();
-  const end: ManifestEnd = { chunkCount: manifest.chunkCount, sha256: manifest.sha256, manifestDigest: digest };
+  const end: ManifestEnd = {
+    chunkCount: manifest.chunkCount,
+    ...(manifest.sha256 !== '' ? { sha256: manifest.sha256 } : {}),
+    manifestDigest: digest,
+  };
   await input.socket.send({ type: FrameType.MANIFEST_END, transferId: input.transferId, payload: jsonPayload(end) });
 }

@@ -28,7 +28,10 @@ export interface ChunkStats {
 
 export interface SendResult {
   transferId: string;
-  sha256: string;
+  /** The whole content's sha256: streams always, files unless sent with wholeFileSha256: false. */
+  sha256?: string;
+  /** File sends: the manifest digest the receiver verified (sha256 over size, chunking and every chunk's sha256). */
+  manifestDigest?: string;
   /** File sends: how the file was cut (chunkingKey), e.g. `fixed/1048576` when the receiver took a first-copy offer. */
   chunking?: string;
   logicalBytes: number;
@@ -41,7 +44,9 @@ export interface SendResult {
 
 export interface ReceiveResult {
   transferId: string;
-  sha256: string;
+  /** As in SendResult. */
+  sha256?: string;
+  manifestDigest?: string;
   logicalBytes: number;
   /** Frame bytes received over every attempt. */
   wireBytes: number;

@@ -6,16 +6,24 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
 import { compress } from 'zstd-napi';
-import { chunkLengths, chunkingParams, type ChunkingParams } from './chunking';
+import { chunkLengths, chunkingParams, isZeroChunk, type ChunkingParams } from './chunking';
 import { decodeChunk, encodeChunk, type EncodedChunk } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
 import type { ChunkEncoding } from './framing';
-import { scanFileParts, scanFileSync, type Manifest, type ManifestPart, type ScanSummary } from './manifest';
+import {
+  MANIFEST_ENTRY_BYTES,
+  manifestEntry,
+  scanFileParts,
+  scanFileSync,
+  type Manifest,
+  type ManifestPart,
+  type ScanSummary,
+} from './manifest';
 
 /** Tasks a pool worker runs; each maps to a result type below. */
 export type WorkerTask =
   | { kind: 'scan'; path: string; chunking: ChunkingParams }
-  | { kind: 'scanParts'; path: string; chunking: ChunkingParams }
+  | { kind: 'scanParts'; path: string; chunking: ChunkingParams; hashWholeFile?: boolean }
   | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number }
   | { kind: 'encode'; data: Buffer; level: number }
   | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expectedHash?: Buffer }
@@ -31,6 +39,7 @@ export type WorkerTask =
   | { kind: 'copyVerified'; path: string; offset: number; length: number; expectedHash: Buffer; target: FileRange }
   | { kind: 'index'; path: string; chunking: ChunkingParams }
   | { kind: 'hashFile'; path: string }
+  | { kind: 'checkManifest'; path: string; entries: Buffer }
   | { kind: 'calibrate'; sample: Buffer; durationMs: number };
 
 export interface WorkerResults {
@@ -48,6 +57,8 @@ export interface WorkerResults {
   /** A file's chunk entries without the whole-file sha256, for the receiver's chunk index. */
   index: { entries: Buffer; chunkCount: number };
   hashFile: { sha256: string };
+  /** The first chunk whose content is not what its manifest entry says (a zero chunk must read as zeros). */
+  checkManifest: { firstMismatch: number | undefined };
   calibrate: Calibration;
 }
 
@@ -114,6 +125,8 @@ export function runWorkerTask(
     }
     case 'hashFile':
       return { sha256: hashFileSync(task.path) };
+    case 'checkManifest':
+      return { firstMismatch: firstManifestMismatch(task) };
     case 'calibrate':
       return calibrate(task.sample, task.durationMs);
   }
@@ -168,6 +181,16 @@ function writeRangeSync(target: FileRange, data: Buffer): void {
   } finally {
     closeSync(fd);
   }
+}
+
+function firstManifestMismatch(input: { path: string; entries: Buffer }): number | undefined {
+  const manifest = { entries: input.entries, chunkCount: input.entries.length / MANIFEST_ENTRY_BYTES };
+  for (let index = 0; index < manifest.chunkCount; index++) {
+    const entry = manifestEntry({ manifest, index });
+    const data = readRangeSync(input.path, entry.offset, entry.length);
+    if (entry.zero ? !isZeroChunk(data) : !matchesHash(data, entry.hash)) return index;
+  }
+  return undefined;
 }
 
 function hashFileSync(file: string): string {

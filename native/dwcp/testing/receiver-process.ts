@@ -1,6 +1,7 @@
 /**
  * A DWCP receiver in its own process, so tests can SIGKILL it mid-transfer and start it again. Reads its
- * configuration as JSON from argv[2], prints `listening <port>` when ready and `done <sha256>` on success.
+ * configuration as JSON from argv[2], prints `listening <port>` when ready and `done <sha256>` on success (`done digest:<manifest digest>` for a send
+ * without the whole-file sha256).
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
@@ -32,8 +33,8 @@ async function main(): Promise<void> {
   });
   const result = receiver.expectFile({ transferId: config.transferId, targetPath: config.targetPath });
   process.stdout.write(`listening ${receiver.port}\n`);
-  const { sha256 } = await result;
-  process.stdout.write(`done ${sha256}\n`);
+  const { sha256, manifestDigest } = await result;
+  process.stdout.write(`done ${sha256 ?? `digest:${manifestDigest}`}\n`);
   await receiver.close();
 }
 
