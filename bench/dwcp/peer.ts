@@ -22,6 +22,7 @@ const ConfigSchema = z.object({
   streams: z.number().int().positive(),
   chunkAvgBytes: z.number().int().positive(),
   firstCopyChunkBytes: z.number().int().nonnegative().default(0),
+  wholeFileSha256: z.boolean().default(true),
   compressionLevel: z.number().int().nonnegative(),
   maxInFlightChunks: z.number().int().positive(),
 });
@@ -97,6 +98,7 @@ async function main(): Promise<void> {
           : {}),
         compressionLevel: config.compressionLevel,
         maxInFlightChunks: config.maxInFlightChunks,
+        wholeFileSha256: config.wholeFileSha256,
       });
       out({ ...result, cpuSeconds: cpuSecondsSince(cpu) });
       await pool.close();
