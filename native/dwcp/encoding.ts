@@ -23,13 +23,19 @@ export interface EncodedChunk {
  * Picks the cheapest faithful representation: zero chunks carry no payload, incompressible chunks go raw (a sample
  * is tried first), and zstd output that saves less than 5% is thrown away in favour of raw.
  */
-export function encodeChunk(input: { data: Buffer; level: number }): EncodedChunk {
+export function encodeChunk(input: {
+  data: Buffer;
+  level: number;
+  /** False: no payload CRC (checksum 0), for chunks whose content the receiver verifies by hash. */
+  checksum?: boolean;
+}): EncodedChunk {
   const { data, level } = input;
+  const crc = input.checksum === false ? () => 0 : crc32;
   const raw = (): EncodedChunk => ({
     encoding: ChunkEncoding.RAW,
     payload: data,
     rawLength: data.length,
-    checksum: crc32(data),
+    checksum: crc(data),
   });
   if (isZeroChunk(data)) {
     return { encoding: ChunkEncoding.ZERO, payload: Buffer.alloc(0), rawLength: data.length, checksum: 0 };
@@ -38,7 +44,7 @@ export function encodeChunk(input: { data: Buffer; level: number }): EncodedChun
   // The zstd frame checksum verifies the decompressed content again on the receiver, beyond the wire CRC.
   const packed = compress(data, { compressionLevel: level, checksumFlag: true });
   if (packed.length / data.length > INCOMPRESSIBLE_RATIO) return raw();
-  return { encoding: ChunkEncoding.ZSTD, payload: packed, rawLength: data.length, checksum: crc32(packed) };
+  return { encoding: ChunkEncoding.ZSTD, payload: packed, rawLength: data.length, checksum: crc(packed) };
 }
 
 /** Reverses encodeChunk; a payload that does not decode to rawLength bytes is a checksum failure. */

@@ -8,7 +8,7 @@ import { compress } from 'zstd-napi';
 import { chunkingParams, type ChunkingParams } from './chunking';
 import type { FrameSocket } from './connection';
 import { DwcpChecksumError, DwcpConnectionError, DwcpProtocolError } from './errors';
-import { ChunkEncoding, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
+import { ChunkEncoding, crcOmitted, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
 import {
   MANIFEST_ENTRY_BYTES,
   ManifestBuilder,
@@ -171,7 +171,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
   }
 
   private onManifest(socket: FrameSocket, frame: Frame): Promise<void> {
-    if (!frame.checksumOk) throw new DwcpProtocolError('manifest part failed its checksum');
+    if (!frame.checksumOk || crcOmitted(frame)) throw new DwcpProtocolError('manifest part failed its checksum');
     return frame.type === FrameType.MANIFEST ? this.onManifestPart(socket, frame) : this.onManifestEnd(frame);
   }
 

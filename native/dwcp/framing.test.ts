@@ -7,7 +7,9 @@ import {
   ChunkEncoding,
   FRAME_HEADER_BYTES,
   FrameDecoder,
+  FrameFlag,
   FrameType,
+  crcOmitted,
   encodeFrame,
   jsonPayload,
   parseJsonPayload,
@@ -133,4 +135,23 @@ test('JSON bodies are validated against their schema', () => {
     frameBytes(encodeFrame({ type: FrameType.HELLO, transferId, payload: jsonPayload({ n: 3 }) })),
   );
   assert.deepEqual(parseJsonPayload({ frame: good!, schema }), { n: 3 });
+});
+
+test('a frame sent without its payload CRC says so, and a damaged payload then passes the frame layer', () => {
+  const payload = randomBytes(4096);
+  const [header, body] = encodeFrame({
+    type: FrameType.CHUNK,
+    transferId,
+    payload,
+    flags: FrameFlag.PAYLOAD_CRC_OMITTED,
+  });
+  assert.equal(header.readUInt32BE(44), 0);
+  const damaged = Buffer.from(body);
+  damaged[100]! ^= 0xff;
+  const [frame] = new FrameDecoder().push(Buffer.concat([header, damaged]));
+  assert.ok(frame !== undefined && crcOmitted(frame));
+  // The frame layer cannot tell: only a receiver that checks the content some other way may accept such frames.
+  assert.equal(frame.checksumOk, true);
+  const [checked] = new FrameDecoder().push(frameBytes(encodeFrame({ type: FrameType.CHUNK, transferId, payload })));
+  assert.ok(checked !== undefined && !crcOmitted(checked));
 });

@@ -7,7 +7,7 @@
  * | 4 | 1 | version |
  * | 5 | 1 | frame type |
  * | 6 | 1 | encoding of the payload |
- * | 7 | 1 | flags (reserved, 0) |
+ * | 7 | 1 | flags (FrameFlag) |
  * | 8 | 16 | transfer id (UUID bytes) |
  * | 24 | 4 | chunk index |
  * | 28 | 8 | offset of the chunk in the logical content |
@@ -61,6 +61,15 @@ export const ChunkEncoding = {
 } as const;
 export type ChunkEncoding = (typeof ChunkEncoding)[keyof typeof ChunkEncoding];
 
+export const FrameFlag = {
+  /**
+   * The payload CRC was not computed (the field is 0): a file chunk, whose content the receiver checks against the
+   * manifest's sha256 anyway, inside TLS, whose AEAD already guards the bytes in transit. A CRC of every chunk
+   * cost both ends a pass over the data. Receivers honour it only where content is verified otherwise.
+   */
+  PAYLOAD_CRC_OMITTED: 0x01,
+} as const;
+
 const FRAME_TYPES = new Set<number>(Object.values(FrameType));
 const ENCODINGS = new Set<number>(Object.values(ChunkEncoding));
 
@@ -73,8 +82,16 @@ export interface Frame {
   offset: number;
   rawLength: number;
   payload: Buffer;
-  /** False when the payload CRC does not match: the frame boundaries are still sound, the content is not. */
+  /**
+   * False when the payload CRC does not match: the frame boundaries are still sound, the content is not. True
+   * without a check when the sender omitted the CRC (FrameFlag.PAYLOAD_CRC_OMITTED; see `crcOmitted`).
+   */
   checksumOk: boolean;
+}
+
+/** The sender left the payload CRC out: only a receiver that verifies the content otherwise may accept the frame. */
+export function crcOmitted(frame: Pick<Frame, 'flags'>): boolean {
+  return (frame.flags & FrameFlag.PAYLOAD_CRC_OMITTED) !== 0;
 }
 
 export interface EncodeFrameInput {
@@ -125,7 +142,8 @@ export function encodeFrame(input: EncodeFrameInput): readonly [Buffer, Buffer] 
   header.writeBigUInt64BE(BigInt(offset), 28);
   header.writeUInt32BE(input.rawLength ?? payload.length, 36);
   header.writeUInt32BE(payload.length, 40);
-  header.writeUInt32BE(input.checksum ?? crc32(payload), 44);
+  const omitted = ((input.flags ?? 0) & FrameFlag.PAYLOAD_CRC_OMITTED) !== 0;
+  header.writeUInt32BE(omitted ? 0 : (input.checksum ?? crc32(payload)), 44);
   header.writeUInt32BE(crc32(header.subarray(0, 48)), 48);
   return [header, payload];
 }
@@ -168,7 +186,8 @@ export class FrameDecoder {
       const header = this.header;
       this.header = undefined;
       if (header === undefined) return frames;
-      frames.push({ ...header, payload, checksumOk: crc32(payload) === this.payloadChecksum });
+      const checksumOk = crcOmitted(header) || crc32(payload) === this.payloadChecksum;
+      frames.push({ ...header, payload, checksumOk });
     }
   }
 

@@ -6,7 +6,7 @@ import { stat } from 'node:fs/promises';
 import { decompress } from 'zstd-napi';
 import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
-import { ChunkEncoding, FrameType, jsonPayload, parseJsonPayload } from './framing';
+import { ChunkEncoding, FrameFlag, FrameType, jsonPayload, parseJsonPayload } from './framing';
 import { growPerChunk, manifestEntry } from './manifest';
 import {
   ChunkState,
@@ -176,13 +176,15 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
               offset: entry.offset,
               length: entry.length,
               level,
+              // The receiver checks the chunk against its sha256 before writing it: a CRC would add nothing.
+              checksum: false,
             });
             return {
               ...base,
               type: encoded.encoding === ChunkEncoding.ZERO ? FrameType.ZERO : FrameType.CHUNK,
               encoding: encoded.encoding,
               payload: encoded.payload,
-              checksum: encoded.checksum,
+              flags: FrameFlag.PAYLOAD_CRC_OMITTED,
             };
           },
           onAck: (index) => {

@@ -24,7 +24,7 @@ import {
 export type WorkerTask =
   | { kind: 'scan'; path: string; chunking: ChunkingParams }
   | { kind: 'scanParts'; path: string; chunking: ChunkingParams; hashWholeFile?: boolean }
-  | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number }
+  | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number; checksum?: boolean }
   | { kind: 'encode'; data: Buffer; level: number }
   | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expectedHash?: Buffer }
   | {
@@ -97,7 +97,11 @@ export function runWorkerTask(
     case 'scanParts':
       return scanFileParts({ ...task, onPart });
     case 'encodeFile':
-      return encodeChunk({ data: readRangeSync(task.path, task.offset, task.length), level: task.level });
+      return encodeChunk({
+        data: readRangeSync(task.path, task.offset, task.length),
+        level: task.level,
+        ...(task.checksum !== undefined ? { checksum: task.checksum } : {}),
+      });
     case 'encode':
       return encodeChunk({ data: task.data, level: task.level });
     case 'decode':
