@@ -74,6 +74,12 @@ export { DwcpReceiver, type DwcpReceiverOptions } from './receiver';
 export type { ExpectFileInput } from './file-receive-transfer';
 export type { ExpectStreamInput } from './stream-receive-transfer';
 export { sendFile, type SendFileInput } from './send-file';
-export { sendStream, type SendStreamInput } from './send-stream';
+export {
+  DEFAULT_IDLE_FLUSH_MS,
+  sendStream,
+  sendStreamChannels,
+  type SendStreamChannelsInput,
+  type SendStreamInput,
+} from './send-stream';
 export type { SenderOptions } from './sender-context';
 export type { ChunkStats, ReceiveResult, SendResult, TransferProgress } from './transfer-types';

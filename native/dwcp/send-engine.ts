@@ -43,16 +43,29 @@ export interface SendEngineInput {
   onFrameSent: (input: { index: number; frame: EncodeFrameInput }) => void;
 }
 
-/** Wakes everyone waiting for the next change. */
+/**
+ * Wakes everyone waiting for the next change. A change nobody was waiting for is remembered, and the next wait
+ * returns at once: a producer outside the engine's own reads (a stream source, wake()) may land between a caller's
+ * look at the state and its wait, and must not be lost there. Callers re-check their state after every wait anyway.
+ */
 export class Notifier {
   private waiters: (() => void)[] = [];
+  private missed = false;
 
   wait(): Promise<void> {
+    if (this.missed) {
+      this.missed = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
   notify(): void {
     const waiters = this.waiters;
+    if (waiters.length === 0) {
+      this.missed = true;
+      return;
+    }
     this.waiters = [];
     for (const w of waiters) w();
   }

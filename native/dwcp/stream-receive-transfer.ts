@@ -3,15 +3,15 @@
  * through a reorder buffer as large as the sender's in-flight window. A chunk is acknowledged once it was
  * delivered, so a resumed stream starts at the first undelivered chunk.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import type { FrameSocket } from './connection';
 import { decodeChunk } from './encoding';
 import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
-import { ChunkEncoding, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
+import { ChunkEncoding, crcOmitted, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
 import { EndSchema, TransferKind, type Hello, type HelloReply } from './protocol';
 import { ReceiveTransfer, type ReceiverContext } from './receive-transfer';
-import type { TransferProgress } from './transfer-types';
+import { streamIdentity, type TransferProgress } from './transfer-types';
 
 export interface ExpectStreamInput {
   transferId: string;
@@ -19,6 +19,8 @@ export interface ExpectStreamInput {
   peerHostId?: string;
   /** Must be at least the sender's maxInFlightChunks. */
   maxReorderChunks?: number;
+  /** As the sender's wholeStreamSha256 (default true); both ends must agree. */
+  wholeStreamSha256?: boolean;
   onProgress?: (progress: TransferProgress) => void;
 }
 
@@ -27,15 +29,17 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
   private readonly sink: Writable;
   private readonly maxReorder: number;
   private readonly buffer = new Map<number, { data: Buffer; socket: FrameSocket; zero: boolean }>();
-  private readonly hash = createHash('sha256');
+  private readonly hash: Hash | undefined;
   private nextIndex = 0;
   private delivered = 0;
   private delivering = false;
+  private zeroBuffer = Buffer.alloc(0);
 
   constructor(input: ExpectStreamInput, ctx: ReceiverContext) {
     super(input, ctx);
     this.sink = input.sink;
     this.maxReorder = input.maxReorderChunks ?? 1024;
+    this.hash = input.wholeStreamSha256 === false ? undefined : createHash('sha256');
   }
 
   async attach(socket: FrameSocket, hello: Hello): Promise<void> {
@@ -52,6 +56,8 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
 
   private async handleChunk(socket: FrameSocket, frame: Frame): Promise<void> {
     const index = frame.chunkIndex;
+    // Nothing else checks a stream chunk before it reaches the sink, so its CRC may not be left out.
+    if (crcOmitted(frame)) throw new DwcpChecksumError(`stream chunk ${index} carries no payload CRC`);
     if (!frame.checksumOk) return this.nack(socket, index, 'checksum');
     if (index < this.nextIndex) return this.ack(socket, index);
     if (index >= this.nextIndex + this.maxReorder)
@@ -59,7 +65,10 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
     if (this.buffer.has(index)) return;
     let data: Buffer;
     if (frame.type === FrameType.ZERO) {
-      data = decodeChunk({ encoding: ChunkEncoding.ZERO, payload: frame.payload, rawLength: frame.rawLength });
+      data = this.zeros(frame.rawLength);
+    } else if (frame.type === FrameType.CHUNK && frame.encoding === ChunkEncoding.RAW) {
+      // A raw payload is the content itself, already checked against its CRC: the pool would only move it twice.
+      data = decodeChunk({ encoding: ChunkEncoding.RAW, payload: frame.payload, rawLength: frame.rawLength });
     } else if (frame.type === FrameType.CHUNK) {
       const decoded = await this.ctx.pool.run({
         kind: 'decode',
@@ -77,6 +86,12 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
     await this.deliver();
   }
 
+  /** Zero chunks are views of one zero-filled buffer (sinks do not write into what they are given). */
+  private zeros(length: number): Buffer {
+    if (this.zeroBuffer.length < length) this.zeroBuffer = Buffer.alloc(length);
+    return this.zeroBuffer.subarray(0, length);
+  }
+
   /** Writes buffered chunks to the sink in order, honouring the sink's backpressure; one delivery loop at a time. */
   private async deliver(): Promise<void> {
     if (this.delivering) return;
@@ -86,7 +101,7 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
         const chunk = this.buffer.get(this.nextIndex);
         if (chunk === undefined || this.finished) return;
         this.buffer.delete(this.nextIndex);
-        this.hash.update(chunk.data);
+        this.hash?.update(chunk.data);
         if (!this.sink.write(chunk.data)) await waitDrain(this.sink);
         const index = this.nextIndex++;
         this.delivered += chunk.data.length;
@@ -106,7 +121,13 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
     if (this.nextIndex !== end.chunkCount || this.delivered !== end.size) {
       throw new DwcpProtocolError(`END after ${this.nextIndex} of ${end.chunkCount} chunks`);
     }
-    const sha256 = this.hash.digest('hex');
+    if ((this.hash === undefined) !== (end.sha256 === undefined)) {
+      const how = (hashed: boolean): string => (hashed ? 'with' : 'without');
+      const message = `stream sent ${how(end.sha256 !== undefined)} its sha256, expected ${how(this.hash !== undefined)}`;
+      this.fail(new DwcpChecksumError(message), true);
+      return;
+    }
+    const sha256 = this.hash?.digest('hex');
     if (sha256 !== end.sha256) {
       this.fail(new DwcpChecksumError(`stream has sha256 ${sha256}, sender says ${end.sha256}`), true);
       return;
@@ -116,7 +137,7 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
       this.sink.end(() => resolve());
     });
     this.stats.total = this.nextIndex;
-    await this.answerEnd(socket, sha256);
+    await this.answerEnd(socket, sha256 ?? streamIdentity({ size: end.size, chunkCount: end.chunkCount }));
     this.succeed({ sha256, logicalBytes: this.delivered, chunksDone: this.nextIndex, chunksTotal: this.nextIndex });
   }
 

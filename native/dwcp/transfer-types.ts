@@ -28,7 +28,7 @@ export interface ChunkStats {
 
 export interface SendResult {
   transferId: string;
-  /** The whole content's sha256: streams always, files unless sent with wholeFileSha256: false. */
+  /** The whole content's sha256, unless sent with wholeFileSha256 / wholeStreamSha256: false. */
   sha256?: string;
   /** File sends: the manifest digest the receiver verified (sha256 over size, chunking and every chunk's sha256). */
   manifestDigest?: string;
@@ -52,6 +52,14 @@ export interface ReceiveResult {
   wireBytes: number;
   durationMs: number;
   chunks: ChunkStats;
+}
+
+/**
+ * What identifies a finished stream sent without its whole sha256 (see EndReplySchema): its size and chunk count,
+ * the two figures both ends check at END.
+ */
+export function streamIdentity(input: { size: number; chunkCount: number }): string {
+  return `stream/${input.size}/${input.chunkCount}`;
 }
 
 export function emptyChunkStats(): ChunkStats {
