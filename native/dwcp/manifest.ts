@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { chunkingKey, isZeroChunk, nextChunkLength, type ChunkingParams } from './chunking';
+import { dataExtents } from './data-extents';
 import { DwcpIoError, DwcpProtocolError } from './errors';
 
 export const MANIFEST_ENTRY_BYTES = 45;
@@ -123,6 +124,7 @@ export function scanFileParts(input: {
   /** False skips the whole-file sha256 (sha256 is then empty): a chunk index needs only the chunk hashes. */
   hashWholeFile?: boolean;
 }): ScanSummary {
+  if (input.chunking.fixed) return scanFixedParts(input);
   const hashWholeFile = input.hashWholeFile ?? true;
   const fd = openSync(input.path, 'r');
   try {
@@ -136,18 +138,7 @@ export function scanFileParts(input: {
     // Zero chunks come in a handful of lengths; their hashes are computed once.
     const zeroHashes = new Map<number, Buffer>();
     const add = (chunk: Buffer): void => {
-      const entry = Buffer.allocUnsafe(MANIFEST_ENTRY_BYTES);
-      entry.writeBigUInt64BE(BigInt(offset), 0);
-      entry.writeUInt32BE(chunk.length, 8);
-      const zero = isZeroChunk(chunk);
-      entry.writeUInt8(zero ? FLAG_ZERO : 0, 12);
-      let hash = zero ? zeroHashes.get(chunk.length) : undefined;
-      if (hash === undefined) {
-        hash = createHash('sha256').update(chunk).digest();
-        if (zero) zeroHashes.set(chunk.length, hash);
-      }
-      hash.copy(entry, 13);
-      part.push(entry);
+      part.push(packEntry({ offset, chunk, zero: isZeroChunk(chunk), zeroHashes }));
       offset += chunk.length;
       count++;
     };
@@ -184,6 +175,84 @@ export function scanFileParts(input: {
     return { size: offset, sha256: hashWholeFile ? whole.digest('hex') : '', chunkCount: count };
   } finally {
     closeSync(fd);
+  }
+}
+
+/** One packed manifest entry; zero chunks come in a handful of lengths, so their hashes are computed once. */
+function packEntry(input: { offset: number; chunk: Buffer; zero: boolean; zeroHashes: Map<number, Buffer> }): Buffer {
+  const { chunk, zero, zeroHashes } = input;
+  const entry = Buffer.allocUnsafe(MANIFEST_ENTRY_BYTES);
+  entry.writeBigUInt64BE(BigInt(input.offset), 0);
+  entry.writeUInt32BE(chunk.length, 8);
+  entry.writeUInt8(zero ? FLAG_ZERO : 0, 12);
+  let hash = zero ? zeroHashes.get(chunk.length) : undefined;
+  if (hash === undefined) {
+    hash = createHash('sha256').update(chunk).digest();
+    if (zero) zeroHashes.set(chunk.length, hash);
+  }
+  hash.copy(entry, 13);
+  return entry;
+}
+
+/** Fixed chunks per manifest part: the content-defined scan's 8 MiB block. */
+const FIXED_PART_BYTES = SCAN_BLOCK_BYTES;
+
+/**
+ * scanFileParts for fixed chunking: a chunk that lies in a hole (dataExtents) is a zero chunk without being read;
+ * the others are read where they lie. Same manifest as reading every byte, since a hole reads as zeros.
+ */
+function scanFixedParts(input: {
+  path: string;
+  chunking: ChunkingParams;
+  onPart: (part: ManifestPart) => void;
+  hashWholeFile?: boolean;
+}): ScanSummary {
+  const bytes = input.chunking.maxBytes;
+  const fd = openSync(input.path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const extents = dataExtents(input.path);
+    const whole = (input.hashWholeFile ?? true) ? createHash('sha256') : undefined;
+    const buffer = Buffer.allocUnsafe(bytes);
+    const zeros = Buffer.alloc(bytes);
+    const zeroHashes = new Map<number, Buffer>();
+    const perPart = Math.max(1, Math.floor(FIXED_PART_BYTES / bytes));
+    let part: Buffer[] = [];
+    let count = 0;
+    let next = 0;
+    for (let offset = 0; offset < size; offset += bytes) {
+      const length = Math.min(bytes, size - offset);
+      while (next < extents.length && extents[next]!.end <= offset) next++;
+      const inHole = next >= extents.length || extents[next]!.start >= offset + length;
+      let chunk: Buffer;
+      if (inHole) {
+        chunk = zeros.subarray(0, length);
+      } else {
+        chunk = buffer.subarray(0, length);
+        readFully({ fd, into: chunk, position: offset, path: input.path });
+      }
+      whole?.update(chunk);
+      part.push(packEntry({ offset, chunk, zero: inHole || isZeroChunk(chunk), zeroHashes }));
+      count++;
+      if (part.length === perPart) {
+        input.onPart({ first: count - part.length, entries: Buffer.concat(part) });
+        part = [];
+      }
+    }
+    if (part.length > 0) input.onPart({ first: count - part.length, entries: Buffer.concat(part) });
+    if (fstatSync(fd).size !== size) throw new DwcpIoError(`${input.path} changed size while it was scanned`);
+    return { size, sha256: whole?.digest('hex') ?? '', chunkCount: count };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readFully(input: { fd: number; into: Buffer; position: number; path: string }): void {
+  let filled = 0;
+  while (filled < input.into.length) {
+    const n = readSync(input.fd, input.into, filled, input.into.length - filled, input.position + filled);
+    if (n === 0) throw new DwcpIoError(`${input.path} ended before offset ${input.position + input.into.length}`);
+    filled += n;
   }
 }
 

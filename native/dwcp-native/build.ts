@@ -1,0 +1,36 @@
+/**
+ * Builds DWCP's native addon (native/dwcp-native, Rust through napi-rs) into dwcp-native.node, as npm install's
+ * postinstall step. Without cargo, or when the build fails, DWCP runs on its TypeScript fallback (data-extents.ts
+ * says which is in use), so this never fails the install: it says what happened in one line.
+ */
+import { spawnSync } from 'node:child_process';
+import { copyFileSync } from 'node:fs';
+import path from 'node:path';
+
+const crateDir = __dirname;
+const built = path.join(crateDir, 'target', 'release', 'libdwcp_native.so');
+const addon = path.join(crateDir, 'dwcp-native.node');
+
+function main(): void {
+  if (process.platform !== 'linux') {
+    process.stdout.write('dwcp-native: not built (Linux only); DWCP uses its TypeScript fallback\n');
+    return;
+  }
+  const cargo = spawnSync(
+    'cargo',
+    ['build', '--release', '--quiet', '--manifest-path', path.join(crateDir, 'Cargo.toml')],
+    {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
+  if (cargo.error !== undefined || cargo.status !== 0) {
+    const why =
+      cargo.error !== undefined ? `cargo not runnable (${cargo.error.message})` : `cargo exited ${cargo.status}`;
+    process.stdout.write(`dwcp-native: not built, ${why}; DWCP uses its TypeScript fallback\n`);
+    return;
+  }
+  copyFileSync(built, addon);
+  process.stdout.write(`dwcp-native: built ${path.relative(process.cwd(), addon)}\n`);
+}
+
+main();
