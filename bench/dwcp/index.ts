@@ -1,18 +1,21 @@
 /**
  * DWCP benchmark: a real Debian ext4 image (v1, and a v2 with ~5% of file bytes changed) copied between two network
  * namespaces by a raw TCP stream (nc), `zstd -1 -T0 | nc`, an rsync daemon (first copy and v1→v2 delta) and DWCP in
- * datacenter, internet and probe-chosen ("auto") parameters (bench/dwcp/tools.ts), over the namespace's loopback and
- * over a veth pair capped at 100 Mbit/s with `tc tbf` (bench/dwcp/netns.ts). Each run reports logical MB/s, bytes on
- * the wire (interface counters, both directions, headers included), CPU seconds of both ends (/usr/bin/time), and
- * ratios to each baseline (bench/dwcp/measure.ts, bench/dwcp/report.ts).
+ * datacenter, internet and probe-chosen ("auto") parameters (bench/dwcp/tools.ts), and stream runs as a live
+ * migration carries them, DWCP stream mode against plain Node sockets (bench/dwcp/stream-tools.ts), over the
+ * namespace's loopback and over a veth pair capped at 100 Mbit/s with `tc tbf` (bench/dwcp/netns.ts). Each run
+ * reports logical MB/s, bytes on the wire (interface counters, both directions, headers included), CPU seconds of
+ * both ends (/usr/bin/time), and ratios to each baseline (bench/dwcp/measure.ts, bench/dwcp/report.ts).
  *
  * Needs root (namespaces, tc, apt-get for missing tools). Writes bench/results/dwcp-<date>.json, the table in
  * docs/dwcp.md and the summary in docs/benchmarks.md.
  *
  * Focused runs while iterating (bench/run.ts takes only benchmark names, so the filters are environment variables):
  * NOVACRON_DWCP_LINKS=loopback NOVACRON_DWCP_TOOLS=raw-tcp,rsync,dwcp-datacenter NOVACRON_DWCP_SCENARIOS=first
- * NOVACRON_BENCH_ITERATIONS=1 npm run bench -- dwcp. A filtered run writes bench/results/tmp/dwcp-partial-<date>.json
- * and leaves the committed results and docs alone, since it is not the full comparison.
+ * NOVACRON_BENCH_ITERATIONS=1 npm run bench -- dwcp (stream runs: NOVACRON_DWCP_SCENARIOS=stream-random,
+ * stream-random-4ch,stream-image,stream-latency; NOVACRON_DWCP_IDLE_FLUSH_MS=<ms> runs them with another idle flush
+ * than sendStream's default). A filtered run writes bench/results/tmp/dwcp-partial-<date>.json and leaves the
+ * committed results and docs alone, since it is not the full comparison.
  */
 import { spawn } from 'node:child_process';
 import { cp, mkdir, readdir, rm } from 'node:fs/promises';
@@ -23,7 +26,7 @@ import { DwcpWorkerPool } from '../../native/dwcp/worker-pool';
 import { MODE_PARAMETERS, classifyMode, resolveTransferParameters } from '../../native/dwcp/mode';
 import { readResults, writeResults, type Benchmark, type BenchRunInput, type BenchRunOutput } from '../results';
 import { buildDwcpDataset, ensureBenchTools } from './dataset';
-import { measure, sha256sum, type DwcpBenchRun, type RunSpec } from './measure';
+import { measure, sha256sum, STREAM_SCENARIOS, type DwcpBenchRun, type RunSpec, type Scenario } from './measure';
 import { exec, LINKS, setupNamespaces, teardownNamespaces, waitListening, type Link } from './netns';
 import {
   addRatios,
@@ -34,6 +37,7 @@ import {
   renderTable,
   type DwcpResults,
 } from './report';
+import { ensureStreamData, streamSpecs, type StreamData } from './stream-tools';
 import { makePki, nodeArgv, PEER, peerConfig, toolSpecs, type LinkContext } from './tools';
 
 const ITERATIONS = Math.max(1, Number(process.env.NOVACRON_BENCH_ITERATIONS ?? 3));
@@ -52,7 +56,10 @@ const FILTERS = {
   tools: parseFilter(process.env.NOVACRON_DWCP_TOOLS),
   scenarios: parseFilter(process.env.NOVACRON_DWCP_SCENARIOS),
 };
-const FILTERED = Object.values(FILTERS).some((f) => f !== undefined);
+/** Stream runs with another idle flush than sendStream's default, to choose that default on measurement. */
+const IDLE_FLUSH_MS =
+  (process.env.NOVACRON_DWCP_IDLE_FLUSH_MS ?? '') === '' ? undefined : Number(process.env.NOVACRON_DWCP_IDLE_FLUSH_MS);
+const FILTERED = Object.values(FILTERS).some((f) => f !== undefined) || IDLE_FLUSH_MS !== undefined;
 
 function selected(filter: Set<string> | undefined, name: string): boolean {
   return filter === undefined || filter.has(name);
@@ -133,6 +140,11 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
   const indexPool = new DwcpWorkerPool({ size: 1 });
   const v1Entries = v1EntriesCache({ v1Path: dataset.v1Path, pool: indexPool });
   const v2Sha = await sha256sum(dataset.v2Path);
+  const include = (tool: string, scenario: Scenario): boolean =>
+    selected(FILTERS.tools, tool) && selected(FILTERS.scenarios, scenario);
+  const streamData: StreamData | undefined = STREAM_SCENARIOS.some((s) => selected(FILTERS.scenarios, s))
+    ? await ensureStreamData({ dir: work })
+    : undefined;
   const runs: DwcpBenchRun[] = [];
   const probes: Record<string, unknown> = {};
   let port = 24000;
@@ -140,7 +152,7 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
   const target = path.join(scratch, 'target.img');
   const prepare = async (spec: RunSpec): Promise<void> => {
     await rm(target, { force: true });
-    if (spec.scenario !== 'first') await cp(dataset.v1Path, target);
+    if (spec.scenario === 'delta' || spec.scenario === 'delta-warm') await cp(dataset.v1Path, target);
     if (spec.warmChunkAvgBytes !== undefined) {
       const chunking = chunkingParams({ avgBytes: spec.warmChunkAvgBytes });
       await writeSidecar({ file: target, chunking, entries: await v1Entries(chunking) });
@@ -153,16 +165,21 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
       const ctx: LinkContext = { link, dataset, pki };
       const probe = await probeLink(ctx, nextPort());
       probes[link.name] = probe;
-      const specs = toolSpecs({
-        ctx,
-        scratch,
-        target,
-        v1Sha,
-        v2Sha,
-        auto: probe.auto,
-        include: (tool, scenario) => selected(FILTERS.tools, tool) && selected(FILTERS.scenarios, scenario),
-        nextPort,
-      });
+      const specs = [
+        ...toolSpecs({ ctx, scratch, target, v1Sha, v2Sha, auto: probe.auto, include, nextPort }),
+        ...(streamData
+          ? streamSpecs({
+              ctx,
+              data: streamData,
+              target,
+              v1Sha,
+              auto: probe.auto,
+              include,
+              nextPort,
+              idleFlushMs: IDLE_FLUSH_MS,
+            })
+          : []),
+      ];
       // Iterations go round the whole list, so a burst of load on the shared machine hits every tool alike.
       const samples = new Map<number, DwcpBenchRun[]>();
       for (let iteration = 1; iteration <= ITERATIONS; iteration++) {
@@ -204,7 +221,10 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
   };
   const format = (value: Record<string, unknown>) => compactJson(value as Parameters<typeof compactJson>[0]);
   if (FILTERED) {
-    const filters = Object.fromEntries(Object.entries(FILTERS).map(([k, v]) => [k, v === undefined ? null : [...v]]));
+    const filters = {
+      ...Object.fromEntries(Object.entries(FILTERS).map(([k, v]) => [k, v === undefined ? null : [...v]])),
+      idleFlushMs: IDLE_FLUSH_MS ?? null,
+    };
     const file = await writeResults({
       dir: path.join(input.outDir, 'tmp'),
       name: `dwcp-partial-${date}.json`,

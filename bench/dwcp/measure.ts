@@ -73,18 +73,22 @@ function timedProcess(input: { ns: string; argv: string[]; timeFile: string; std
   };
 }
 
-/** A DWCP peer reports its own CPU seconds since it was warm, in its last stdout line. */
-function reportedCpu(timed: Timed): number {
+/** What a Node peer (DWCP, or the stream baseline) reports in its last stdout line; nothing for other tools. */
+function peerReport(timed: Timed): { cpuSeconds?: number; latencyMs?: LatencySummary } {
   const last = timed.stdout.trim().split('\n').at(-1) ?? '';
   try {
     const value: unknown = JSON.parse(last);
-    if (typeof value === 'object' && value !== null && 'cpuSeconds' in value && typeof value.cpuSeconds === 'number') {
-      return value.cpuSeconds;
-    }
+    if (typeof value !== 'object' || value === null) return {};
+    return {
+      ...('cpuSeconds' in value && typeof value.cpuSeconds === 'number' ? { cpuSeconds: value.cpuSeconds } : {}),
+      ...('latencyMs' in value && typeof value.latencyMs === 'object' && value.latencyMs !== null
+        ? { latencyMs: value.latencyMs as LatencySummary }
+        : {}),
+    };
   } catch {
-    // Not a DWCP peer: /usr/bin/time's figure stands.
+    // Not a Node peer: /usr/bin/time's figure stands.
+    return {};
   }
-  return timed.cpuSeconds;
 }
 
 export interface RunSpec {
@@ -102,7 +106,10 @@ export interface RunSpec {
    */
   warmSender?: boolean;
   target: string;
-  expectedSha256: string;
+  /** Absent for stream-latency, whose receiver checks the order of what it timed instead. */
+  expectedSha256?: string;
+  /** The content's size when it is not the image's (stream runs). */
+  logicalBytes?: number;
   /** delta-warm: the receiver indexed v1 with this chunking before (its chunk-index sidecar is in place). */
   warmChunkAvgBytes?: number;
 }
@@ -110,9 +117,26 @@ export interface RunSpec {
 /**
  * first: v1 onto an empty target. delta: v2 onto a target holding v1, which DWCP's receiver has never seen (it
  * scans it). delta-warm (DWCP only): the same, on a host whose receiver indexed v1 before (as after receiving v1
- * through DWCP), so its chunk-index sidecar is current and only the sender scans.
+ * through DWCP), so its chunk-index sidecar is current and only the sender scans. The stream scenarios are
+ * described in bench/dwcp/stream-tools.ts.
  */
-export type Scenario = 'first' | 'delta' | 'delta-warm';
+export type Scenario = 'first' | 'delta' | 'delta-warm' | StreamScenario;
+
+/** Stream runs (bench/dwcp/stream-tools.ts): a live migration's ordered byte stream. */
+export const STREAM_SCENARIOS = ['stream-random', 'stream-random-4ch', 'stream-image', 'stream-latency'] as const;
+export type StreamScenario = (typeof STREAM_SCENARIOS)[number];
+
+export function isStreamScenario(scenario: Scenario): scenario is StreamScenario {
+  return scenario.startsWith('stream-');
+}
+
+/** Milliseconds from a write into the source to its arrival at the sink (stream-latency). */
+export interface LatencySummary {
+  p50: number;
+  p99: number;
+  max: number;
+  writes: number;
+}
 
 export interface DwcpBenchRun {
   link: string;
@@ -126,6 +150,8 @@ export interface DwcpBenchRun {
   verified: boolean;
   /** 1-minute load average when the run started: the machine is shared, and this shows how much. */
   loadAvg1: number;
+  /** stream-latency only; its other figures describe the paced run, not a throughput. */
+  latencyMs?: LatencySummary;
   /** Every iteration's time; the other figures are from the median one. */
   secondsAll?: number[];
   vs?: Record<string, { speedup: number; wireRatio: number }>;
@@ -135,7 +161,8 @@ export async function sha256sum(file: string): Promise<string> {
   return (await sh('sha256sum', [file])).split(' ')[0] ?? '';
 }
 
-export async function measure(spec: RunSpec, logicalBytes: number, scratch: string): Promise<DwcpBenchRun> {
+export async function measure(spec: RunSpec, imageBytes: number, scratch: string): Promise<DwcpBenchRun> {
+  const logicalBytes = spec.logicalBytes ?? imageBytes;
   const receiverTime = path.join(scratch, 'receiver.time');
   const senderTime = path.join(scratch, 'sender.time');
   const [loadAvg1] = loadAverage();
@@ -159,8 +186,10 @@ export async function measure(spec: RunSpec, logicalBytes: number, scratch: stri
   const finished = spec.stopFile !== undefined ? sender.exitedAt : Math.max(sender.exitedAt, receiver.exitedAt);
   const wireBytes = (await counters(spec.link)) - before;
   const seconds = (finished - started) / 1000;
-  const verified = (await sha256sum(spec.target)) === spec.expectedSha256;
+  const verified = spec.expectedSha256 === undefined || (await sha256sum(spec.target)) === spec.expectedSha256;
   if (!verified) throw new Error(`${spec.tool} on ${spec.link.name} produced a different image`);
+  const senderReport = peerReport(sender);
+  const receiverReport = peerReport(receiver);
   return {
     link: spec.link.name,
     tool: spec.tool,
@@ -168,9 +197,10 @@ export async function measure(spec: RunSpec, logicalBytes: number, scratch: stri
     seconds,
     logicalMBps: logicalBytes / 1e6 / seconds,
     wireBytes,
-    senderCpuSeconds: reportedCpu(sender),
-    receiverCpuSeconds: reportedCpu(receiver),
+    senderCpuSeconds: senderReport.cpuSeconds ?? sender.cpuSeconds,
+    receiverCpuSeconds: receiverReport.cpuSeconds ?? receiver.cpuSeconds,
     verified,
     loadAvg1,
+    ...(receiverReport.latencyMs !== undefined ? { latencyMs: receiverReport.latencyMs } : {}),
   };
 }

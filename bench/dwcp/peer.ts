@@ -2,13 +2,13 @@
  * One DWCP endpoint of a benchmark run, as its own process so it can live in a network namespace and be timed by
  * /usr/bin/time like the baseline tools. argv[2] is a JSON config; the last stdout line is a JSON result.
  */
-import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { chunkingParams, fixedChunking } from '../../native/dwcp/chunking';
 import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/worker-pool';
 import { probeLink } from '../../native/dwcp/mode';
 import { DwcpReceiver } from '../../native/dwcp/receiver';
 import { sendFile } from '../../native/dwcp/send-file';
+import { cpuSecondsSince, printResult, readPeerTls, runPeer, warmPool } from './peer-process';
 
 const ConfigSchema = z.object({
   role: z.enum(['receive', 'send', 'serve-probe', 'probe', 'calibrate']),
@@ -27,31 +27,9 @@ const ConfigSchema = z.object({
   maxInFlightChunks: z.number().int().positive(),
 });
 
-/** CPU seconds of the whole process (every thread) since `from`. */
-function cpuSecondsSince(from: NodeJS.CpuUsage): number {
-  const used = process.cpuUsage(from);
-  return (used.user + used.system) / 1e6;
-}
-
-/** A pool whose workers have started and loaded their code, as in a long-running host agent. */
-async function warmPool(): Promise<DwcpWorkerPool> {
-  const pool = new DwcpWorkerPool();
-  await Promise.all(
-    Array.from({ length: pool.size }, () => pool.run({ kind: 'encode', data: Buffer.alloc(4096, 1), level: 1 })),
-  );
-  return pool;
-}
-
 async function main(): Promise<void> {
   const config = ConfigSchema.parse(JSON.parse(process.argv[2] ?? '{}'));
-  const tls = {
-    ca: await readFile(config.caPath),
-    cert: await readFile(config.certPath),
-    key: await readFile(config.keyPath),
-  };
-  const out = (value: unknown): void => {
-    process.stdout.write(`${JSON.stringify(value)}\n`);
-  };
+  const tls = await readPeerTls(config);
   switch (config.role) {
     case 'receive': {
       const pool = await warmPool();
@@ -67,7 +45,7 @@ async function main(): Promise<void> {
       const cpu = process.cpuUsage();
       process.stdout.write(`listening ${receiver.port}\n`);
       const received = await result;
-      out({ ...received, cpuSeconds: cpuSecondsSince(cpu) });
+      printResult({ ...received, cpuSeconds: cpuSecondsSince(cpu) });
       await receiver.close();
       await pool.close();
       return;
@@ -100,19 +78,21 @@ async function main(): Promise<void> {
         maxInFlightChunks: config.maxInFlightChunks,
         wholeFileSha256: config.wholeFileSha256,
       });
-      out({ ...result, cpuSeconds: cpuSecondsSince(cpu) });
+      printResult({ ...result, cpuSeconds: cpuSecondsSince(cpu) });
       await pool.close();
       return;
     }
     case 'probe':
-      out(await probeLink({ host: config.host, port: config.port, tls, pings: 20, durationMs: 2000, streams: 2 }));
+      printResult(
+        await probeLink({ host: config.host, port: config.port, tls, pings: 20, durationMs: 2000, streams: 2 }),
+      );
       return;
     case 'calibrate': {
       const pool = new DwcpWorkerPool();
       try {
         const sample = await sampleFileData(config.path);
         if (!sample) throw new Error(`${config.path} holds no data to calibrate on`);
-        out({ ...(await measureCompression({ pool, sample, durationMs: 500 })), workers: pool.size });
+        printResult({ ...(await measureCompression({ pool, sample, durationMs: 500 })), workers: pool.size });
       } finally {
         await pool.close();
       }
@@ -121,10 +101,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exit(1);
-  },
-);
+runPeer(main);

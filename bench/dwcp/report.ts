@@ -2,7 +2,7 @@
 import { runLine } from '../results';
 import type { RunMetadata } from '../run-metadata';
 import type { DwcpDataset } from './dataset';
-import type { DwcpBenchRun } from './measure';
+import { isStreamScenario, type DwcpBenchRun } from './measure';
 
 export interface DwcpResults {
   /** Absent from files written before the run record (bench/run-metadata.ts) existed. */
@@ -30,12 +30,13 @@ export function fmtBytes(n: number): string {
   return `${(n / 1e6).toFixed(1)}`;
 }
 
+/** The throughput rows; stream-latency rows follow in a table of their own. */
 export function renderTable(runs: DwcpBenchRun[]): string {
   const lines = [
     '| link | tool | copy | s (median) | logical MB/s | wire MB | CPU s (send + recv) | × raw | × zstd | × rsync | wire / rsync | load |',
     '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
-  for (const r of runs) {
+  for (const r of runs.filter((x) => x.latencyMs === undefined)) {
     const vs = (name: string, key: 'speedup' | 'wireRatio'): string => {
       const v = r.vs?.[name]?.[key];
       return v === undefined ? '' : v.toFixed(2);
@@ -46,15 +47,35 @@ export function renderTable(runs: DwcpBenchRun[]): string {
         `${vs('zstd-1-nc', 'speedup')} | ${vs('rsync', 'speedup')} | ${vs('rsync', 'wireRatio')} | ${r.loadAvg1.toFixed(1)} |`,
     );
   }
+  const latency = runs.filter((x) => x.latencyMs !== undefined);
+  if (latency.length === 0) return lines.join('\n');
+  lines.push(
+    '',
+    'stream-latency: milliseconds from a 4 KiB write into the source to its arrival at the sink, one write every 5 ms.',
+    '',
+    '| link | tool | writes | p50 ms | p99 ms | max ms | CPU s (send + recv) | load |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+  );
+  for (const r of latency) {
+    const l = r.latencyMs!;
+    lines.push(
+      `| ${r.link} | ${r.tool} | ${l.writes} | ${l.p50.toFixed(2)} | ${l.p99.toFixed(2)} | ${l.max.toFixed(2)} | ` +
+        `${r.senderCpuSeconds.toFixed(1)} + ${r.receiverCpuSeconds.toFixed(1)} | ${r.loadAvg1.toFixed(1)} |`,
+    );
+  }
   return lines.join('\n');
 }
 
-/** Each run against each baseline on the same link; delta runs compare with rsync's delta, others with first copies. */
+/**
+ * Each run against each baseline on the same link; delta runs compare with rsync's delta, others with first copies,
+ * and stream runs with the direct connection (raw-tcp) carrying the same stream.
+ */
 export function addRatios(runs: DwcpBenchRun[]): void {
   for (const run of runs) {
     const vs: NonNullable<DwcpBenchRun['vs']> = {};
-    for (const base of ['raw-tcp', 'zstd-1-nc', 'rsync'] as const) {
-      const scenario = base === 'rsync' && run.scenario !== 'first' ? 'delta' : 'first';
+    const stream = isStreamScenario(run.scenario);
+    for (const base of stream ? (['raw-tcp'] as const) : (['raw-tcp', 'zstd-1-nc', 'rsync'] as const)) {
+      const scenario = stream ? run.scenario : base === 'rsync' && run.scenario !== 'first' ? 'delta' : 'first';
       const baseline = runs.find((r) => r.link === run.link && r.tool === base && r.scenario === scenario);
       if (baseline === undefined || baseline === run) continue;
       vs[base] = {
@@ -109,19 +130,39 @@ export function renderDwcpSummary(file: string, r: DwcpResults): string {
     [ratio(x, 'raw-tcp'), ratio(x, 'rsync')].join(', '),
   );
   add('loopback, v1→v2 delta', find(r, 'loopback', 'dwcp-datacenter', 'delta'), (x) => ratio(x, 'rsync'));
+  const linkMBps = (capped?.rateMbps ?? 0) / 8;
+  const overLink = (x: DwcpBenchRun): string =>
+    `${x.logicalMBps.toFixed(1)} MB/s, ${(x.logicalMBps / linkMBps).toFixed(2)}× the link`;
   if (capped) {
-    const link = capped.name;
-    const linkMBps = (capped.rateMbps ?? 0) / 8;
     for (const tool of ['dwcp-datacenter', 'dwcp-auto']) {
-      add(`${link}, first copy`, find(r, link, tool, 'first'), (x) => {
-        const overLink = (x.logicalMBps / linkMBps).toFixed(2);
-        return `${x.logicalMBps.toFixed(1)} MB/s, ${overLink}× the link; ${ratio(x, 'rsync')}`;
-      });
+      add(
+        `${capped.name}, first copy`,
+        find(r, capped.name, tool, 'first'),
+        (x) => `${overLink(x)}; ${ratio(x, 'rsync')}`,
+      );
     }
-    add(`${link}, v1→v2 delta`, find(r, link, 'dwcp-auto', 'delta'), (x) => {
+    add(`${capped.name}, v1→v2 delta`, find(r, capped.name, 'dwcp-auto', 'delta'), (x) => {
       const wire = x.vs?.rsync?.wireRatio.toFixed(2) ?? '?';
       return `${ratio(x, 'rsync')}, ${wire}× rsync's bytes on the wire`;
     });
+  }
+  // Stream mode: a datacenter migration on loopback, an internet one on the capped link.
+  for (const scenario of ['stream-random', 'stream-random-4ch', 'stream-image'])
+    add(`loopback, ${scenario}`, find(r, 'loopback', 'dwcp-datacenter', scenario), (x) => ratio(x, 'raw-tcp'));
+  const rawLatency = find(r, 'loopback', 'raw-tcp', 'stream-latency')?.latencyMs;
+  add('loopback, stream-latency', find(r, 'loopback', 'dwcp-datacenter', 'stream-latency'), (x) => {
+    const l = x.latencyMs;
+    const raw = rawLatency ? ` (raw-tcp ${rawLatency.p50.toFixed(2)} / ${rawLatency.p99.toFixed(2)})` : '';
+    return l ? `p50 ${l.p50.toFixed(2)} ms, p99 ${l.p99.toFixed(2)} ms${raw}` : '?';
+  });
+  if (capped) {
+    for (const scenario of ['stream-random', 'stream-random-4ch', 'stream-image']) {
+      add(
+        `${capped.name}, ${scenario}`,
+        find(r, capped.name, 'dwcp-internet', scenario),
+        (x) => `${overLink(x)}; ${ratio(x, 'raw-tcp')}`,
+      );
+    }
   }
   return [
     runLineOf(file, r),
