@@ -4,7 +4,8 @@
  * says which is in use), so this never fails the install: it says what happened in one line.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
+import { homedir } from 'node:os';
 import path from 'node:path';
 
 const crateDir = __dirname;
@@ -16,8 +17,10 @@ function main(): void {
     process.stdout.write('dwcp-native: not built (Linux only); DWCP uses its TypeScript fallback\n');
     return;
   }
+  // rustup installs into ~/.cargo/bin, which a non-login shell (npm's, CI's) may not have on its PATH.
+  const rustupCargo = path.join(homedir(), '.cargo', 'bin', 'cargo');
   const cargo = spawnSync(
-    'cargo',
+    existsSync(rustupCargo) ? rustupCargo : 'cargo',
     ['build', '--release', '--quiet', '--manifest-path', path.join(crateDir, 'Cargo.toml')],
     {
       stdio: ['ignore', 'inherit', 'inherit'],
