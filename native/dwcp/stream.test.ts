@@ -3,9 +3,9 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Duplex, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { dialTls, type Dialer } from './connection';
+import { tamperingDialer, type TamperingDialer } from './testing/tampering-dialer';
 import { DwcpChecksumError, DwcpIoError } from './errors';
 import { DwcpReceiver } from './receiver';
 import { sendStream, sendStreamChannels } from './send-stream';
@@ -56,41 +56,14 @@ function collectingSink() {
   return { writable, reached, content: () => Buffer.concat(pieces) };
 }
 
-/** A dialer whose connections flip a byte in the first write of `length` bytes (a chunk payload) before TLS. */
-function corruptingDialer(length: number): { dial: Dialer; flipped: () => boolean } {
-  let flipped = false;
-  const dial: Dialer = async (opts) => {
-    const inner = await dialTls(opts);
-    const outer = new Duplex({
-      read() {
-        inner.resume();
-      },
-      write(chunk: Buffer, _enc, done) {
-        let data = chunk;
-        if (!flipped && chunk.length === length) {
-          data = Buffer.from(chunk);
-          data[0]! ^= 0x01;
-          flipped = true;
-        }
-        inner.write(data, done);
-      },
-      final(done) {
-        inner.end(done);
-      },
-      destroy(err, done) {
-        inner.destroy(err ?? undefined);
-        done(err);
-      },
-    });
-    inner.on('data', (d: Buffer) => {
-      if (!outer.push(d)) inner.pause();
-    });
-    inner.on('end', () => outer.push(null));
-    inner.on('error', (err) => outer.destroy(err));
-    inner.on('close', () => outer.destroy());
-    return outer;
-  };
-  return { dial, flipped: () => flipped };
+/** Flips the first byte of the first write of `length` bytes (a chunk payload) on any connection. */
+function corruptingDialer(length: number): TamperingDialer {
+  let done = false;
+  return tamperingDialer((write) => {
+    if (done || write.length !== length) return undefined;
+    done = true;
+    return 0;
+  });
 }
 
 test('a paused source has its partial chunk delivered before it writes more', async () => {
@@ -132,7 +105,7 @@ test('a chunk NACKed while the source is silent is resent without waiting for th
     dial: corruption.dial,
   });
   await received;
-  assert.ok(corruption.flipped());
+  assert.equal(corruption.flipped(), 1);
   assert.equal(sent.chunks.resent, 1);
   assert.deepEqual(sink.content(), Buffer.concat([first, second]));
 });

@@ -3,11 +3,11 @@ import { randomUUID } from 'node:crypto';
 import { access, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Duplex, Readable, Writable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { ChunkIndex, sidecarPath } from './chunk-index';
 import { chunkingKey, chunkingParams, fixedChunking } from './chunking';
-import { dialTls, type Dialer } from './connection';
+import { tamperingDialer, type TamperingDialer } from './testing/tampering-dialer';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError } from './errors';
 import {
@@ -226,43 +226,14 @@ test('an ordered stream is reassembled in order across streams with a small reor
   assert.equal(sent.logicalBytes, content.length);
 });
 
-/** Wraps a connection so the Nth large write (a chunk payload) has one byte flipped before encryption. */
-function corruptingDialer(input: { nth: number; streamIndex: number }): { dial: Dialer; flipped: () => number } {
-  let flipped = 0;
-  const dial: Dialer = async (opts) => {
-    const inner = await dialTls(opts);
-    if (opts.streamIndex !== input.streamIndex) return inner;
-    let large = 0;
-    const outer = new Duplex({
-      read() {
-        inner.resume();
-      },
-      write(chunk: Buffer, _enc, done) {
-        let data = chunk;
-        if (chunk.length >= 4096 && ++large === input.nth) {
-          data = Buffer.from(chunk);
-          data[Math.floor(data.length / 2)]! ^= 0x01;
-          flipped++;
-        }
-        inner.write(data, done);
-      },
-      final(done) {
-        inner.end(done);
-      },
-      destroy(err, done) {
-        inner.destroy(err ?? undefined);
-        done(err);
-      },
-    });
-    inner.on('data', (d: Buffer) => {
-      if (!outer.push(d)) inner.pause();
-    });
-    inner.on('end', () => outer.push(null));
-    inner.on('error', (err) => outer.destroy(err));
-    inner.on('close', () => outer.destroy());
-    return outer;
-  };
-  return { dial, flipped: () => flipped };
+/** Flips a byte in the middle of the Nth large write (a chunk payload) on one stream. */
+function corruptingDialer(input: { nth: number; streamIndex: number }): TamperingDialer {
+  let large = 0;
+  return tamperingDialer((write, streamIndex) =>
+    streamIndex === input.streamIndex && write.length >= 4096 && ++large === input.nth
+      ? Math.floor(write.length / 2)
+      : undefined,
+  );
 }
 
 test('a chunk corrupted on the wire is NACKed and resent', async () => {
