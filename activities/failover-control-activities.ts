@@ -71,10 +71,14 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
   const { config, pool, failoverMetrics } = deps;
   const suspectHosts = (hosts: HostRecord[]) =>
     hosts.filter((h) => h.state === 'down' && h.lease !== undefined && !h.lease.alive);
-  // Maintenance hosts are out of the fleet by the operator's choice; a fenced one is known dead, not suspect.
+  // A storm counts every host whose lease lapsed, marked down by the monitor yet or not: hosts of one partition stop
+  // renewing up to a heartbeat (and a drain) apart, and the monitor marks them down a tick after that. Maintenance
+  // hosts are out of the fleet by the operator's choice; a fenced one is known dead, not suspect.
+  const lapsedHosts = (hosts: HostRecord[]) =>
+    hosts.filter((h) => (h.state === 'up' || h.state === 'down') && h.lease !== undefined && !h.lease.alive);
   const stormOf = (hosts: HostRecord[]): StormVerdict =>
     judgeStorm({
-      suspect: suspectHosts(hosts).length,
+      suspect: lapsedHosts(hosts).length,
       total: hosts.filter((h) => h.state !== 'maintenance').length,
       threshold: config.failover.stormThreshold,
     });
@@ -92,6 +96,22 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
       witnessProbeTimeoutMs: config.failover.witnessProbeTimeoutMs,
       voteMode: signed ? 'signed' : 'majority',
     };
+  };
+
+  /** The storm's reason, alerted once per failover, when too much of the fleet has lapsed now; else undefined. */
+  const stormGate = async (input: { failoverId: string; hostId: string }): Promise<string | undefined> => {
+    const storm = stormOf(await listHosts(pool));
+    if (!storm.storm) return undefined;
+    const reason = stormReason(storm);
+    await recordEvent(pool, {
+      kind: 'failover.storm',
+      hostId: input.hostId,
+      workflowId: input.failoverId,
+      message: reason,
+      idempotencyKey: `failover.storm:${input.failoverId}`,
+    });
+    failoverMetrics?.confirmations.inc({ outcome: 'withheld-storm' });
+    return reason;
   };
 
   return {
@@ -159,20 +179,8 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
       if (host.state !== 'down') return { suspect: false, reason: `it is ${host.state}` };
       // Hosts of one partition do not expire at the same instant (their last renewals were up to a heartbeat apart):
       // the first one's failover would start before the storm shows. After the grace, the others have expired too.
-      const storm = stormOf(await listHosts(pool));
-      if (storm.storm) {
-        const reason = stormReason(storm);
-        await recordEvent(pool, {
-          kind: 'failover.storm',
-          hostId: input.hostId,
-          workflowId: input.failoverId,
-          message: reason,
-          idempotencyKey: `failover.storm:${input.failoverId}`,
-        });
-        failoverMetrics?.confirmations.inc({ outcome: 'withheld-storm' });
-        return { suspect: false, storm: true, reason };
-      }
-      return { suspect: true };
+      const storm = await stormGate(input);
+      return storm ? { suspect: false, storm: true, reason: storm } : { suspect: true };
     },
 
     /** Up hosts with a live lease, other than the suspect, by id; and how witnesses reach the suspect. */
@@ -249,7 +257,12 @@ export function createFailoverControlActivities(deps: FailoverControlDeps) {
     async fenceSuspect(input: { failoverId: string; hostId: string; suspectToken: number }): Promise<{
       fenced: boolean;
       token: number;
+      /** Not fenced because the storm grew while the witnesses were asked: the alert's reason. */
+      storm?: string;
     }> {
+      // The last look before the one step that cannot be undone: hosts that lapsed during the witnessing count too.
+      const storm = await stormGate(input);
+      if (storm) return { fenced: false, token: input.suspectToken, storm };
       const fenced = await fenceHost(pool, {
         hostId: input.hostId,
         expectedToken: input.suspectToken,

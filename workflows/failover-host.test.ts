@@ -33,6 +33,8 @@ function candidate(name: string, haPriority: number): RestartCandidate {
 interface Scenario {
   suspect?: boolean;
   storm?: boolean;
+  /** The storm shows only at the fence, after the witnesses were asked. */
+  stormAtFence?: boolean;
   confirmed?: boolean;
   candidates?: RestartCandidate[];
   /** Witness hosts with a worker; `deadWitnesses` are asked but nobody polls their queue. */
@@ -83,7 +85,11 @@ async function run(scenario: Scenario): Promise<{ calls: Calls; report: Failover
       confirmed: scenario.confirmed ?? true,
       checks: [],
     })),
-    fenceSuspect: record('fenceSuspect', () => ({ fenced: true, token: 8 })),
+    fenceSuspect: record('fenceSuspect', () =>
+      scenario.stormAtFence
+        ? { fenced: false, token: 7, storm: '2 of 3 hosts are suspect at once' }
+        : { fenced: true, token: 8 },
+    ),
     failoverCandidates: record('failoverCandidates', () => scenario.candidates ?? []),
     relocateFailoverVm: record('relocateFailoverVm', () => ({ hostId: targetHostId, ownerToken: 3 })),
     recordFailoverVmOutcome: record('recordFailoverVmOutcome', () => undefined),
@@ -163,6 +169,16 @@ test('a host that came back within the grace is neither witnessed nor fenced', a
 test('a storm seen after the grace withholds the failover before any witness is asked', async () => {
   const { calls, report } = await run({ storm: true });
   assert.deepEqual(names(calls), ['checkSuspect', 'finishFailover']);
+  assert.equal(report.state, 'withheld');
+  assert.match(report.reason ?? '', /suspect at once/);
+});
+
+test('a storm that grew while the witnesses were asked withholds the failover unfenced, nothing restarted', async () => {
+  const { calls, report } = await run({ stormAtFence: true, candidates: [candidate('a', 50)] });
+  assert.deepEqual(
+    names(calls).filter((n) => n !== 'witnessHost'),
+    ['checkSuspect', 'pickWitnesses', 'confirmSuspect', 'fenceSuspect', 'finishFailover'],
+  );
   assert.equal(report.state, 'withheld');
   assert.match(report.reason ?? '', /suspect at once/);
 });

@@ -183,6 +183,7 @@ export async function failoverHost(input: FailoverHostInput): Promise<FailoverRe
 
   progress.phase = 'fencing';
   const fence = await store.fenceSuspect({ failoverId, hostId: input.hostId, suspectToken: input.suspectToken });
+  if (fence.storm) return finish('withheld', fence.storm);
   if (!fence.fenced) {
     return finish('aborted', `${input.hostId} was not fenced: its lease moved on (token ${fence.token})`);
   }

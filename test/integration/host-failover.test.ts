@@ -88,15 +88,26 @@ test('a cut shorter than the self-fence deadline fences nothing and fails nothin
   assert.deepEqual(await runningOn(vmId), ['host-3'], agentLog());
 });
 
-test('a storm (two of three agents stopped at once) fails nothing over and raises the alert', async () => {
+test('a storm (two of three agents stopped at once) fails nothing over and raises the alert', async (t) => {
   const vmId = await guestOn('host-2', 'storm-guest');
   const stopped = ['host-2', 'host-3'];
+  // Together: once one is back the other is a lone suspect, which fails over like any other (its guests, still
+  // running, are withheld) unless it is back within the grace too. Brought back whatever failed, so that one failed
+  // case leaves the fleet whole for the next.
+  t.after(() => Promise.all(stopped.map((hostId) => bringBack(hostId))));
+  const killedAt = Date.now();
+  const exitedAfterMs: Record<string, number> = {};
   await Promise.all(
     stopped.map(async (hostId) => {
       fleet.agents[hostId]!.child.kill('SIGTERM');
       await fleet.agents[hostId]!.exited;
+      exitedAfterMs[hostId] = Date.now() - killedAt;
     }),
   );
+  // How far apart the two leases lapsed, for a failure's message: the storm shows once both have.
+  const expiries = await Promise.all(stopped.map(async (h) => `${h} ${(await leaseExpiry(h))! - killedAt} ms`));
+  const timeline = `after SIGTERM: exited ${JSON.stringify(exitedAfterMs)}, leases expire ${expiries.join(', ')}`;
+  t.diagnostic(timeline);
   const alert = await waitUntil(
     'the storm alert',
     async () => {
@@ -112,21 +123,23 @@ test('a storm (two of three agents stopped at once) fails nothing over and raise
     // The first host to expire may have opened a failover before the second expired: after its grace it sees the
     // storm and withholds itself.
     for (const failover of await failoversOf(hostId)) {
-      assert.equal(failover.state, 'withheld', JSON.stringify(failover));
-      assert.match(failover.reason ?? '', /suspect at once/);
-      assert.equal(failover.fencedAt, undefined);
+      const seen = `${JSON.stringify(failover)}; ${timeline}`;
+      assert.equal(failover.state, 'withheld', seen);
+      assert.match(failover.reason ?? '', /suspect at once/, seen);
+      assert.equal(failover.fencedAt, undefined, seen);
     }
     assert.notEqual((await fleet.getHost(hostId)).state, 'fenced');
   }
   // A cleanly stopped agent disarms its watchdog: with nobody to take them over, its guests keep running.
   assert.deepEqual(await runningOn(vmId), ['host-2']);
-  // Together: once one is back the other is a lone suspect, which fails over like any other (its guests, still
-  // running, are withheld) unless it is back within the grace too.
-  await Promise.all(stopped.map((hostId) => bringBack(hostId)));
 });
 
-test('a partitioned host fences itself, its guest restarts elsewhere, never twice, and it stays fenced', async () => {
+test('a partitioned host fences itself, its guest restarts elsewhere, never twice, and it stays fenced', async (t) => {
   const vmId = await guestOn('host-3', 'partition-guest');
+  t.after(async () => {
+    await fleet.hypervisors.hosts[2]!.setLinkUp(true);
+    await bringBack('host-3');
+  });
   const earlier = await failoverIds('host-3');
   const sampler = sample(vmId, 'host-3');
   // On a loaded machine the sampler's first round can take longer than the agent takes to fence itself.
@@ -176,11 +189,11 @@ test('a partitioned host fences itself, its guest restarts elsewhere, never twic
   assert.equal(fenced.state, 'fenced');
   const stored = await db.pool.query<{ host_id: string }>('SELECT host_id FROM vms WHERE id = $1', [vmId]);
   assert.equal(stored.rows[0]?.host_id, elsewhere[0]);
-  await bringBack('host-3');
 });
 
-test('the agent killed alone: its watchdog stops the guest, which restarts elsewhere, never twice', async () => {
+test('the agent killed alone: its watchdog stops the guest, which restarts elsewhere, never twice', async (t) => {
   const vmId = await guestOn('host-2', 'agent-killed-guest');
+  t.after(() => bringBack('host-2'));
   const earlier = await failoverIds('host-2');
   const sampler = sample(vmId, 'host-2');
   fleet.agents['host-2']!.child.kill('SIGKILL');
@@ -201,17 +214,24 @@ test('the agent killed alone: its watchdog stops the guest, which restarts elsew
     votes.some((v) => v.libvirtReachable && (v.runningDomains ?? []).length === 0),
     JSON.stringify(votes),
   );
-  await bringBack('host-2');
 });
 
-test('the whole host killed: its HA guest runs elsewhere, its no-HA guest is left alone', async () => {
+test('the whole host killed: its HA guest runs elsewhere, its no-HA guest is left alone', async (t) => {
+  const startedAt = Date.now();
   const ha = await guestOn('host-1', 'ha-guest', { haPriority: 90 });
   const noHa = await guestOn('host-1', 'no-ha-guest', { ha: false });
   const earlier = await failoverIds('host-1');
+  const killedAt = Date.now();
   fleet.agents['host-1']!.child.kill('SIGKILL');
   await fleet.agents['host-1']!.exited;
   await fleet.hypervisors.hosts[0]!.stop();
+  const hostStoppedAt = Date.now();
   const report = await finishedFailover('host-1', earlier);
+  t.diagnostic(
+    `guests created in ${killedAt - startedAt} ms; host-1 stopped ${hostStoppedAt - killedAt} ms after the kill, ` +
+      `its failover finished ${Date.now() - killedAt} ms after it: detection ${report.detectionMs} ms, total ` +
+      `${report.totalMs} ms, guests ${JSON.stringify(report.vms.map((v) => [v.name, v.outcome, v.durationMs]))}`,
+  );
   assert.equal(report.state, 'completed', JSON.stringify(report));
   const outcomes = Object.fromEntries(report.vms.map((v) => [v.vmId, v.outcome]));
   assert.equal(outcomes[ha], 'restarted');

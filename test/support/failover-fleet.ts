@@ -21,7 +21,11 @@ export const FAILOVER_HOSTS = ['host-1', 'host-2', 'host-3'];
 const LEASE_TTL_SECONDS = 5;
 export const TTL_MS = LEASE_TTL_SECONDS * 1000;
 export const SELF_FENCE_MARGIN_MS = 1500;
-export const GRACE_MS = 1000;
+/**
+ * The product's default grace. Agents stopped at once stop renewing up to a heartbeat and a drain apart; the first
+ * one's failover sees the storm only once the others have lapsed within its grace (or its witnessing).
+ */
+export const GRACE_MS = 2000;
 // Bounds for a loaded 2-core machine, not speed requirements: the benchmark times failover.
 export const FAILOVER_TIMEOUT_MS = 120_000;
 const HOSTS_UP_TIMEOUT_MS = 60_000;
