@@ -2,8 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { access, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
@@ -11,9 +10,16 @@ import { promisify } from 'node:util';
 import { waitUntil } from '../../test/support/wait';
 import { chunkingParams } from './chunking';
 import { dialTls, type Dialer } from './connection';
-import { DwcpWorkerPool } from './worker-pool';
+import type { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpDiskFullError } from './errors';
-import { createTestPki, noiseContent, sha256File, writeTestFile, type TestPki } from './testing/fixtures';
+import {
+  closeLoopbackReceiver,
+  noiseContent,
+  sha256File,
+  startLoopbackReceiver,
+  writeTestFile,
+  type TestPki,
+} from './testing/fixtures';
 import { startTcpProxy, type TcpProxy } from './testing/tcp-proxy';
 import { DwcpReceiver } from './receiver';
 import { sendFile } from './send-file';
@@ -26,17 +32,10 @@ let receiver: DwcpReceiver;
 const chunking = chunkingParams({ avgBytes: 16 * 1024 });
 
 before(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'dwcp-faults-'));
-  pki = await createTestPki({ dir: path.join(dir, 'pki') });
-  pool = new DwcpWorkerPool({ size: 2 });
-  receiver = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  ({ dir, pki, pool, receiver } = await startLoopbackReceiver({ prefix: 'dwcp-faults-' }));
 });
 
-after(async () => {
-  await receiver.close();
-  await pool.close();
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => closeLoopbackReceiver({ dir, pki, pool, receiver }));
 
 function startReceiverProcess(input: { port: number; transferId: string; targetPath: string }): Promise<{
   child: ChildProcess;

@@ -1,16 +1,19 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { tamperingDialer, type TamperingDialer } from './testing/tampering-dialer';
 import { DwcpChecksumError, DwcpIoError } from './errors';
-import { DwcpReceiver } from './receiver';
+import type { DwcpReceiver } from './receiver';
 import { sendStream, sendStreamChannels } from './send-stream';
-import { createTestPki, makeTestContent, noiseContent, type TestPki } from './testing/fixtures';
-import { DwcpWorkerPool } from './worker-pool';
+import {
+  closeLoopbackReceiver,
+  makeTestContent,
+  noiseContent,
+  startLoopbackReceiver,
+  type TestPki,
+} from './testing/fixtures';
+import type { DwcpWorkerPool } from './worker-pool';
 
 let dir: string;
 let pki: TestPki;
@@ -18,17 +21,10 @@ let pool: DwcpWorkerPool;
 let receiver: DwcpReceiver;
 
 before(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'dwcp-stream-'));
-  pki = await createTestPki({ dir: path.join(dir, 'pki') });
-  pool = new DwcpWorkerPool({ size: 2 });
-  receiver = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  ({ dir, pki, pool, receiver } = await startLoopbackReceiver({ prefix: 'dwcp-stream-' }));
 });
 
-after(async () => {
-  await receiver.close();
-  await pool.close();
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => closeLoopbackReceiver({ dir, pki, pool, receiver }));
 
 function sender(transferId: string) {
   return { host: '127.0.0.1', port: receiver.port, tls: pki.sender, pool, transferId };

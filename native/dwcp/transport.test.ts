@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { access, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -11,10 +10,11 @@ import { tamperingDialer, type TamperingDialer } from './testing/tampering-diale
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError } from './errors';
 import {
-  createTestPki,
+  closeLoopbackReceiver,
   makeTestContent,
   noiseContent,
   sha256File,
+  startLoopbackReceiver,
   writeTestFile,
   type TestPki,
 } from './testing/fixtures';
@@ -30,17 +30,10 @@ let receiver: DwcpReceiver;
 const chunking = chunkingParams({ avgBytes: 16 * 1024 });
 
 before(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'dwcp-transport-'));
-  pki = await createTestPki({ dir: path.join(dir, 'pki') });
-  pool = new DwcpWorkerPool({ size: 2 });
-  receiver = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  ({ dir, pki, pool, receiver } = await startLoopbackReceiver({ prefix: 'dwcp-transport-' }));
 });
 
-after(async () => {
-  await receiver.close();
-  await pool.close();
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => closeLoopbackReceiver({ dir, pki, pool, receiver }));
 
 function sender(extra: { transferId: string }) {
   return { host: '127.0.0.1', port: receiver.port, tls: pki.sender, pool, ...extra };

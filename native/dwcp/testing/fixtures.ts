@@ -1,9 +1,11 @@
 /**
  * Test fixtures for DWCP: a throwaway PKI (fleet CA plus a rogue CA) and deterministic test content that mixes
- * compressible text, incompressible noise and zero runs, like a real disk image.
+ * compressible text, incompressible noise and zero runs, like a real disk image; and the receiver on loopback that
+ * the transfer tests share.
  */
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   createCertificateAuthority,
@@ -12,6 +14,8 @@ import {
   type HostCertificate,
   type TlsMaterial,
 } from '../certs';
+import { DwcpReceiver } from '../receiver';
+import { DwcpWorkerPool } from '../worker-pool';
 
 export interface TestPki {
   receiver: TlsMaterial;
@@ -83,4 +87,27 @@ export async function sha256File(input: { path: string }): Promise<string> {
   return createHash('sha256')
     .update(await readFile(input.path))
     .digest('hex');
+}
+
+export interface LoopbackReceiver {
+  /** A scratch directory of its own, removed by closeLoopbackReceiver. */
+  dir: string;
+  pki: TestPki;
+  pool: DwcpWorkerPool;
+  receiver: DwcpReceiver;
+}
+
+/** What each loopback test file starts before its tests: a scratch dir, a test PKI, two workers and a receiver. */
+export async function startLoopbackReceiver(input: { prefix: string }): Promise<LoopbackReceiver> {
+  const dir = await mkdtemp(path.join(tmpdir(), input.prefix));
+  const pki = await createTestPki({ dir: path.join(dir, 'pki') });
+  const pool = new DwcpWorkerPool({ size: 2 });
+  const receiver = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  return { dir, pki, pool, receiver };
+}
+
+export async function closeLoopbackReceiver(input: LoopbackReceiver): Promise<void> {
+  await input.receiver.close();
+  await input.pool.close();
+  await rm(input.dir, { recursive: true, force: true });
 }
