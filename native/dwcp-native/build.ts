@@ -4,7 +4,7 @@
  * says which is in use), so this never fails the install: it says what happened in one line.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync } from 'node:fs';
+import { copyFileSync, existsSync, renameSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
 
@@ -32,7 +32,11 @@ function main(): void {
     process.stdout.write(`dwcp-native: not built, ${why}; DWCP uses its TypeScript fallback\n`);
     return;
   }
-  copyFileSync(built, addon);
+  // Copied beside and renamed over: a process that has the old addon loaded keeps its mapping of the old file,
+  // where rewriting that file in place could change the code under it.
+  const staged = `${addon}.${process.pid}.tmp`;
+  copyFileSync(built, staged);
+  renameSync(staged, addon);
   process.stdout.write(`dwcp-native: built ${path.relative(process.cwd(), addon)}\n`);
 }
 
