@@ -5,25 +5,13 @@
  * as zero chunks, which gives the same manifest at the cost of reading the zeros.
  */
 import { statSync } from 'node:fs';
-import path from 'node:path';
+import { dwcpNative } from './native-addon';
 
-interface DwcpNative {
-  dataExtents(file: string): number[];
-}
-
-function loadNative(): DwcpNative | undefined {
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a native addon loads through require only
-    return require(path.join(__dirname, '..', 'dwcp-native', 'dwcp-native.node')) as DwcpNative;
-  } catch {
-    return undefined;
-  }
-}
-
-const native = loadNative();
+const nativeDataExtents = dwcpNative?.dataExtents;
 
 /** Which implementation answers: the benchmark records it next to its figures. */
-export const dataExtentsImplementation: 'native' | 'typescript' = native !== undefined ? 'native' : 'typescript';
+export const dataExtentsImplementation: 'native' | 'typescript' =
+  nativeDataExtents !== undefined ? 'native' : 'typescript';
 
 /** A half-open byte range [start, end) of a file. */
 export interface Extent {
@@ -33,11 +21,11 @@ export interface Extent {
 
 /** The file's data extents in order; `fallback` forces the TypeScript answer (one extent, the whole file). */
 export function dataExtents(file: string, options: { fallback?: boolean } = {}): Extent[] {
-  if (native === undefined || options.fallback === true) {
+  if (nativeDataExtents === undefined || options.fallback === true) {
     const size = statSync(file).size;
     return size > 0 ? [{ start: 0, end: size }] : [];
   }
-  const flat = native.dataExtents(file);
+  const flat = nativeDataExtents(file);
   const extents: Extent[] = [];
   for (let i = 0; i + 1 < flat.length; i += 2) extents.push({ start: flat[i]!, end: flat[i + 1]! });
   return extents;
