@@ -1,7 +1,7 @@
 /**
  * Builds DWCP's native addon (native/dwcp-native, Rust through napi-rs) into dwcp-native.node, as npm install's
- * postinstall step. Without cargo, or when the build fails, DWCP runs on its TypeScript fallback (data-extents.ts
- * says which is in use), so this never fails the install: it says what happened in one line.
+ * postinstall step. Without cargo, or when the build fails, DWCP runs on its TypeScript fallbacks (data-extents.ts
+ * and chunking.ts say which is in use), so this never fails the install: it says what happened in one line.
  */
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, renameSync } from 'node:fs';

@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
+import { dwcpNative, type DwcpNativeAddon, type NativeCutInput } from './native-addon';
 
 export interface ChunkingParams {
   minBytes: number;
@@ -110,6 +111,43 @@ function masksFor(params: ChunkingParams): Masks {
   return masks;
 }
 
+/**
+ * The addon's block cutter (native/dwcp-native), given this module's gear table first so that the table keeps one
+ * definition. Undefined without the addon, or with one built before it could cut chunks.
+ */
+const nativeCutChunks = ((): DwcpNativeAddon['cutChunks'] | undefined => {
+  if (dwcpNative?.cutChunks === undefined || dwcpNative.setGearTable === undefined) return undefined;
+  dwcpNative.setGearTable(GEAR);
+  return dwcpNative.cutChunks;
+})();
+
+/** Which implementation cuts blocks (blockChunkLengths): the benchmark and the tests record it. */
+export const chunkingImplementation: 'native' | 'typescript' = nativeCutChunks !== undefined ? 'native' : 'typescript';
+
+const nativeInputCache = new Map<string, Omit<NativeCutInput, 'final'>>();
+
+/** What the addon needs of a chunking, with the masks and the zero-run cut this module derives. */
+function nativeInputFor(params: ChunkingParams): Omit<NativeCutInput, 'final'> {
+  const key = chunkingKey(params);
+  const cached = nativeInputCache.get(key);
+  if (cached !== undefined) return cached;
+  const { minBytes, avgBytes, maxBytes } = params;
+  const fixed = params.fixed === true;
+  // Fixed extents use no masks; masksFor would hash a maxBytes run of zeros to find a cut it never uses.
+  const masks = fixed ? { small: 0, large: 0, zeroCut: 0 } : masksFor(params);
+  const input = {
+    minBytes,
+    avgBytes,
+    maxBytes,
+    fixed,
+    smallMask: masks.small,
+    largeMask: masks.large,
+    zeroCut: masks.zeroCut,
+  };
+  nativeInputCache.set(key, input);
+  return input;
+}
+
 function findCut(
   data: Uint8Array,
   start: number,
@@ -164,22 +202,39 @@ export function nextChunkLength(input: {
   return input.final ? available : 0;
 }
 
-/** Chunk lengths for a whole buffer. */
-export function chunkLengths(input: { data: Uint8Array; params: ChunkingParams }): number[] {
+/**
+ * The lengths of the chunks nextChunkLength cuts from data[start, end), one after another, until it answers 0 (more
+ * data is needed, which `final` rules out) or the data ends. The addon cuts a whole read block in one call (a call
+ * per chunk would cost more than cutting a small chunk); `fallback` forces the nextChunkLength loop, which defines
+ * the cuts and runs whenever the addon is absent.
+ */
+export function blockChunkLengths(input: {
+  data: Uint8Array;
+  start: number;
+  end: number;
+  params: ChunkingParams;
+  final: boolean;
+  fallback?: boolean;
+}): Uint32Array {
+  const { data, end, params, final } = input;
+  if (input.start >= end) return new Uint32Array(0);
+  if (nativeCutChunks !== undefined && input.fallback !== true) {
+    return nativeCutChunks(data.subarray(input.start, end), { ...nativeInputFor(params), final });
+  }
   const lengths: number[] = [];
-  let start = 0;
-  while (start < input.data.length) {
-    const length = nextChunkLength({
-      data: input.data,
-      start,
-      end: input.data.length,
-      params: input.params,
-      final: true,
-    });
+  for (let start = input.start; ;) {
+    const length = nextChunkLength({ data, start, end, params, final });
+    if (length === 0) break;
     lengths.push(length);
     start += length;
   }
-  return lengths;
+  return Uint32Array.from(lengths);
+}
+
+/** Chunk lengths for a whole buffer; `fallback` as for blockChunkLengths. */
+export function chunkLengths(input: { data: Uint8Array; params: ChunkingParams; fallback?: boolean }): number[] {
+  const { data, params, fallback } = input;
+  return Array.from(blockChunkLengths({ data, start: 0, end: data.length, params, final: true, fallback }));
 }
 
 /**
@@ -189,9 +244,12 @@ export function chunkLengths(input: { data: Uint8Array; params: ChunkingParams }
 export class ContentChunker {
   private carry: Buffer = Buffer.alloc(0);
   private readonly params: ChunkingParams;
+  private readonly fallback: boolean;
 
-  constructor(input: { params: ChunkingParams }) {
+  /** `fallback` as for blockChunkLengths. */
+  constructor(input: { params: ChunkingParams; fallback?: boolean }) {
     this.params = input.params;
+    this.fallback = input.fallback ?? false;
   }
 
   push(block: Buffer): Buffer[] {
@@ -205,9 +263,8 @@ export class ContentChunker {
   private cut(data: Buffer, final: boolean): Buffer[] {
     const chunks: Buffer[] = [];
     let start = 0;
-    for (;;) {
-      const length = nextChunkLength({ data, start, end: data.length, params: this.params, final });
-      if (length === 0) break;
+    const { params, fallback } = this;
+    for (const length of blockChunkLengths({ data, start: 0, end: data.length, params, final, fallback })) {
       chunks.push(data.subarray(start, start + length));
       start += length;
     }

@@ -5,9 +5,25 @@
  */
 import path from 'node:path';
 
+/** What cutChunks needs of a chunking: chunking.ts derives the masks and the zero-run cut, the addon only uses them. */
+export interface NativeCutInput {
+  minBytes: number;
+  avgBytes: number;
+  maxBytes: number;
+  fixed: boolean;
+  smallMask: number;
+  largeMask: number;
+  zeroCut: number;
+  final: boolean;
+}
+
 export interface DwcpNativeAddon {
   /** Flat [start, end, start, end, ...] data extents (SEEK_DATA/SEEK_HOLE). */
   dataExtents(file: string): number[];
+  /** The FastCDC gear table; a second, different table is refused. */
+  setGearTable(table: Int32Array): void;
+  /** The lengths of the chunks cut from the start of `data`, up to the first that needs more data. */
+  cutChunks(data: Uint8Array, input: NativeCutInput): Uint32Array;
 }
 
 function loadNative(): Partial<DwcpNativeAddon> | undefined {

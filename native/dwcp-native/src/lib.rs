@@ -1,7 +1,10 @@
-//! DWCP's native helpers, loaded by native/dwcp/data-extents.ts (which falls back to TypeScript without them).
+//! DWCP's native helpers, loaded through native/dwcp/native-addon.ts; data-extents.ts and chunking.ts each fall back
+//! to TypeScript without them.
 
 use std::ffi::CString;
+use std::sync::OnceLock;
 
+use napi::bindgen_prelude::Uint32Array;
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
@@ -54,4 +57,137 @@ fn extents_of(fd: libc::c_int, path: &str) -> Result<Vec<f64>> {
 
 fn os_error(call: &str, path: &str) -> Error {
     Error::new(Status::GenericFailure, format!("{call} {path}: {}", std::io::Error::last_os_error()))
+}
+
+/// The FastCDC gear table, as chunking.ts derives it. It is defined in TypeScript only, so that the one definition
+/// of where chunks are cut is the one every host shares; this side keeps the first table it is given.
+static GEAR: OnceLock<[u32; 256]> = OnceLock::new();
+
+/// Takes the gear table (256 entries). Every thread that loads chunking.ts calls this with the same table; a
+/// different one is refused, since two tables in one process would cut the same content in two ways.
+#[napi]
+pub fn set_gear_table(table: &[i32]) -> Result<()> {
+    let given: [u32; 256] = table
+        .iter()
+        .map(|&v| v as u32)
+        .collect::<Vec<u32>>()
+        .try_into()
+        .map_err(|_| Error::new(Status::InvalidArg, format!("the gear table has 256 entries, got {}", table.len())))?;
+    if *GEAR.get_or_init(|| given) != given {
+        return Err(Error::new(Status::InvalidArg, "a different gear table was set before"));
+    }
+    Ok(())
+}
+
+/// One block's chunking, with everything chunking.ts derives from its ChunkingParams (masks, where a zero run is
+/// cut) passed in rather than re-derived here, so both sides follow the one definition.
+#[napi(object)]
+pub struct CutInput {
+    pub min_bytes: u32,
+    pub avg_bytes: u32,
+    pub max_bytes: u32,
+    pub fixed: bool,
+    pub small_mask: i32,
+    pub large_mask: i32,
+    /// chunking.ts's zeroCut: where a run of zeros is cut, 0 when only maxBytes cuts it.
+    pub zero_cut: u32,
+    /// No more data follows: the tail is a chunk of its own instead of waiting for more.
+    #[napi(js_name = "final")]
+    pub is_final: bool,
+}
+
+/// The lengths of the chunks nextChunkLength (chunking.ts) cuts from the start of `data`, one after another, up to
+/// the first answer of 0 (more data needed) or the end of the data: a whole read block in one call, since a call
+/// per chunk costs more than cutting a small chunk.
+#[napi]
+pub fn cut_chunks(data: &[u8], input: CutInput) -> Result<Uint32Array> {
+    let gear = GEAR
+        .get()
+        .ok_or_else(|| Error::new(Status::GenericFailure, "setGearTable must be called before cutChunks"))?;
+    let p = Cut {
+        min: input.min_bytes as usize,
+        avg: input.avg_bytes as usize,
+        max: input.max_bytes as usize,
+        fixed: input.fixed,
+        small: input.small_mask as u32,
+        large: input.large_mask as u32,
+        zero_cut: if input.zero_cut == 0 { input.max_bytes as usize } else { input.zero_cut as usize },
+        last: input.is_final,
+    };
+    let mut lengths = Vec::with_capacity(data.len() / p.avg.max(1) + 1);
+    let mut start = 0;
+    loop {
+        let length = next_chunk_length(data, start, &p, gear);
+        if length == 0 {
+            break;
+        }
+        lengths.push(length as u32);
+        start += length;
+    }
+    Ok(Uint32Array::new(lengths))
+}
+
+struct Cut {
+    min: usize,
+    avg: usize,
+    max: usize,
+    fixed: bool,
+    small: u32,
+    large: u32,
+    zero_cut: usize,
+    last: bool,
+}
+
+/// chunking.ts's nextChunkLength over data[start..], step for step.
+fn next_chunk_length(data: &[u8], start: usize, p: &Cut, gear: &[u32; 256]) -> usize {
+    let available = data.len() - start;
+    if available == 0 {
+        return 0;
+    }
+    let rest = if p.last { available } else { 0 };
+    if p.fixed {
+        return if available >= p.max { p.max } else { rest };
+    }
+    if available <= p.min {
+        return rest;
+    }
+    let limit = available.min(p.max);
+    if p.zero_cut <= limit && data[start] == 0 && is_zero(&data[start..start + p.zero_cut]) {
+        return p.zero_cut;
+    }
+    let cut = find_cut(&data[start..start + limit], p, gear);
+    if cut > 0 {
+        return cut;
+    }
+    if limit == p.max {
+        return limit;
+    }
+    rest
+}
+
+/// chunking.ts's findCut over the whole of `data` (its limit): the JS int32 arithmetic wraps as u32 does.
+fn find_cut(data: &[u8], p: &Cut, gear: &[u32; 256]) -> usize {
+    let normal = data.len().min(p.avg);
+    let mut hash: u32 = 0;
+    let mut i = p.min;
+    while i < normal {
+        hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
+        if hash & p.small == 0 {
+            return i + 1;
+        }
+        i += 1;
+    }
+    while i < data.len() {
+        hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
+        if hash & p.large == 0 {
+            return i + 1;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Whole pages OR-ed together (which the compiler vectorizes), stopping at the first page that is not all zeros.
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096).all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
