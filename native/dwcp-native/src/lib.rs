@@ -187,7 +187,12 @@ fn find_cut(data: &[u8], p: &Cut, gear: &[u32; 256]) -> usize {
     0
 }
 
-/// Whole pages OR-ed together (which the compiler vectorizes), stopping at the first page that is not all zeros.
+/// All bytes zero: the first is, and each equals the next. That compare is one memcmp (libc's, vectorized, stopping
+/// at the first difference), several times faster here than OR-ing the bytes in a loop; zero runs are half of a
+/// sparse disk image's bytes.
 fn is_zero(data: &[u8]) -> bool {
-    data.chunks(4096).all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    match data.first() {
+        None => true,
+        Some(&first) => first == 0 && data[1..] == data[..data.len() - 1],
+    }
 }
