@@ -36,6 +36,8 @@ interface Pass {
   seconds: number;
   cpuSeconds: number;
   MBps: number;
+  /** Per CPU second of the cutting thread: what a shared machine's neighbours distort least. */
+  cpuMBps: number;
 }
 
 function threadCpuSeconds(): number {
@@ -107,27 +109,40 @@ async function main(): Promise<void> {
           throw new Error(`${implementation} cut ${name} differently: ${JSON.stringify({ previous, result })}`);
         }
         cuts[name] = result;
-        passes.push({ buffer: name, implementation, round, seconds, cpuSeconds, MBps: data.length / 1e6 / seconds });
+        const MB = data.length / 1e6;
+        passes.push({
+          buffer: name,
+          implementation,
+          round,
+          seconds,
+          cpuSeconds,
+          MBps: MB / seconds,
+          cpuMBps: MB / cpuSeconds,
+        });
       }
     }
   }
   const summary = buffers.map(({ name, data }) => {
-    const median = (implementation: Implementation): number => {
+    const median = (implementation: Implementation, rate: 'MBps' | 'cpuMBps'): number => {
       const sorted = passes
         .filter((p) => p.buffer === name && p.implementation === implementation)
-        .map((p) => p.MBps)
+        .map((p) => p[rate])
         .sort((a, b) => a - b);
       return sorted[Math.floor(sorted.length / 2)]!;
     };
-    const ts = median('typescript');
-    const native = median('native');
+    const rates = {
+      typescriptMBps: median('typescript', 'MBps'),
+      nativeMBps: median('native', 'MBps'),
+      typescriptCpuMBps: median('typescript', 'cpuMBps'),
+      nativeCpuMBps: median('native', 'cpuMBps'),
+    };
     return {
       buffer: name,
       bytes: data.length,
       chunks: cuts[name]!.chunks,
-      typescriptMBps: ts,
-      nativeMBps: native,
-      ratio: native / ts,
+      ...rates,
+      ratio: rates.nativeMBps / rates.typescriptMBps,
+      cpuRatio: rates.nativeCpuMBps / rates.typescriptCpuMBps,
     };
   });
   const file = await writeResults({
@@ -140,18 +155,20 @@ async function main(): Promise<void> {
   const fmt = (n: number): string => n.toFixed(2);
   process.stdout.write(
     `${rounds} rounds, load ${run.loadAverage.start.map(fmt).join(' ')} → ${run.loadAverage.end.map(fmt).join(' ')}, wrote ${repoPath(file)}\n` +
-      '| buffer | round | implementation | s | CPU s | MB/s |\n| --- | ---: | --- | ---: | ---: | ---: |\n' +
+      '| buffer | round | implementation | s | CPU s | MB/s | MB per CPU s |\n| --- | ---: | --- | ---: | ---: | ---: | ---: |\n' +
       passes
         .map(
           (p) =>
-            `| ${p.buffer} | ${p.round} | ${p.implementation} | ${p.seconds.toFixed(3)} | ${p.cpuSeconds.toFixed(3)} | ${p.MBps.toFixed(0)} |`,
+            `| ${p.buffer} | ${p.round} | ${p.implementation} | ${p.seconds.toFixed(3)} | ${p.cpuSeconds.toFixed(3)} | ${p.MBps.toFixed(0)} | ${p.cpuMBps.toFixed(0)} |`,
         )
         .join('\n') +
-      '\n\n| buffer | chunks | TypeScript MB/s (median) | native MB/s (median) | native / TypeScript |\n| --- | ---: | ---: | ---: | ---: |\n' +
+      "\n\nMedians of the rounds; per CPU s is the cutting thread's own CPU time, which neighbours distort least.\n\n" +
+      '| buffer | chunks | TypeScript MB/s | native MB/s | native / TypeScript | TypeScript MB per CPU s | native MB per CPU s | native / TypeScript |\n' +
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n' +
       summary
         .map(
           (s) =>
-            `| ${s.buffer} | ${s.chunks} | ${s.typescriptMBps.toFixed(0)} | ${s.nativeMBps.toFixed(0)} | ${s.ratio.toFixed(1)} |`,
+            `| ${s.buffer} | ${s.chunks} | ${s.typescriptMBps.toFixed(0)} | ${s.nativeMBps.toFixed(0)} | ${s.ratio.toFixed(1)} | ${s.typescriptCpuMBps.toFixed(0)} | ${s.nativeCpuMBps.toFixed(0)} | ${s.cpuRatio.toFixed(1)} |`,
         )
         .join('\n') +
       '\n',
