@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { chunkingKey, isZeroChunk, nextChunkLength, type ChunkingParams } from './chunking';
+import { blockChunkLengths, chunkingKey, isZeroChunk, type ChunkingParams } from './chunking';
 import { dataExtents } from './data-extents';
 import { DwcpIoError, DwcpProtocolError } from './errors';
 
@@ -161,9 +161,7 @@ export function scanFileParts(input: {
         filled += n;
       }
       let start = 0;
-      for (;;) {
-        const length = nextChunkLength({ data: buffer, start, end: filled, params, final: eof });
-        if (length === 0) break;
+      for (const length of blockChunkLengths({ data: buffer, start: 0, end: filled, params, final: eof })) {
         add(buffer.subarray(start, start + length));
         start += length;
       }
