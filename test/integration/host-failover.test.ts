@@ -21,6 +21,7 @@ import {
   runningOn as runningOnHosts,
   sampleFailover,
   SELF_FENCE_MARGIN_MS,
+  recordFleetState,
   startFailoverFleet,
   TTL_MS,
   type FailoverFleet,
@@ -226,7 +227,11 @@ test('the whole host killed: its HA guest runs elsewhere, its no-HA guest is lef
   await fleet.agents['host-1']!.exited;
   await fleet.hypervisors.hosts[0]!.stop();
   const hostStoppedAt = Date.now();
-  const report = await finishedFailover('host-1', earlier);
+  // CI once opened this failover 53 s after the lease's expiry, with the monitor ticking all along: say what it saw.
+  const fleetState = recordFleetState(fleet);
+  const report = await finishedFailover('host-1', earlier).finally(async () =>
+    t.diagnostic(`fleet since the kill: ${(await fleetState.stop()).join(' | ')}`),
+  );
   t.diagnostic(
     `guests created in ${killedAt - startedAt} ms; host-1 stopped ${hostStoppedAt - killedAt} ms after the kill, ` +
       `its failover finished ${Date.now() - killedAt} ms after it: detection ${report.detectionMs} ms, total ` +

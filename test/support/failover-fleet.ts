@@ -163,3 +163,50 @@ export function sampleFailover(fleet: Fleet, input: { vmId: string; from: string
     intervalMs: 100,
   });
 }
+
+export interface FleetStateRecorder {
+  /** Each change of any host's state, lease or token, and each failover and host event, in ms since the recorder started. */
+  stop(): Promise<string[]>;
+}
+
+/**
+ * Records what the failover machinery acts on, once a second, keeping only changes: for a failover that started
+ * late, which host's lease lapsed meanwhile (a storm withholds every failover) and what the monitor said.
+ */
+export function recordFleetState(fleet: Fleet): FleetStateRecorder {
+  const began = Date.now();
+  const changes: string[] = [];
+  let last = '';
+  let stopping = false;
+  const loop = (async (): Promise<void> => {
+    // Only what happens from now on.
+    let lastEventId = (await fleet.pool.query<{ id: number }>('SELECT coalesce(max(id), 0) AS id FROM events')).rows[0]!
+      .id;
+    while (!stopping) {
+      const hosts = await fleet.pool.query<{ id: string; state: string; alive: boolean | null; token: number | null }>(
+        `SELECT h.id, h.state, l.expires_at > now() AS alive, l.fencing_token AS token
+         FROM hosts h LEFT JOIN leases l ON l.resource = 'host:' || h.id ORDER BY h.id`,
+      );
+      const now = hosts.rows.map((h) => `${h.id} ${h.state}${h.alive ? '' : ' lapsed'} #${h.token ?? '-'}`).join(', ');
+      if (now !== last) changes.push(`${Date.now() - began} ms: ${now}`);
+      last = now;
+      const events = await fleet.pool.query<{ id: number; kind: string; message: string }>(
+        `SELECT id, kind, message FROM events WHERE id > $1 AND (kind LIKE 'failover.%' OR kind LIKE 'host.%') ORDER BY id`,
+        [lastEventId],
+      );
+      for (const e of events.rows) changes.push(`${Date.now() - began} ms: ${e.kind} ${e.message.slice(0, 160)}`);
+      lastEventId = events.rows.at(-1)?.id ?? lastEventId;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })().catch((err: unknown) => {
+    // A diagnostic: its own failure is one more line, never the test's.
+    changes.push(`recorder failed: ${(err as Error).message}`);
+  });
+  return {
+    async stop() {
+      stopping = true;
+      await loop;
+      return changes;
+    },
+  };
+}
