@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { createFailover } from '../store/failovers';
 import { acquireHostLease, getHost, markExpiredHostsDown, registerHost } from '../store/hosts';
+import { testHost } from '../test/support/hosts';
 import { createTestDatabase, testConfig, type TestDatabase } from '../test/support/services';
 import { createFailoverControlActivities } from './failover-control-activities';
 
@@ -16,17 +17,7 @@ const tokens: Record<string, number> = {};
 before(async () => {
   db = await createTestDatabase();
   for (const id of ['storm-a', 'storm-b', 'storm-c']) {
-    await registerHost(db.pool, {
-      id,
-      address: '127.0.0.1',
-      libvirtUri: `qemu:///system?socket=/run/${id}/libvirt-sock`,
-      cpus: 4,
-      memoryMib: 8192,
-      diskMib: 100_000,
-      labels: {},
-      imageRoot: `/var/lib/${id}`,
-      storagePools: {},
-    });
+    await registerHost(db.pool, testHost(id));
     tokens[id] = await acquireHostLease(db.pool, { hostId: id, holder: `${id}-agent`, ttlMs: 600_000 });
   }
 });
