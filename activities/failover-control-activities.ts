@@ -69,13 +69,13 @@ export interface RestartCandidate {
 
 export function createFailoverControlActivities(deps: FailoverControlDeps) {
   const { config, pool, failoverMetrics } = deps;
-  const suspectHosts = (hosts: HostRecord[]) =>
-    hosts.filter((h) => h.state === 'down' && h.lease !== undefined && !h.lease.alive);
   // A storm counts every host whose lease lapsed, marked down by the monitor yet or not: hosts of one partition stop
   // renewing up to a heartbeat (and a drain) apart, and the monitor marks them down a tick after that. Maintenance
   // hosts are out of the fleet by the operator's choice; a fenced one is known dead, not suspect.
   const lapsedHosts = (hosts: HostRecord[]) =>
     hosts.filter((h) => (h.state === 'up' || h.state === 'down') && h.lease !== undefined && !h.lease.alive);
+  // A failover is claimed only for a lapsed host the monitor has marked down.
+  const suspectHosts = (hosts: HostRecord[]) => lapsedHosts(hosts).filter((h) => h.state === 'down');
   const stormOf = (hosts: HostRecord[]): StormVerdict =>
     judgeStorm({
       suspect: lapsedHosts(hosts).length,
