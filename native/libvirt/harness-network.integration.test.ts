@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,7 +20,13 @@ import { promisify } from 'node:util';
 import { waitUntil } from '../../test/support/wait';
 import { assertHypervisorBinaries, HarnessError, startLocalHypervisors } from './harness';
 import type { LocalHypervisor, LocalHypervisors } from './harness';
-import { assertNetworkBinaries } from './harness-network';
+import {
+  addHostLink,
+  assertNetworkBinaries,
+  bridgeMacAddress,
+  removeHostLink,
+  startHarnessNetwork,
+} from './harness-network';
 
 const exec = promisify(execFile);
 const LIBVIRTD_TCP_PORT = 16509;
@@ -158,6 +164,32 @@ test('each host has its own migration ports, address, namespace and TCP libvirtd
   const socket = connect({ host: host2.migrationAddress, port: LIBVIRTD_TCP_PORT });
   await once(socket, 'connect');
   socket.destroy();
+});
+
+test('the others still reach the bridge when the host whose port had the lowest MAC goes', async () => {
+  const network = await startHarnessNetwork({ baseDir: join(scratch, 'hv-mac') });
+  const bridgeMac = () => readFile(`/sys/class/net/${network.bridge}/address`, 'utf8').then((mac) => mac.trim());
+  const [gone, staying] = [await addHostLink(network, 1), await addHostLink(network, 2)];
+  const server = createServer((socket) => socket.end());
+  try {
+    // The lowest unicast address there is: an unpinned bridge would take it as its own.
+    await exec('ip', ['link', 'set', gone.rootDevice, 'address', '02:00:00:00:00:00']);
+    assert.equal(await bridgeMac(), bridgeMacAddress(network.tag));
+    server.listen(0, network.address);
+    await once(server, 'listening');
+    const { port } = server.address() as AddressInfo;
+    await sendFrom(staying.netns, { host: network.address, port, bytes: 0 });
+    await removeHostLink(gone);
+    assert.equal(await bridgeMac(), bridgeMacAddress(network.tag), 'the bridge kept its address');
+    // With the old entry in its ARP cache: a bridge that changed its MAC stays unreachable for tens of seconds,
+    // past the source's 10 s timeout.
+    await sendFrom(staying.netns, { host: network.address, port, bytes: 0 });
+  } finally {
+    server.close();
+    await removeHostLink(gone);
+    await removeHostLink(staying);
+    await network.stop();
+  }
 });
 
 test('a guest migrates peer-to-peer to host-2 and back managed-direct', async () => {

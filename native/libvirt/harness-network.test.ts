@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { HarnessError } from './harness-error';
-import { capQdiscArgs, formatIpv4, hostLinkNames, instanceTag, pickSubnet } from './harness-network';
+import { bridgeMacAddress, capQdiscArgs, formatIpv4, hostLinkNames, instanceTag, pickSubnet } from './harness-network';
 
 test('names derive from the base directory and fit an interface name (15 bytes)', () => {
   const tag = instanceTag('/tmp/novacron-test-abc/hv');
@@ -12,6 +12,11 @@ test('names derive from the base directory and fit an interface name (15 bytes)'
   const names = hostLinkNames(tag, 64);
   assert.ok(Buffer.byteLength(names.rootDevice) <= 15, names.rootDevice);
   assert.equal(names.netns, `novacron-hv-${tag}-64`);
+});
+
+test("the bridge's MAC is a locally administered unicast address from the tag", () => {
+  assert.equal(bridgeMacAddress('0a1b2c3d'), '02:0a:1b:2c:3d:01');
+  assert.notEqual(bridgeMacAddress(instanceTag('/a')), bridgeMacAddress(instanceTag('/b')));
 });
 
 test('the subnet is a /24 in 10.128.0.0/10 that no route overlaps, default routes aside', () => {

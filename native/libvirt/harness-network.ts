@@ -75,6 +75,15 @@ export function instanceTag(baseDir: string): string {
   return createHash('sha256').update(baseDir).digest('hex').slice(0, 8);
 }
 
+/**
+ * A locally administered unicast MAC from the tag. A bridge whose address was never set takes the lowest of its
+ * ports' addresses and changes it when that port goes, so killing the host that owned it left every other host's
+ * ARP entry for the bridge pointing at a MAC nobody answers, until the entry aged out (about 50 s here).
+ */
+export function bridgeMacAddress(tag: string): string {
+  return ['02', ...(tag.match(/../g) ?? []), '01'].join(':');
+}
+
 export function hostLinkNames(tag: string, index: number): { netns: string; rootDevice: string } {
   return { netns: `${NETNS_PREFIX}${tag}-${index}`, rootDevice: `${LINK_PREFIX}${tag}h${index}` };
 }
@@ -145,7 +154,7 @@ export async function startHarnessNetwork(input: { baseDir: string }): Promise<H
   );
   const bridge = `${LINK_PREFIX}${tag}br`;
   const address = formatIpv4(subnet + 1);
-  await ip(['link', 'add', 'name', bridge, 'type', 'bridge']);
+  await ip(['link', 'add', 'name', bridge, 'address', bridgeMacAddress(tag), 'type', 'bridge']);
   const stop = () => quietly('ip', ['link', 'del', bridge]);
   try {
     await ip(['link', 'set', 'dev', bridge, 'alias', `${OWNER_ALIAS} pid=${process.pid} start=${await startTime()}`]);
