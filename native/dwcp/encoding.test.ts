@@ -11,6 +11,7 @@ import { DwcpChecksumError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
 import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
 import { DwcpWorkerPool, hashFileInPool, measureCompression, sampleFileData } from './worker-pool';
+import type { VerifiedCopy } from './worker-tasks';
 
 const text = Buffer.from('a fairly compressible line of text, repeated\n'.repeat(1500));
 
@@ -121,41 +122,62 @@ test('the worker pool scans, encodes, verifies and hashes off the main thread', 
     // Verified writes: a chunk lands only when it matches its hash, and only in a file that exists.
     const copy = path.join(dir, 'copy.bin');
     await writeFile(copy, Buffer.alloc(content.length));
+    const copies: VerifiedCopy[] = [];
     for (const { entry } of results) {
-      const target = { path: copy, offset: entry.offset };
       const hash = Buffer.from(entry.hash);
       const source = { path: file, offset: entry.offset, length: entry.length };
       if (entry.index % 2 === 0) {
         // The first encoding's payload moved to a worker with the decode above; encode afresh.
         const encoded = await pool.run({ kind: 'encodeFile', ...source, level: 3 });
+        const target = { path: copy, offset: entry.offset };
         const written = await pool.run({ kind: 'decodeInto', ...encoded, expectedHash: hash, target });
         assert.equal(written.written, true);
       } else {
-        assert.equal((await pool.run({ kind: 'copyVerified', ...source, expectedHash: hash, target })).written, true);
+        copies.push({ ...source, expectedHash: hash, targetOffset: entry.offset });
         const read = await pool.run({ kind: 'readVerified', ...source, expectedHash: hash });
         assert.ok(read.data !== undefined && read.data.length === entry.length);
       }
     }
+    const batch = await pool.run({ kind: 'copyVerified', copies, targetPath: copy });
+    assert.deepEqual([...batch.written], Array<number>(copies.length).fill(1));
     assert.deepEqual(await readFile(copy), content);
+    // A source that shifted, is gone, or ends early is a miss for that copy alone; the others still land.
     const first = results[0]!.entry;
-    const mismatch = await pool.run({
+    const second = results[1]!.entry;
+    const wanted = { length: first.length, expectedHash: Buffer.from(first.hash), targetOffset: first.offset };
+    await writeFile(copy, Buffer.alloc(content.length));
+    const mixed = await pool.run({
       kind: 'copyVerified',
-      path: file,
-      offset: first.offset + 1,
-      length: first.length,
-      expectedHash: Buffer.from(first.hash),
-      target: { path: copy, offset: 0 },
+      targetPath: copy,
+      copies: [
+        { ...wanted, path: file, offset: first.offset + 1 },
+        { ...wanted, path: path.join(dir, 'no-such-base.bin'), offset: first.offset },
+        { ...wanted, path: file, offset: content.length - 1 },
+        {
+          path: file,
+          offset: second.offset,
+          length: second.length,
+          expectedHash: Buffer.from(second.hash),
+          targetOffset: second.offset,
+        },
+      ],
     });
-    assert.equal(mismatch.written, false);
-    assert.deepEqual(await readFile(copy), content, 'a mismatching chunk is not written');
+    assert.deepEqual([...mixed.written], [0, 0, 0, 1]);
+    const landed = await readFile(copy);
+    assert.ok(
+      landed.subarray(0, first.length).equals(Buffer.alloc(first.length)),
+      'a mismatching chunk is not written',
+    );
+    assert.ok(
+      landed
+        .subarray(second.offset, second.offset + second.length)
+        .equals(content.subarray(second.offset, second.offset + second.length)),
+    );
     await assert.rejects(
       pool.run({
         kind: 'copyVerified',
-        path: file,
-        offset: first.offset,
-        length: first.length,
-        expectedHash: Buffer.from(first.hash),
-        target: { path: path.join(dir, 'gone.bin'), offset: 0 },
+        targetPath: path.join(dir, 'gone.bin'),
+        copies: [{ ...wanted, path: file, offset: first.offset }],
       }),
       DwcpIoError,
     );

@@ -66,7 +66,7 @@ export function decodeChunk(input: { encoding: ChunkEncoding; payload: Buffer; r
       }
       break;
     default:
-      throw new DwcpChecksumError(`encoding ${encoding} carries no chunk data`);
+      throw new DwcpChecksumError(`encoding ${String(encoding)} carries no chunk data`);
   }
   if (data.length !== rawLength) throw new DwcpChecksumError(`chunk decoded to ${data.length}, not ${rawLength} bytes`);
   return data;

@@ -18,6 +18,7 @@ import {
   manifestEntry,
   validateManifest,
   type Manifest,
+  type ManifestEntry,
 } from './manifest';
 import {
   ensureFreeSpace,
@@ -75,6 +76,15 @@ interface ManifestStream {
   end: ManifestEnd | undefined;
   /** Base images indexed with the attempt's chunking; awaited before the first NEED. */
   indexing: Promise<void>;
+  /** The NEED of the latest part: sent once that part's known chunks are copied and the NEED before it went out. */
+  answering: Promise<void>;
+}
+
+/** A chunk of a manifest part that the chunk index has: where it is, and its place in the part's plan. */
+interface KnownChunk {
+  planIndex: number;
+  entry: ManifestEntry;
+  source: { path: string; offset: number; length: number };
 }
 
 /**
@@ -96,7 +106,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
    * process's journal, or a new attempt described a chunk differently): END then re-hashes the whole file.
    */
   private verifyWholeFile = false;
-  /** Bytes of chunks asked for (SEND or REF) but not yet written: what the free-space check must leave room for. */
+  /** Bytes of chunks not on disk yet when their part was planned (to send or to copy) and not yet written: what the free-space check must leave room for. */
   private outstandingBytes = 0;
   private file: PartialFile | undefined;
   private logicalBytes = 0;
@@ -119,6 +129,8 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       const file = hello.file;
       if (file === undefined) throw new DwcpProtocolError('file HELLO without file description');
       this.beginAttempt(socket, hello);
+      // The older attempt's copies finish first: they mark chunks done, which this attempt's plan must see.
+      await this.stream?.answering.catch(() => undefined);
       const bases = await usableBases([this.input.targetPath, ...(this.input.baseImages ?? [])]);
       // Nothing to deduplicate against: the sender's cheaper first-copy chunking, if it offered one. The choice
       // depends only on the bases, so a resumed transfer chooses as its first attempt did and its journal applies.
@@ -130,7 +142,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       // source: both read a whole image.
       const indexing = this.ctx.chunkIndex.addExistingFiles({ paths: bases, chunking });
       indexing.catch(() => undefined);
-      this.stream = { received: 0, nextOffset: 0, end: undefined, indexing };
+      this.stream = { received: 0, nextOffset: 0, end: undefined, indexing, answering: Promise.resolve() };
       this.logicalBytes = 0;
       this.chunksDone = 0;
       this.outstandingBytes = 0;
@@ -214,7 +226,8 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     this.manifest.put(first, frame.payload);
     this.done = growPerChunk(this.done, first + count);
 
-    const plan = new Uint8Array(count);
+    const plan = new Uint8Array(count).fill(ChunkState.SEND);
+    const copies: KnownChunk[] = [];
     let asked = 0;
     for (let j = 0; j < count; j++) {
       const i = first + j;
@@ -234,7 +247,8 @@ export class FileReceiveTransfer extends ReceiveTransfer {
         this.chunksDone++;
         continue;
       }
-      plan[j] = this.ctx.chunkIndex.lookup(entry.hash) === undefined ? ChunkState.SEND : ChunkState.REF;
+      const location = this.ctx.chunkIndex.lookup(entry.hash);
+      if (location !== undefined) copies.push({ planIndex: j, entry, source: location });
       asked += entry.length;
     }
     stream.received = first + count;
@@ -243,22 +257,70 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     if (asked > 0 && (this.input.checkFreeSpace ?? true)) {
       await ensureFreeSpace({ dir: path.dirname(this.input.targetPath), neededBytes: this.outstandingBytes });
     }
-    await socket.send({
-      type: FrameType.NEED,
-      transferId: this.transferId,
-      chunkIndex: first,
-      encoding: ChunkEncoding.ZSTD,
-      payload: compress(plan),
+    // This part's copies run while the next part is planned; its NEED waits for them and for the part before it, so
+    // NEEDs go out in order and the sender only ever sends what this receiver could not copy.
+    const previous = stream.answering;
+    const answer = this.copyKnownChunks({ known: copies, plan }).then(async () => {
+      await previous;
+      if (this.stream !== stream) return;
+      await socket.send({
+        type: FrameType.NEED,
+        transferId: this.transferId,
+        chunkIndex: first,
+        encoding: ChunkEncoding.ZSTD,
+        payload: compress(plan),
+      });
     });
+    stream.answering = answer;
+    answer.catch(() => undefined);
+    await previous;
+  }
+
+  /**
+   * Copies the chunks the chunk index has from their files into the partial file, a batch per pool worker; each
+   * copied one becomes REF in the plan, and one whose source no longer matches stays SEND and leaves the index.
+   */
+  private async copyKnownChunks(input: { known: KnownChunk[]; plan: Uint8Array }): Promise<void> {
+    const { known, plan } = input;
+    const { pool, chunkIndex } = this.ctx;
+    const batchSize = Math.ceil(known.length / pool.size);
+    const batches: KnownChunk[][] = [];
+    for (let at = 0; at < known.length; at += batchSize) batches.push(known.slice(at, at + batchSize));
+    await Promise.all(
+      batches.map(async (batch) => {
+        const { written } = await pool.run({
+          kind: 'copyVerified',
+          targetPath: this.paths.partialPath,
+          copies: batch.map(({ entry, source }) => ({
+            path: source.path,
+            offset: source.offset,
+            length: source.length,
+            expectedHash: Buffer.from(entry.hash),
+            targetOffset: entry.offset,
+          })),
+        });
+        if (this.finished) return;
+        batch.forEach(({ planIndex, entry }, k) => {
+          if (written[k] !== 1) {
+            chunkIndex.forget(entry.hash);
+            return;
+          }
+          plan[planIndex] = ChunkState.REF;
+          this.recordWritten(entry, 'refs');
+        });
+      }),
+    );
+    if (known.length > 0) this.reportProgress();
   }
 
   /** The manifest is complete: it must cover the file exactly and match the digest the sender computed. */
-  private onManifestEnd(frame: Frame): Promise<void> {
+  private async onManifestEnd(frame: Frame): Promise<void> {
     const stream = this.stream;
     const chunking = this.chunking;
     if (stream === undefined || chunking === undefined || stream.end !== undefined) {
       throw new DwcpProtocolError('MANIFEST_END outside a manifest');
     }
+    await stream.answering;
     const end = parseJsonPayload({ frame, schema: ManifestEndSchema });
     if (end.chunkCount !== stream.received) throw new DwcpProtocolError('MANIFEST_END does not match its parts');
     this.manifest.truncate(end.chunkCount);
@@ -275,7 +337,6 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     }
     stream.end = end;
     this.stats.total = end.chunkCount;
-    return Promise.resolve();
   }
 
   private serveChunks(socket: FrameSocket): void {
@@ -297,26 +358,31 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     if (!frame.checksumOk) return this.nack(socket, entry.index, 'checksum');
     if (this.done[entry.index] === 1) return this.ack(socket, entry.index);
 
-    const { pool, chunkIndex } = this.ctx;
-    const refused = await writeChunk({ pool, chunkIndex, frame, entry, partialPath: this.paths.partialPath });
+    const refused = await writeChunk({ pool: this.ctx.pool, frame, entry, partialPath: this.paths.partialPath });
     if (refused !== undefined) return this.nack(socket, entry.index, refused);
     if (this.finished) return;
-    if (this.done[entry.index] !== 1) {
-      this.done[entry.index] = 1;
-      this.outstandingBytes -= entry.length;
-      if (frame.type === FrameType.CHUNK_REF) this.stats.refs++;
-      else if (frame.type === FrameType.ZERO) this.stats.zero++;
-      else this.stats.data++;
-      this.logicalBytes += entry.length;
-      this.chunksDone++;
-      this.file?.record(entry.index, entry.offset);
-    }
+    this.recordWritten(entry, frame.type === FrameType.ZERO ? 'zero' : 'data');
+    this.reportProgress();
+    await this.ack(socket, entry.index);
+  }
+
+  /** A chunk is in the partial file, checked against its sha256: done, counted, and journaled. */
+  private recordWritten(entry: ManifestEntry, kind: 'data' | 'refs' | 'zero'): void {
+    if (this.done[entry.index] === 1) return;
+    this.done[entry.index] = 1;
+    this.outstandingBytes -= entry.length;
+    this.stats[kind]++;
+    this.logicalBytes += entry.length;
+    this.chunksDone++;
+    this.file?.record(entry.index, entry.offset);
+  }
+
+  private reportProgress(): void {
     this.progress({
       logicalBytes: this.logicalBytes,
       chunksDone: this.chunksDone,
       chunksTotal: this.stream?.end?.chunkCount,
     });
-    await this.ack(socket, entry.index);
   }
 
   /**

@@ -24,7 +24,8 @@ import { z } from 'zod';
 import { DwcpProtocolError } from './errors';
 
 export const FRAME_MAGIC = 0x44574350;
-export const FRAME_VERSION = 1;
+/** 2: the receiver copies the chunks it has itself and says so in its NEED; version 1's CHUNK_REF (type 3) is gone. */
+export const FRAME_VERSION = 2;
 export const FRAME_HEADER_BYTES = 52;
 /** Chunks are at most a few MiB; anything far larger is a corrupted or hostile header. */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024;
@@ -32,8 +33,6 @@ export const DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024;
 export const FrameType = {
   HELLO: 1,
   CHUNK: 2,
-  /** The receiver already has this content (base image or previous version): copy it locally. */
-  CHUNK_REF: 3,
   /** A run of zero bytes: no payload, the receiver leaves a hole or emits zeros. */
   ZERO: 4,
   ACK: 5,
@@ -57,7 +56,6 @@ export const ChunkEncoding = {
   RAW: 0,
   ZSTD: 1,
   ZERO: 2,
-  REF: 3,
 } as const;
 export type ChunkEncoding = (typeof ChunkEncoding)[keyof typeof ChunkEncoding];
 

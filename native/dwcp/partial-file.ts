@@ -7,10 +7,9 @@
 import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import type { ChunkIndex } from './chunk-index';
 import { chunkingKey, type ChunkingParams } from './chunking';
 import type { DwcpWorkerPool } from './worker-pool';
-import { DwcpDiskFullError, DwcpError, DwcpProtocolError } from './errors';
+import { DwcpDiskFullError, DwcpError } from './errors';
 import { FrameType, type Frame } from './framing';
 import { TransferJournal } from './journal';
 import type { ManifestEntry } from './manifest';
@@ -133,57 +132,27 @@ export class PartialFile {
 
 /**
  * Has a worker verify one chunk against its manifest entry and write it into the partial file. Returns why the
- * chunk was refused (the sender then resends data, or sends data instead of a reference), or undefined once it is
- * on disk.
+ * chunk was refused (the sender then resends it), or undefined once it is on disk.
  */
 export async function writeChunk(input: {
   pool: DwcpWorkerPool;
-  chunkIndex: ChunkIndex;
   frame: Frame;
   entry: ManifestEntry;
   partialPath: string;
 }): Promise<NackReason | undefined> {
   const { frame, entry } = input;
+  if (frame.type === FrameType.ZERO) return entry.zero ? undefined : 'checksum';
   // Workers check the content against the manifest's sha256 and write it to the partial file themselves, so
   // chunk data never crosses back to this thread; the check before the write is what END relies on.
-  const target = { path: input.partialPath, offset: entry.offset };
-  if (frame.type === FrameType.ZERO) {
-    if (!entry.zero) return 'checksum';
-  } else if (frame.type === FrameType.CHUNK_REF) {
-    if (!frame.payload.equals(entry.hash)) throw new DwcpProtocolError(`chunk ${entry.index} refers to another hash`);
-    const location = input.chunkIndex.lookup(entry.hash);
-    if (location === undefined) return 'ref-miss';
-    const copied = await input.pool
-      .run({
-        kind: 'copyVerified',
-        path: location.path,
-        offset: location.offset,
-        length: location.length,
-        expectedHash: entry.hash,
-        target,
-      })
-      .catch((err: unknown) => {
-        // A base image that went away or shrank is a miss; the target's own trouble (disk full) is not.
-        const error = DwcpError.fromNative(err, 'copying a known chunk');
-        if (error instanceof DwcpDiskFullError) throw error;
-        return { written: false };
-      });
-    if (!copied.written) {
-      input.chunkIndex.forget(entry.hash);
-      return 'ref-miss';
-    }
-  } else {
-    const decoded = await input.pool.run({
-      kind: 'decodeInto',
-      encoding: frame.encoding,
-      payload: frame.payload,
-      rawLength: frame.rawLength,
-      expectedHash: entry.hash,
-      target,
-    });
-    if (!decoded.written) return 'checksum';
-  }
-  return undefined;
+  const decoded = await input.pool.run({
+    kind: 'decodeInto',
+    encoding: frame.encoding,
+    payload: frame.payload,
+    rawLength: frame.rawLength,
+    expectedHash: entry.hash,
+    target: { path: input.partialPath, offset: entry.offset },
+  });
+  return decoded.written ? undefined : 'checksum';
 }
 
 /** Refuses up front a transfer that the file system cannot hold, instead of failing on a full disk midway. */

@@ -7,10 +7,10 @@
  *    chunks)
  * 2. file kind, stream 0 only: sender → MANIFEST parts (chunkIndex = the part's first chunk) as its scan cuts
  *    them, then MANIFEST_END {chunkCount, sha256, manifestDigest}; the receiver answers each part with a NEED
- *    (same chunkIndex, zstd of one ChunkState byte per chunk of the part). The HELLO comes before the sender's
- *    scan, so the receiver indexes its base images while the sender hashes its source, and chunks of early parts
- *    travel while later parts are still being hashed.
- * 3. CHUNK / CHUNK_REF / ZERO frames on any stream; receiver → ACK or NACK {reason} for each
+ *    (same chunkIndex, zstd of one ChunkState byte per chunk of the part), once it has copied the part's chunks
+ *    that its chunk index holds. The HELLO comes before the sender's scan, so the receiver indexes its base images
+ *    while the sender hashes its source, and chunks of early parts travel while later parts are still being hashed.
+ * 3. CHUNK / ZERO frames on any stream for the chunks a NEED asked for; receiver → ACK or NACK {reason} for each
  * 4. sender → END {sha256, size, chunkCount} on stream 0; receiver checks that every chunk is in place and the
  *    manifest matched its digest (and re-hashes the whole file when it resumed from a journal) → END {sha256}
  *
@@ -31,7 +31,7 @@ export const ChunkState = {
   SEND: 0,
   /** The receiver has it on disk already (journal, zero chunk). */
   DONE: 1,
-  /** The receiver can copy it from its chunk index; the sender sends only a CHUNK_REF. */
+  /** The receiver had it in its chunk index (a base image, the previous version) and copied it: nothing to send. */
   REF: 2,
 } as const;
 export type ChunkState = (typeof ChunkState)[keyof typeof ChunkState];
@@ -87,7 +87,7 @@ export const HelloReplySchema = z.object({
 });
 export type HelloReply = z.infer<typeof HelloReplySchema>;
 
-export const NackSchema = z.object({ reason: z.enum(['checksum', 'ref-miss']) });
+export const NackSchema = z.object({ reason: z.enum(['checksum']) });
 export type NackReason = z.infer<typeof NackSchema>['reason'];
 
 export const EndSchema = z.object({

@@ -127,7 +127,6 @@ export abstract class ReceiveTransfer {
         if (frame.transferId !== this.transferId) throw new DwcpProtocolError('frame for another transfer');
         switch (frame.type) {
           case FrameType.CHUNK:
-          case FrameType.CHUNK_REF:
           case FrameType.ZERO: {
             while (running.size >= CHUNKS_IN_PROGRESS_PER_SOCKET) await Promise.race(running);
             const task = handlers.onChunk(frame).catch((err: unknown) => this.onChunkError(socket, err));

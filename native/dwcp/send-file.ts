@@ -15,7 +15,6 @@ import {
   verifiedIdentity,
   type End,
   type HelloReply,
-  type NackReason,
 } from './protocol';
 import type { SendWorkload } from './send-engine';
 import { openDataSockets, SenderContext, type SenderOptions } from './sender-context';
@@ -142,17 +141,19 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
             states = growPerChunk(states, answered + part.length);
             states.set(part, answered);
             for (let i = answered; i < answered + part.length; i++) {
-              if (states[i] === ChunkState.DONE) {
-                const entry = manifestEntry({ manifest, index: i });
-                if (entry.zero) stats.zero++;
-                else stats.resumed++;
-                logicalBytes += entry.length;
-                chunksDone++;
-              } else {
+              if (states[i] === ChunkState.SEND) {
                 queue.push(i);
+                continue;
               }
+              const entry = manifestEntry({ manifest, index: i });
+              if (states[i] === ChunkState.REF) stats.refs++;
+              else if (entry.zero) stats.zero++;
+              else stats.resumed++;
+              logicalBytes += entry.length;
+              chunksDone++;
             }
             answered += part.length;
+            ctx.progress({ logicalBytes, chunksDone, chunksTotal: current.chunkCount });
           },
           prepare: async (index) => {
             const entry = manifestEntry({ manifest, index });
@@ -162,14 +163,6 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
               offset: entry.offset,
               rawLength: entry.length,
             };
-            if (states[index] === ChunkState.REF) {
-              return {
-                ...base,
-                type: FrameType.CHUNK_REF,
-                encoding: ChunkEncoding.REF,
-                payload: Buffer.from(entry.hash),
-              };
-            }
             const encoded = await ctx.pool.run({
               kind: 'encodeFile',
               path: input.sourcePath,
@@ -188,17 +181,15 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
             };
           },
           onAck: (index) => {
-            if (states[index] === ChunkState.REF) stats.refs++;
-            else stats.data++;
+            stats.data++;
             states[index] = ChunkState.DONE;
             ctx.acks++;
             logicalBytes += manifestEntry({ manifest, index }).length;
             chunksDone++;
             ctx.progress({ logicalBytes, chunksDone, chunksTotal: current.chunkCount });
           },
-          onNack: (index, reason: NackReason) => {
-            if (reason === 'ref-miss') states[index] = ChunkState.SEND;
-            else stats.resent++;
+          onNack: () => {
+            stats.resent++;
           },
         };
         const engine = ctx.engine({

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { access, mkdir, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -120,6 +120,39 @@ test('a new version reuses the chunks of a base image, so only the changes cross
   assert.equal(await sha256File({ path: path.join(dir, 'out', 'v2.img') }), expected);
   assert.ok(sent.chunks.refs > sent.chunks.total * 0.9, `${sent.chunks.refs} of ${sent.chunks.total} reused`);
   assert.ok(sent.wireBytes < v2.length * 0.05, `wire ${sent.wireBytes} for ${v2.length} bytes`);
+});
+
+test('a base image rewritten under the index (same size and mtime) costs sends, never wrong content', async () => {
+  const v1 = noiseContent({ bytes: 2 * 1024 * 1024, seed: 41 });
+  const base = path.join(dir, 'lying-base.img');
+  await writeTestFile({ path: base, content: v1 });
+  const indexed = randomUUID();
+  const first = receiver.expectFile({
+    transferId: indexed,
+    targetPath: path.join(dir, 'out', 'lying-1.img'),
+    baseImages: [base],
+  });
+  const sentFirst = await sendFile({ ...sender({ transferId: indexed }), sourcePath: base, chunking });
+  await first;
+  assert.equal(sentFirst.chunks.refs, sentFirst.chunks.total, 'every chunk was copied from the base');
+
+  // The base changes behind the receiver's back (its size and mtime say it did not), and the copy that the first
+  // transfer delivered, which the index also knows, is removed.
+  await rm(path.join(dir, 'out', 'lying-1.img'));
+  const { mtime } = await stat(base);
+  await writeTestFile({ path: base, content: noiseContent({ bytes: v1.length, seed: 42 }) });
+  await utimes(base, mtime, mtime);
+  const transferId = randomUUID();
+  const target = path.join(dir, 'out', 'lying-2.img');
+  const received = receiver.expectFile({ transferId, targetPath: target, baseImages: [base] });
+  const source = path.join(dir, 'lying-source.img');
+  const expected = await writeTestFile({ path: source, content: v1 });
+  const sent = await sendFile({ ...sender({ transferId }), sourcePath: source, chunking });
+  const result = await received;
+  assert.equal(await sha256File({ path: target }), expected);
+  assert.equal(sent.chunks.refs, 0, 'no chunk of the rewritten base matched');
+  assert.equal(sent.chunks.data, sent.chunks.total);
+  assert.deepEqual(result.chunks, sent.chunks);
 });
 
 test('sending over an existing older target transfers only the delta', async () => {

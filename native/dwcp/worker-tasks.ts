@@ -36,7 +36,7 @@ export type WorkerTask =
       target: FileRange;
     }
   | { kind: 'readVerified'; path: string; offset: number; length: number; expectedHash: Buffer }
-  | { kind: 'copyVerified'; path: string; offset: number; length: number; expectedHash: Buffer; target: FileRange }
+  | { kind: 'copyVerified'; copies: VerifiedCopy[]; targetPath: string }
   | { kind: 'index'; path: string; chunking: ChunkingParams }
   | { kind: 'hashFile'; path: string }
   | { kind: 'checkManifest'; path: string; entries: Buffer }
@@ -53,7 +53,8 @@ export interface WorkerResults {
   /** `written` is false when the content did not match expectedHash (nothing was written then). */
   decodeInto: { written: boolean };
   readVerified: { data: Buffer | undefined };
-  copyVerified: { written: boolean };
+  /** One byte a copy: 1 when it was written, 0 when its source could not be read or did not match its hash. */
+  copyVerified: { written: Uint8Array };
   /** A file's chunk entries without the whole-file sha256, for the receiver's chunk index. */
   index: { entries: Buffer; chunkCount: number };
   hashFile: { sha256: string };
@@ -76,6 +77,15 @@ export interface Calibration {
 export interface FileRange {
   path: string;
   offset: number;
+}
+
+/** A range of some file to copy into the target at targetOffset, if it still has the sha256 expectedHash. */
+export interface VerifiedCopy {
+  path: string;
+  offset: number;
+  length: number;
+  expectedHash: Buffer;
+  targetOffset: number;
 }
 
 /** Tasks that report parts of their result before they finish, and what a part is. */
@@ -116,12 +126,8 @@ export function runWorkerTask(
       const data = readRangeSync(task.path, task.offset, task.length);
       return { data: matchesHash(data, task.expectedHash) ? data : undefined };
     }
-    case 'copyVerified': {
-      const data = readRangeSync(task.path, task.offset, task.length);
-      if (!matchesHash(data, task.expectedHash)) return { written: false };
-      writeRangeSync(task.target, data);
-      return { written: true };
-    }
+    case 'copyVerified':
+      return { written: copyVerifiedSync(task) };
     case 'index': {
       const parts: Buffer[] = [];
       const { chunkCount } = scanFileParts({ ...task, hashWholeFile: false, onPart: (p) => parts.push(p.entries) });
@@ -178,12 +184,70 @@ function readRangeSync(file: string, offset: number, length: number): Buffer {
 function writeRangeSync(target: FileRange, data: Buffer): void {
   const fd = openSync(target.path, fsConstants.O_WRONLY);
   try {
-    let written = 0;
-    while (written < data.length) {
-      written += writeSync(fd, data, written, data.length - written, target.offset + written);
-    }
+    writeAllSync(fd, data, target.offset);
   } finally {
     closeSync(fd);
+  }
+}
+
+function writeAllSync(fd: number, data: Buffer, offset: number): void {
+  let written = 0;
+  while (written < data.length) written += writeSync(fd, data, written, data.length - written, offset + written);
+}
+
+/**
+ * The receiver's copies of chunks it already has, a batch per task: each source file and the target are opened once
+ * and one buffer is reused, where a task per chunk paid a message, two opens and a fresh buffer for every chunk. A
+ * source that is gone, short or changed is a miss, not an error (the chunk is sent instead); the target's own
+ * trouble (ENOSPC, a removed partial file) is thrown.
+ */
+function copyVerifiedSync(input: { copies: VerifiedCopy[]; targetPath: string }): Uint8Array {
+  const written = new Uint8Array(input.copies.length);
+  const buffer = Buffer.allocUnsafeSlow(Math.max(0, ...input.copies.map((c) => c.length)));
+  const sources = new Map<string, number | undefined>();
+  const target = openSync(input.targetPath, fsConstants.O_WRONLY);
+  try {
+    input.copies.forEach((copy, i) => {
+      const data = buffer.subarray(0, copy.length);
+      if (!readSourceInto({ sources, copy, data }) || !matchesHash(data, copy.expectedHash)) return;
+      writeAllSync(target, data, copy.targetOffset);
+      written[i] = 1;
+    });
+  } finally {
+    closeSync(target);
+    for (const fd of sources.values()) if (fd !== undefined) closeSync(fd);
+  }
+  return written;
+}
+
+/** Fills `data` from the copy's source range; false when the source cannot be opened or read that far. */
+function readSourceInto(input: {
+  sources: Map<string, number | undefined>;
+  copy: VerifiedCopy;
+  data: Buffer;
+}): boolean {
+  const { sources, copy, data } = input;
+  if (!sources.has(copy.path)) {
+    let fd: number | undefined;
+    try {
+      fd = openSync(copy.path, 'r');
+    } catch {
+      fd = undefined;
+    }
+    sources.set(copy.path, fd);
+  }
+  const fd = sources.get(copy.path);
+  if (fd === undefined) return false;
+  try {
+    let filled = 0;
+    while (filled < data.length) {
+      const n = readSync(fd, data, filled, data.length - filled, copy.offset + filled);
+      if (n === 0) return false;
+      filled += n;
+    }
+    return true;
+  } catch {
+    return false;
   }
 }
 
