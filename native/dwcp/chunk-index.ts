@@ -7,7 +7,7 @@
  * Scanning an image costs a full read and hash, so a file's chunk list is also kept in a sidecar next to it
  * (`<file>.dwcp-index.<chunking>`), keyed by size and mtime: a receiver that restarts, or a target that a finished
  * transfer just wrote, is indexed without reading the image. A sidecar is only a hint, like the index itself: a
- * stale one costs ref-misses (the sender then sends the data), never wrong content.
+ * stale one costs sends (the copy fails its sha256 check and the chunk is asked for), never wrong content.
  */
 import { createHash } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
