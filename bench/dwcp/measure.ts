@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { counters, sh, waitListening, type Link } from './netns';
 import { loadAverage } from '../run-metadata';
 
@@ -179,7 +180,15 @@ export async function measure(spec: RunSpec, imageBytes: number, scratch: string
   const started = performance.now();
   if (spec.warmSender === true) sending.write('go\n');
   const sender = await sending.done;
-  if (sender.code !== 0) throw new Error(`${spec.tool} sender failed (${sender.code}): ${sender.stderr}`);
+  if (sender.code !== 0) {
+    // A sender that gave up on its connections usually follows a receiver that failed first: say what it printed.
+    const receiverDone = await Promise.race([receiving.done, sleep(5000).then(() => undefined)]);
+    const receiverErr = receiverDone === undefined ? '(still running)' : receiverDone.stderr.trim();
+    throw new Error(
+      `${spec.tool} sender failed (${sender.code}): ${sender.stderr}` +
+        (receiverErr === '' ? '' : `\nreceiver stderr: ${receiverErr}`),
+    );
+  }
   if (spec.stopFile !== undefined) await writeFile(spec.stopFile, '');
   const receiver = await receiving.done;
   if (receiver.code !== 0) throw new Error(`${spec.tool} receiver failed (${receiver.code}): ${receiver.stderr}`);

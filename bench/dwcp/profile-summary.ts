@@ -98,6 +98,8 @@ function classify(frames: Frame[], end: End): Stage {
   if (/asm_exc_page_fault|handle_mm_fault|clear_page|sys_munmap|sys_mmap|vm_munmap|sys_madvise|sys_brk/.test(native)) {
     return 'Buffer allocation (page faults, mmap, malloc)';
   }
+  // The Rust addon has no frame pointers, so perf's call chain stops inside it and never reaches blockChunkLengths.
+  if (/dwcp_native::\S*cut_chunks/.test(native)) return 'FastCDC chunk cutting';
   if (MALLOC.test(leaf)) return 'Buffer allocation (page faults, mmap, malloc)';
   if (/ValueSerializer|ValueDeserializer|node::worker::Message::|MessagePort::PostMessage|futex/.test(native)) {
     return 'Worker messages (postMessage, clone, wakeups)';
