@@ -8,14 +8,7 @@ import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
 import { ChunkEncoding, FrameFlag, FrameType, jsonPayload, parseJsonPayload } from './framing';
 import { growPerChunk, manifestEntry } from './manifest';
-import {
-  ChunkState,
-  EndReplySchema,
-  TransferKind,
-  verifiedIdentity,
-  type End,
-  type HelloReply,
-} from './protocol';
+import { ChunkState, EndReplySchema, TransferKind, verifiedIdentity, type End, type HelloReply } from './protocol';
 import type { SendWorkload } from './send-engine';
 import { openDataSockets, SenderContext, type SenderOptions } from './sender-context';
 import { SourceScan, streamManifest } from './source-scan';
