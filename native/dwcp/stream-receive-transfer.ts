@@ -66,10 +66,10 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
     let data: Buffer;
     if (frame.type === FrameType.ZERO) {
       data = this.zeros(frame.rawLength);
-    } else if (frame.type === FrameType.CHUNK && frame.encoding === ChunkEncoding.RAW) {
+    } else if (frame.encoding === ChunkEncoding.RAW) {
       // A raw payload is the content itself, already checked against its CRC: the pool would only move it twice.
       data = decodeChunk({ encoding: ChunkEncoding.RAW, payload: frame.payload, rawLength: frame.rawLength });
-    } else if (frame.type === FrameType.CHUNK) {
+    } else {
       const decoded = await this.ctx.pool.run({
         kind: 'decode',
         encoding: frame.encoding,
@@ -78,8 +78,6 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
       });
       if (decoded.data === undefined) return this.nack(socket, index, 'checksum');
       data = decoded.data;
-    } else {
-      throw new DwcpProtocolError('chunk references are not used in stream mode');
     }
     if (index < this.nextIndex || this.buffer.has(index)) return this.ack(socket, index);
     this.buffer.set(index, { data, socket, zero: frame.type === FrameType.ZERO });
