@@ -106,7 +106,10 @@ export class FileReceiveTransfer extends ReceiveTransfer {
    * process's journal, or a new attempt described a chunk differently): END then re-hashes the whole file.
    */
   private verifyWholeFile = false;
-  /** Bytes of chunks not on disk yet when their part was planned (to send or to copy) and not yet written: what the free-space check must leave room for. */
+  /**
+   * Bytes of chunks not on disk when their part was planned (to be sent or copied) and not written yet: what the
+   * free-space check must leave room for.
+   */
   private outstandingBytes = 0;
   private file: PartialFile | undefined;
   private logicalBytes = 0;
@@ -295,7 +298,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
             path: source.path,
             offset: source.offset,
             length: source.length,
-            expectedHash: Buffer.from(entry.hash),
+            expectedHash: entry.hash,
             targetOffset: entry.offset,
           })),
         });

@@ -168,16 +168,21 @@ function readRangeSync(file: string, offset: number, length: number): Buffer {
   const fd = openSync(file, 'r');
   try {
     const out = Buffer.allocUnsafeSlow(length);
-    let filled = 0;
-    while (filled < length) {
-      const n = readSync(fd, out, filled, length - filled, offset + filled);
-      if (n === 0) throw new DwcpIoError(`${file} ended before offset ${offset + length}`);
-      filled += n;
-    }
+    if (!readFullySync(fd, out, offset)) throw new DwcpIoError(`${file} ended before offset ${offset + length}`);
     return out;
   } finally {
     closeSync(fd);
   }
+}
+
+/** Fills all of `data` from `offset`; false when the file ends first. */
+function readFullySync(fd: number, data: Buffer, offset: number): boolean {
+  for (let filled = 0; filled < data.length;) {
+    const n = readSync(fd, data, filled, data.length - filled, offset + filled);
+    if (n === 0) return false;
+    filled += n;
+  }
+  return true;
 }
 
 /** Writes all of `data` at target.offset; sync because it runs in a worker, where the thread is free to block. */
@@ -239,13 +244,7 @@ function readSourceInto(input: {
   const fd = sources.get(copy.path);
   if (fd === undefined) return false;
   try {
-    let filled = 0;
-    while (filled < data.length) {
-      const n = readSync(fd, data, filled, data.length - filled, copy.offset + filled);
-      if (n === 0) return false;
-      filled += n;
-    }
-    return true;
+    return readFullySync(fd, data, copy.offset);
   } catch {
     return false;
   }
