@@ -6,24 +6,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
+import { freePort } from '../../test/support/ports';
 import { ensureTemporalBinary, startTemporalDevServer } from './index';
 
 const BUILD_TIMEOUT_MS = 30 * 60_000;
 const TEST_TIMEOUT_MS = 3 * 60_000;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address !== 'string') resolve(address.port);
-        else reject(new Error('no port'));
-      });
-    });
-  });
-}
 
 function processGone(pid: number): boolean {
   try {
