@@ -22,8 +22,11 @@ export interface ChunkLocation {
   length: number;
 }
 
+/** 2: content-defined scans cut zero blocks apart (manifest.ts); a version-1 sidecar's cuts would match less. */
+const SIDECAR_VERSION = 2;
+
 const SidecarHeaderSchema = z.object({
-  v: z.literal(1),
+  v: z.literal(SIDECAR_VERSION),
   size: z.number().int().nonnegative(),
   mtimeMs: z.number(),
   chunking: z.string(),
@@ -58,7 +61,7 @@ export async function writeSidecar(input: {
   try {
     const info = await stat(input.file);
     const header = {
-      v: 1,
+      v: SIDECAR_VERSION,
       size: info.size,
       mtimeMs: info.mtimeMs,
       chunking: chunkingKey(input.chunking),

@@ -4,9 +4,9 @@ import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { fixedChunking } from './chunking';
+import { chunkingParams, fixedChunking } from './chunking';
 import { dataExtents, dataExtentsImplementation } from './data-extents';
-import { scanFileSync } from './manifest';
+import { manifestEntry, scanFileSync } from './manifest';
 
 let dir: string;
 const MiB = 1024 * 1024;
@@ -65,4 +65,29 @@ test('a fixed-chunk scan that skips holes gives the manifest of reading every by
   assert.equal(skipping.chunkCount, Math.ceil(size / (256 * 1024)));
   assert.equal(skipping.sha256, reading.sha256);
   assert.ok(skipping.entries.equals(reading.entries), 'same offsets, lengths, zero flags and hashes');
+});
+
+test('a content-defined scan that skips holes gives the manifest of reading every byte, zero blocks cut apart', () => {
+  const chunking = chunkingParams({ avgBytes: 16 * 1024 });
+  const skipping = scanFileSync({ path: sparse, chunking });
+  const reading = scanFileSync({ path: dense, chunking });
+  assert.equal(skipping.sha256, reading.sha256);
+  assert.ok(skipping.entries.equals(reading.entries), 'same offsets, lengths, zero flags and hashes');
+  const entries = Array.from({ length: skipping.chunkCount }, (_, index) =>
+    manifestEntry({ manifest: skipping, index }),
+  );
+  const block = chunking.maxBytes;
+  // Every aligned block of zeros is a zero chunk of its own; the data chunks cover both writes.
+  for (let at = 0; at + block <= size; at += block) {
+    const data = writes.some((w) => w.at < at + block && at < w.at + w.bytes.length);
+    if (!data)
+      assert.ok(
+        entries.some((e) => e.offset === at && e.length === block && e.zero),
+        `zero block at ${at}`,
+      );
+  }
+  for (const w of writes) {
+    const covering = entries.filter((e) => e.offset < w.at + w.bytes.length && w.at < e.offset + e.length);
+    assert.ok(covering.length > 0 && covering.every((e) => !e.zero), `data chunks over the write at ${w.at}`);
+  }
 });

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { blockChunkLengths, chunkingKey, isZeroChunk, type ChunkingParams } from './chunking';
-import { dataExtents } from './data-extents';
+import { dataExtents, type Extent } from './data-extents';
 import { DwcpIoError, DwcpProtocolError } from './errors';
 
 export const MANIFEST_ENTRY_BYTES = 45;
@@ -113,9 +113,15 @@ export interface ScanSummary {
 
 /**
  * Reads a file once, cutting it into chunks and hashing each chunk and the whole file, and hands out the entries of
- * each block's complete chunks as soon as that block is cut: a sender can ship the first parts of the manifest (and
- * the chunks they describe) while the rest of the file is still being hashed. Synchronous on purpose: it runs inside
- * a worker thread, where blocking is the point.
+ * about every SCAN_BLOCK_BYTES of the file as soon as they are cut: a sender can ship the first parts of the manifest
+ * (and the chunks they describe) while the rest of the file is still being hashed. Synchronous on purpose: it runs
+ * inside a worker thread, where blocking is the point.
+ *
+ * Content-defined cuts with one rule for zeros: every block of `maxBytes` at a multiple of `maxBytes` that holds only
+ * zeros is a zero chunk of its own, and the data between such blocks is cut as one run that ends at the next one. The
+ * rule depends on the content alone, so a block inside a hole (dataExtents) is known to be zero without being read or
+ * cut, and a file without known holes (or with its zeros written out) gets the same manifest by reading them. Most of
+ * an image is holes, which both ends used to read, cut and compare with zeros in every scan.
  */
 export function scanFileParts(input: {
   path: string;
@@ -125,54 +131,82 @@ export function scanFileParts(input: {
   hashWholeFile?: boolean;
 }): ScanSummary {
   if (input.chunking.fixed) return scanFixedParts(input);
-  const hashWholeFile = input.hashWholeFile ?? true;
+  const params = input.chunking;
+  const blockBytes = params.maxBytes;
   const fd = openSync(input.path, 'r');
   try {
-    const expectedSize = fstatSync(fd).size;
-    const whole = createHash('sha256');
-    const params = input.chunking;
-    let offset = 0;
-    let count = 0;
-    let partFirst = 0;
-    let part: Buffer[] = [];
-    // Zero chunks come in a handful of lengths; their hashes are computed once.
+    const size = fstatSync(fd).size;
+    const inHoleAt = holeTest(dataExtents(input.path));
+    const whole = (input.hashWholeFile ?? true) ? createHash('sha256') : undefined;
+    const entries = new PartEmitter(input.onPart);
     const zeroHashes = new Map<number, Buffer>();
-    const add = (chunk: Buffer): void => {
-      part.push(packEntry({ offset, chunk, zero: isZeroChunk(chunk), zeroHashes }));
-      offset += chunk.length;
-      count++;
-    };
-    const emit = (): void => {
-      if (part.length === 0) return;
-      input.onPart({ first: partFirst, entries: Buffer.concat(part) });
-      partFirst = count;
-      part = [];
-    };
-    // One buffer, refilled behind the uncut tail: chunks are hashed where they lie, so nothing is copied but the
-    // tail (less than one maximum chunk) once per block.
-    const buffer = Buffer.allocUnsafe(SCAN_BLOCK_BYTES + params.maxBytes);
+    const zeros = Buffer.alloc(blockBytes);
+    // The data run not cut yet, file offsets [runStart, runStart + filled); cut chunks are hashed where they lie,
+    // so nothing is copied but the uncut tail (less than one maximum chunk) when the buffer fills.
+    const buffer = Buffer.allocUnsafe(SCAN_BLOCK_BYTES + blockBytes);
+    let runStart = 0;
     let filled = 0;
-    let eof = false;
-    while (!eof || filled > 0) {
-      if (!eof) {
-        const n = readSync(fd, buffer, filled, buffer.length - filled, null);
-        if (n === 0) eof = true;
-        if (hashWholeFile) whole.update(buffer.subarray(filled, filled + n));
-        filled += n;
-      }
+    const cut = (final: boolean): void => {
       let start = 0;
-      for (const length of blockChunkLengths({ data: buffer, start: 0, end: filled, params, final: eof })) {
-        add(buffer.subarray(start, start + length));
+      for (const length of blockChunkLengths({ data: buffer, start: 0, end: filled, params, final })) {
+        const chunk = buffer.subarray(start, start + length);
+        entries.add(packEntry({ offset: runStart + start, chunk, zero: isZeroChunk(chunk), zeroHashes }));
         start += length;
       }
       buffer.copyWithin(0, start, filled);
       filled -= start;
-      emit();
+      runStart += start;
+    };
+    for (let offset = 0; offset < size; offset += blockBytes) {
+      const length = Math.min(blockBytes, size - offset);
+      const inHole = inHoleAt(offset, length);
+      let block: Buffer;
+      if (inHole) {
+        block = zeros.subarray(0, length);
+      } else {
+        block = buffer.subarray(filled, filled + length);
+        readFully({ fd, into: block, position: offset, path: input.path });
+      }
+      whole?.update(block);
+      if (length === blockBytes && (inHole || isZeroChunk(block))) {
+        cut(true);
+        entries.add(packEntry({ offset, chunk: zeros, zero: true, zeroHashes }));
+        runStart = offset + length;
+      } else {
+        if (inHole) zeros.copy(buffer, filled, 0, length);
+        filled += length;
+        if (filled + blockBytes > buffer.length) cut(false);
+      }
+      entries.flushEvery({ bytes: SCAN_BLOCK_BYTES, offset: offset + length });
     }
-    if (offset !== expectedSize) throw new DwcpIoError(`${input.path} changed size while it was scanned`);
-    return { size: offset, sha256: hashWholeFile ? whole.digest('hex') : '', chunkCount: count };
+    cut(true);
+    entries.flushEvery({ bytes: 0, offset: size });
+    if (fstatSync(fd).size !== size) throw new DwcpIoError(`${input.path} changed size while it was scanned`);
+    return { size, sha256: whole?.digest('hex') ?? '', chunkCount: entries.count };
   } finally {
     closeSync(fd);
+  }
+}
+
+/** Manifest entries gathered into parts: one part for about every `bytes` of the file scanned. */
+class PartEmitter {
+  private part: Buffer[] = [];
+  private partOffset = 0;
+  count = 0;
+
+  constructor(private readonly onPart: (part: ManifestPart) => void) {}
+
+  add(entry: Buffer): void {
+    this.part.push(entry);
+    this.count++;
+  }
+
+  /** Hands out the entries gathered so far once the scan is `bytes` past the last part (0: now). */
+  flushEvery(input: { bytes: number; offset: number }): void {
+    if (this.part.length === 0 || input.offset - this.partOffset < input.bytes) return;
+    this.onPart({ first: this.count - this.part.length, entries: Buffer.concat(this.part) });
+    this.part = [];
+    this.partOffset = input.offset;
   }
 }
 
@@ -192,9 +226,6 @@ function packEntry(input: { offset: number; chunk: Buffer; zero: boolean; zeroHa
   return entry;
 }
 
-/** Fixed chunks per manifest part: the content-defined scan's 8 MiB block. */
-const FIXED_PART_BYTES = SCAN_BLOCK_BYTES;
-
 /**
  * scanFileParts for fixed chunking: a chunk that lies in a hole (dataExtents) is a zero chunk without being read;
  * the others are read where they lie. Same manifest as reading every byte, since a hole reads as zeros.
@@ -209,19 +240,15 @@ function scanFixedParts(input: {
   const fd = openSync(input.path, 'r');
   try {
     const size = fstatSync(fd).size;
-    const extents = dataExtents(input.path);
+    const inHoleAt = holeTest(dataExtents(input.path));
     const whole = (input.hashWholeFile ?? true) ? createHash('sha256') : undefined;
     const buffer = Buffer.allocUnsafe(bytes);
     const zeros = Buffer.alloc(bytes);
     const zeroHashes = new Map<number, Buffer>();
-    const perPart = Math.max(1, Math.floor(FIXED_PART_BYTES / bytes));
-    let part: Buffer[] = [];
-    let count = 0;
-    let next = 0;
+    const entries = new PartEmitter(input.onPart);
     for (let offset = 0; offset < size; offset += bytes) {
       const length = Math.min(bytes, size - offset);
-      while (next < extents.length && extents[next]!.end <= offset) next++;
-      const inHole = next >= extents.length || extents[next]!.start >= offset + length;
+      const inHole = inHoleAt(offset, length);
       let chunk: Buffer;
       if (inHole) {
         chunk = zeros.subarray(0, length);
@@ -230,19 +257,24 @@ function scanFixedParts(input: {
         readFully({ fd, into: chunk, position: offset, path: input.path });
       }
       whole?.update(chunk);
-      part.push(packEntry({ offset, chunk, zero: inHole || isZeroChunk(chunk), zeroHashes }));
-      count++;
-      if (part.length === perPart) {
-        input.onPart({ first: count - part.length, entries: Buffer.concat(part) });
-        part = [];
-      }
+      entries.add(packEntry({ offset, chunk, zero: inHole || isZeroChunk(chunk), zeroHashes }));
+      entries.flushEvery({ bytes: SCAN_BLOCK_BYTES, offset: offset + length });
     }
-    if (part.length > 0) input.onPart({ first: count - part.length, entries: Buffer.concat(part) });
+    entries.flushEvery({ bytes: 0, offset: size });
     if (fstatSync(fd).size !== size) throw new DwcpIoError(`${input.path} changed size while it was scanned`);
-    return { size, sha256: whole?.digest('hex') ?? '', chunkCount: count };
+    return { size, sha256: whole?.digest('hex') ?? '', chunkCount: entries.count };
   } finally {
     closeSync(fd);
   }
+}
+
+/** For blocks asked in increasing offset order: whether the block lies wholly in a hole between `extents`. */
+function holeTest(extents: Extent[]): (offset: number, length: number) => boolean {
+  let next = 0;
+  return (offset, length) => {
+    while (next < extents.length && extents[next]!.end <= offset) next++;
+    return next >= extents.length || extents[next]!.start >= offset + length;
+  };
 }
 
 function readFully(input: { fd: number; into: Buffer; position: number; path: string }): void {
