@@ -160,13 +160,8 @@ export function scanFileParts(input: {
     for (let offset = 0; offset < size; offset += blockBytes) {
       const length = Math.min(blockBytes, size - offset);
       const inHole = inHoleAt(offset, length);
-      let block: Buffer;
-      if (inHole) {
-        block = zeros.subarray(0, length);
-      } else {
-        block = buffer.subarray(filled, filled + length);
-        readFully({ fd, into: block, position: offset, path: input.path });
-      }
+      const into = buffer.subarray(filled, filled + length);
+      const block = blockAt({ fd, path: input.path, offset, inHole, zeros, into });
       whole?.update(block);
       if (length === blockBytes && (inHole || isZeroChunk(block))) {
         cut(true);
@@ -249,13 +244,7 @@ function scanFixedParts(input: {
     for (let offset = 0; offset < size; offset += bytes) {
       const length = Math.min(bytes, size - offset);
       const inHole = inHoleAt(offset, length);
-      let chunk: Buffer;
-      if (inHole) {
-        chunk = zeros.subarray(0, length);
-      } else {
-        chunk = buffer.subarray(0, length);
-        readFully({ fd, into: chunk, position: offset, path: input.path });
-      }
+      const chunk = blockAt({ fd, path: input.path, offset, inHole, zeros, into: buffer.subarray(0, length) });
       whole?.update(chunk);
       entries.add(packEntry({ offset, chunk, zero: inHole || isZeroChunk(chunk), zeroHashes }));
       entries.flushEvery({ bytes: SCAN_BLOCK_BYTES, offset: offset + length });
@@ -275,6 +264,20 @@ function holeTest(extents: Extent[]): (offset: number, length: number) => boolea
     while (next < extents.length && extents[next]!.end <= offset) next++;
     return next >= extents.length || extents[next]!.start >= offset + length;
   };
+}
+
+/** The `into.length` bytes at `offset`: zeros without a read when they lie in a hole, else read into `into`. */
+function blockAt(input: {
+  fd: number;
+  path: string;
+  offset: number;
+  inHole: boolean;
+  zeros: Buffer;
+  into: Buffer;
+}): Buffer {
+  if (input.inHole) return input.zeros.subarray(0, input.into.length);
+  readFully({ fd: input.fd, into: input.into, position: input.offset, path: input.path });
+  return input.into;
 }
 
 function readFully(input: { fd: number; into: Buffer; position: number; path: string }): void {
