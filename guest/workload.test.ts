@@ -38,3 +38,16 @@ test('a console log gives the heartbeats in order and the settings the workload 
     error: 'bad OEM string',
   });
 });
+
+test('a console log gives the kernel panic that ended the guest, with its reason', () => {
+  const log = [
+    'novacron-testguest heartbeat 7\r',
+    '[   32.518737]  __stack_chk_fail+0x10/0x10\r',
+    '[   32.538316] ---[ end Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: __schedule ]---\r',
+  ].join('\n');
+  assert.deepEqual(parseConsoleLog(log), {
+    heartbeats: [7],
+    panic: 'Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: __schedule',
+  });
+  assert.equal(parseConsoleLog('novacron-testguest heartbeat 1\r\n').panic, undefined);
+});

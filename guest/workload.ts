@@ -41,18 +41,23 @@ export interface ConsoleReport {
   started?: { uptimeSeconds: number; dirtyMiBps: number; workingSetMiB: number };
   /** Set when the workload refused its settings; it then runs no workload and prints no heartbeat. */
   error?: string;
+  /** The guest kernel's panic line, when it printed one: no heartbeat follows it, however long one waits. */
+  panic?: string;
 }
 
 const HEARTBEAT = /^novacron-testguest heartbeat (\d+)\r?$/gm;
 const STARTED =
   /^novacron-testguest: workload started at ([\d.]+) s uptime: dirty-mibps=(\d+) working-set-mib=(\d+)\r?$/m;
 const ERROR = /^novacron-testguest: error: (.*?)\r?$/m;
+// The kernel prints it after a timestamp, and again at the end of the trace inside `---[ end ... ]---`.
+const PANIC = /Kernel panic - .*?(?= \]---|\r|$)/m;
 
 /** Reads a test guest's console log (kernel and syslinux lines in between are ignored). */
 export function parseConsoleLog(text: string): ConsoleReport {
   const heartbeats = [...text.matchAll(HEARTBEAT)].map((match) => Number(match[1]));
   const started = STARTED.exec(text);
   const error = ERROR.exec(text)?.[1];
+  const panic = PANIC.exec(text)?.[0];
   return {
     heartbeats,
     ...(started
@@ -65,5 +70,6 @@ export function parseConsoleLog(text: string): ConsoleReport {
         }
       : {}),
     ...(error === undefined ? {} : { error }),
+    ...(panic === undefined ? {} : { panic }),
   };
 }

@@ -24,8 +24,11 @@ const GUESTS = 10;
 /**
  * Each plan is made from a link probe, and ten at once share the machine: each measured 1.3 MiB/s here, at which the
  * plan's copy of all 128 MiB outlasts the default 60 s deadline and refuses. The longest deadline lets them all go.
+ * And a 2 s max downtime, so that QEMU switches over after two or three passes however slowly ten streams share the
+ * cores: under this machine's QEMU 7.2/TCG a pre-copy that needs a fourth pass loses pages, and the guest's kernel
+ * panics on its target (CI saw one do so with the default 300 ms; see POST_COPY_TODO in the convergence test).
  */
-const POLICY = { deadlineSecondsPerGiB: 3600 };
+const POLICY = { deadlineSecondsPerGiB: 3600, maxDowntimeMs: 2000 };
 // Bounds for broken boots or migrations on a loaded 2-core TCG machine, not speed requirements.
 const BOOT_TIMEOUT_MS = 600_000;
 const MIGRATIONS_TIMEOUT_MS = 900_000;
@@ -107,8 +110,10 @@ test('ten migrations at once respect the per-host limits and each guest ends on 
   const outcomes = await Promise.all(
     workflowIds.map((id) => migrationOutcome(fleet.client, id, MIGRATIONS_TIMEOUT_MS)),
   );
-  t.diagnostic(`all ten ended ${Date.now() - requestedAt} ms after the requests`);
   const results = outcomes.map((o) => o.result);
+  t.diagnostic(
+    `all ten ended ${Date.now() - requestedAt} ms after the requests; passes: ${results.map((r) => r.measured?.passes).join(', ')}`,
+  );
   for (const [i, result] of results.entries()) {
     assert.equal(result.outcome, 'completed', `${guests[i]!.name}: ${result.reason}`);
     assert.equal(result.finalHostId, route(i).target, guests[i]!.name);

@@ -85,9 +85,7 @@ export async function consoleOn(
   return waitUntil(
     `${input.count} heartbeats or a kernel panic in ${log}`,
     async () => {
-      const text = await readFile(log, 'utf8').catch(() => '');
-      const panic = /Kernel panic - .*/.exec(text)?.[0]?.trim();
-      const { heartbeats } = parseConsoleLog(text);
+      const { heartbeats, panic } = parseConsoleLog(await readFile(log, 'utf8').catch(() => ''));
       return heartbeats.length >= input.count || panic ? { heartbeats, ...(panic ? { panic } : {}) } : undefined;
     },
     { timeoutMs: input.timeoutMs ?? HEARTBEAT_TIMEOUT_MS, intervalMs: 500 },

@@ -70,7 +70,10 @@ export async function startTestGuests(
   return started.map((s) => s.vmId);
 }
 
-/** The counters in a host's own console log of the guest, once it shows at least `count` of them. */
+/**
+ * The counters in a host's own console log of the guest, once it shows at least `count` of them. A kernel panic in
+ * the log fails at once, naming it: the guest will print nothing more.
+ */
 export async function heartbeatsOn(
   fleet: MigrationFleet,
   hostId: string,
@@ -85,6 +88,7 @@ export async function heartbeatsOn(
     async () => {
       const parsed = parseConsoleLog(await read());
       assert.equal(parsed.error, undefined, `the guest's workload refused to start: ${parsed.error}`);
+      assert.equal(parsed.panic, undefined, `the guest's kernel on ${hostId}: ${parsed.panic}`);
       return parsed.heartbeats.length >= count ? parsed : undefined;
     },
     { timeoutMs, intervalMs: 250 },
