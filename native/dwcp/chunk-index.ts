@@ -1,8 +1,9 @@
 /**
  * The receiver's chunk index: sha256 → where that content already sits on this host (a base image, the previous
  * version of the target). Chunk hashes are content addresses, so one index serves every chunking: a file is indexed
- * once per chunking that a sender asks for, and a lookup never returns content that does not match (readers verify
- * the hash again before using a location, in case the file changed since it was indexed).
+ * once per chunking that a sender asks for, and a lookup never returns content that does not match: readers verify
+ * the hash again before using a location, in case the file changed since it was indexed, unless this process hashed
+ * that file itself and it is still the version it hashed (`hashedVersion`).
  *
  * Scanning an image costs a full read and hash, so a file's chunk list is also kept in a sidecar next to it
  * (`<file>.dwcp-index.<chunking>`), keyed by size and mtime: a receiver that restarts, or a target that a finished
@@ -13,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { chunkingKey, type ChunkingParams } from './chunking';
+import { quietVersion, type FileVersion } from './file-version';
 import type { DwcpWorkerPool } from './worker-pool';
 import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
 
@@ -20,6 +22,12 @@ export interface ChunkLocation {
   path: string;
   offset: number;
   length: number;
+  /**
+   * The version of the file this process read and hashed the chunk in, when it had been quiet long enough for that
+   * version to vouch for its content (file-version.ts). Absent for entries from a sidecar or a file that had just
+   * changed: those are hints, checked by hash before use.
+   */
+  hashedVersion?: FileVersion;
 }
 
 /** 2: content-defined scans cut zero blocks apart (manifest.ts); a version-1 sidecar's cuts would match less. */
@@ -138,17 +146,21 @@ export class ChunkIndex {
     // A directory of images handed over as bases may hold sidecars too; they are never content worth indexing.
     if (isSidecarPath(input.path)) return 0;
     const info = await stat(input.path);
+    const statAt = Date.now();
     const key = `${input.path}\0${chunkingKey(input.chunking)}`;
     const version = `${info.size}:${info.mtimeMs}`;
     if (this.indexed.get(key) === version) return 0;
     let entries = this.sidecars
       ? await readSidecar({ file: input.path, chunking: input.chunking, size: info.size, mtimeMs: info.mtimeMs })
       : undefined;
+    let hashedVersion: FileVersion | undefined;
     if (entries === undefined) {
       entries = (await this.pool.run({ kind: 'index', path: input.path, chunking: input.chunking })).entries;
+      // The scan read the file after this stat: if the file still has this version, it still has this content.
+      hashedVersion = quietVersion(info, statAt);
       if (this.sidecars) await writeSidecar({ file: input.path, chunking: input.chunking, entries });
     }
-    const added = this.addEntries({ path: input.path, entries });
+    const added = this.addEntries({ path: input.path, entries, ...(hashedVersion ? { hashedVersion } : {}) });
     this.indexed.set(key, version);
     return added;
   }
@@ -178,7 +190,7 @@ export class ChunkIndex {
     return added;
   }
 
-  private addEntries(input: { path: string; entries: Buffer }): number {
+  private addEntries(input: { path: string; entries: Buffer; hashedVersion?: FileVersion }): number {
     const manifest = { entries: input.entries, chunkCount: input.entries.length / MANIFEST_ENTRY_BYTES };
     let added = 0;
     for (let index = 0; index < manifest.chunkCount; index++) {
@@ -187,7 +199,13 @@ export class ChunkIndex {
       if (entry.zero) continue;
       const hash = entry.hash.toString('hex');
       if (!this.locations.has(hash)) added++;
-      this.locations.set(hash, { path: input.path, offset: entry.offset, length: entry.length });
+      const { path, hashedVersion } = input;
+      this.locations.set(hash, {
+        path,
+        offset: entry.offset,
+        length: entry.length,
+        ...(hashedVersion && { hashedVersion }),
+      });
     }
     return added;
   }

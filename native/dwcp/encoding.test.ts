@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -11,7 +11,8 @@ import { DwcpChecksumError, DwcpIoError } from './errors';
 import { ChunkEncoding } from './framing';
 import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
 import { DwcpWorkerPool, hashFileInPool, measureCompression, sampleFileData } from './worker-pool';
-import type { VerifiedCopy } from './worker-tasks';
+import { fileVersion } from './file-version';
+import { runWorkerTask, type VerifiedCopy } from './worker-tasks';
 
 const text = Buffer.from('a fairly compressible line of text, repeated\n'.repeat(1500));
 
@@ -234,6 +235,41 @@ test('the calibration sample takes data blocks and skips zero ones; a file of ze
     } finally {
       await pool.close();
     }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a copy from a source still at the version this process hashed it in skips the hash; any other version is hashed', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'dwcp-vouched-'));
+  try {
+    const source = path.join(dir, 'base.img');
+    const target = path.join(dir, 'target.img');
+    const content = randomBytes(3 * 65536);
+    await writeFile(source, content);
+    await writeFile(target, Buffer.alloc(content.length));
+    const version = fileVersion(await stat(source));
+    // Every expected hash is wrong, so a copy lands only where the version vouched for the content.
+    const copy = (i: number, hashedVersion?: VerifiedCopy['hashedVersion']): VerifiedCopy => ({
+      path: source,
+      offset: i * 65536,
+      length: 65536,
+      expectedHash: Buffer.alloc(32),
+      targetOffset: i * 65536,
+      ...(hashedVersion && { hashedVersion }),
+    });
+    const copies = [
+      copy(0, version),
+      copy(1),
+      // As after utimes set mtime back: ctime still moved. And a file replaced by another inode.
+      copy(2, { ...version, ctimeMs: version.ctimeMs - 1 }),
+      copy(2, { ...version, ino: version.ino + 1 }),
+    ];
+    const { written } = runWorkerTask({ kind: 'copyVerified', copies, targetPath: target }) as { written: Uint8Array };
+    assert.deepEqual([...written], [1, 0, 0, 0]);
+    const landed = await readFile(target);
+    assert.ok(landed.subarray(0, 65536).equals(content.subarray(0, 65536)), 'the vouched copy holds the source');
+    assert.ok(landed.subarray(65536).equals(Buffer.alloc(2 * 65536)), 'nothing else was written');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

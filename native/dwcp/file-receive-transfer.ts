@@ -6,6 +6,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { compress } from 'zstd-napi';
 import { chunkingParams, type ChunkingParams } from './chunking';
+import type { ChunkLocation } from './chunk-index';
 import type { FrameSocket } from './connection';
 import { DwcpChecksumError, DwcpConnectionError, DwcpProtocolError } from './errors';
 import { ChunkEncoding, crcOmitted, FrameType, jsonPayload, parseJsonPayload, type Frame } from './framing';
@@ -84,7 +85,7 @@ interface ManifestStream {
 interface KnownChunk {
   planIndex: number;
   entry: ManifestEntry;
-  source: { path: string; offset: number; length: number };
+  source: ChunkLocation;
 }
 
 /**
@@ -300,6 +301,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
             length: source.length,
             expectedHash: entry.hash,
             targetOffset: entry.offset,
+            ...(source.hashedVersion && { hashedVersion: source.hashedVersion }),
           })),
         });
         if (this.finished) return;

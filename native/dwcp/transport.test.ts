@@ -1,14 +1,19 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { access, mkdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import { ChunkIndex, sidecarPath } from './chunk-index';
 import { chunkingKey, chunkingParams, fixedChunking } from './chunking';
 import { tamperingDialer, type TamperingDialer } from './testing/tampering-dialer';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError } from './errors';
+import { QUIET_BEFORE_TRUST_MS } from './file-version';
+import { manifestEntry } from './manifest';
 import {
   closeLoopbackReceiver,
   makeTestContent,
@@ -23,6 +28,7 @@ import { sendFile } from './send-file';
 import { sendStream } from './send-stream';
 import type { TransferProgress } from './transfer-types';
 
+const execFileAsync = promisify(execFile);
 let dir: string;
 let pki: TestPki;
 let pool: DwcpWorkerPool;
@@ -153,6 +159,41 @@ test('a base image rewritten under the index (same size and mtime) costs sends, 
   assert.equal(sent.chunks.refs, 0, 'no chunk of the rewritten base matched');
   assert.equal(sent.chunks.data, sent.chunks.total);
   assert.deepEqual(result.chunks, sent.chunks);
+});
+
+test('a quiet base rewritten after this receiver hashed it (mtime set back) is hashed again, never copied blind', async () => {
+  const v1 = noiseContent({ bytes: 2 * 1024 * 1024, seed: 43 });
+  const base = path.join(dir, 'quiet-base.img');
+  await writeTestFile({ path: base, content: v1 });
+  await sleep(QUIET_BEFORE_TRUST_MS + 100);
+  // A receiver of its own, so that only the base is in its index.
+  const own = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
+  try {
+    await own.chunkIndex.addFile({ path: base, chunking });
+    const scanned = await pool.run({ kind: 'scan', path: base, chunking });
+    const firstHash = manifestEntry({ manifest: scanned, index: 0 }).hash;
+    assert.ok(own.chunkIndex.lookup(firstHash)?.hashedVersion, 'the index vouches for the quiet base it hashed');
+
+    // Rewritten in place with its mtime set back to the nanosecond (utimes takes no nanoseconds; touch does), so that
+    // size, inode and mtime all say it is unchanged: only its ctime tells.
+    const { mtimeNs } = await stat(base, { bigint: true });
+    await writeTestFile({ path: base, content: noiseContent({ bytes: v1.length, seed: 44 }) });
+    const seconds = `${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')}`;
+    await execFileAsync('touch', ['-m', '-d', `@${seconds}`, base]);
+    assert.equal((await stat(base, { bigint: true })).mtimeNs, mtimeNs, 'the mtime was set back exactly');
+    const transferId = randomUUID();
+    const target = path.join(dir, 'out', 'quiet-2.img');
+    const received = own.expectFile({ transferId, targetPath: target, baseImages: [base] });
+    const source = path.join(dir, 'quiet-source.img');
+    const expected = await writeTestFile({ path: source, content: v1 });
+    const sent = await sendFile({ ...sender({ transferId }), port: own.port, sourcePath: source, chunking });
+    await received;
+    assert.equal(await sha256File({ path: target }), expected);
+    assert.equal(sent.chunks.refs, 0, 'no chunk of the rewritten base was copied');
+    assert.equal(sent.chunks.data, sent.chunks.total);
+  } finally {
+    await own.close();
+  }
 });
 
 test('sending over an existing older target transfers only the delta', async () => {

@@ -4,11 +4,12 @@
  * blocking the thread is the point, and the main thread's event loop stays free for the connections.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { compress } from 'zstd-napi';
 import { chunkLengths, chunkingParams, isZeroChunk, type ChunkingParams } from './chunking';
 import { decodeChunk, encodeChunk, type EncodedChunk } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
+import { fileVersion, sameVersion, type FileVersion } from './file-version';
 import type { ChunkEncoding } from './framing';
 import {
   MANIFEST_ENTRY_BYTES,
@@ -86,6 +87,11 @@ export interface VerifiedCopy {
   length: number;
   expectedHash: Buffer;
   targetOffset: number;
+  /**
+   * The source's version when this process hashed the range (ChunkLocation.hashedVersion): a source still at that
+   * version, before and after the batch reads it, is copied without hashing the range again.
+   */
+  hashedVersion?: FileVersion;
 }
 
 /** Tasks that report parts of their result before they finish, and what a part is. */
@@ -205,46 +211,65 @@ function writeAllSync(fd: number, data: Buffer, offset: number): void {
  * and one buffer is reused, where a task per chunk paid a message, two opens and a fresh buffer for every chunk. A
  * source that is gone, short or changed is a miss, not an error (the chunk is sent instead); the target's own
  * trouble (ENOSPC, a removed partial file) is thrown.
+ *
+ * A range is hashed before it is written unless its source is still the version this process hashed it in. That
+ * is checked when the source is opened and again after the batch has read it: a source that changed in between
+ * turns those unhashed copies back into misses, and the chunks sent for them overwrite what was written.
  */
 function copyVerifiedSync(input: { copies: VerifiedCopy[]; targetPath: string }): Uint8Array {
   const written = new Uint8Array(input.copies.length);
   const buffer = Buffer.allocUnsafeSlow(Math.max(0, ...input.copies.map((c) => c.length)));
-  const sources = new Map<string, number | undefined>();
+  const sources = new Map<string, CopySource | undefined>();
   const target = openSync(input.targetPath, fsConstants.O_WRONLY);
   try {
     input.copies.forEach((copy, i) => {
       const data = buffer.subarray(0, copy.length);
-      if (!readSourceInto({ sources, copy, data }) || !matchesHash(data, copy.expectedHash)) return;
+      const source = openSource(sources, copy.path);
+      if (source === undefined || !readFullyOrMiss(source.fd, data, copy.offset)) return;
+      const vouched = copy.hashedVersion !== undefined && sameVersion(copy.hashedVersion, source.opened);
+      if (!vouched && !matchesHash(data, copy.expectedHash)) return;
       writeAllSync(target, data, copy.targetOffset);
       written[i] = 1;
+      if (vouched) source.unhashed.push(i);
     });
+    for (const source of sources.values()) {
+      if (source === undefined || source.unhashed.length === 0) continue;
+      if (sameVersion(fileVersion(fstatSync(source.fd)), source.opened)) continue;
+      for (const i of source.unhashed) written[i] = 0;
+    }
   } finally {
     closeSync(target);
-    for (const fd of sources.values()) if (fd !== undefined) closeSync(fd);
+    for (const source of sources.values()) if (source !== undefined) closeSync(source.fd);
   }
   return written;
 }
 
-/** Fills `data` from the copy's source range; false when the source cannot be opened or read that far. */
-function readSourceInto(input: {
-  sources: Map<string, number | undefined>;
-  copy: VerifiedCopy;
-  data: Buffer;
-}): boolean {
-  const { sources, copy, data } = input;
-  if (!sources.has(copy.path)) {
-    let fd: number | undefined;
+/** A copy source opened once per batch: its version then, and the copies written from it without a hash. */
+interface CopySource {
+  fd: number;
+  opened: FileVersion;
+  unhashed: number[];
+}
+
+/** The batch's source at `file`, opened on first use; undefined when it cannot be opened. */
+function openSource(sources: Map<string, CopySource | undefined>, file: string): CopySource | undefined {
+  if (!sources.has(file)) {
+    let source: CopySource | undefined;
     try {
-      fd = openSync(copy.path, 'r');
+      const fd = openSync(file, 'r');
+      source = { fd, opened: fileVersion(fstatSync(fd)), unhashed: [] };
     } catch {
-      fd = undefined;
+      source = undefined;
     }
-    sources.set(copy.path, fd);
+    sources.set(file, source);
   }
-  const fd = sources.get(copy.path);
-  if (fd === undefined) return false;
+  return sources.get(file);
+}
+
+/** Fills `data` from `offset`; false when the file ends first or cannot be read. */
+function readFullyOrMiss(fd: number, data: Buffer, offset: number): boolean {
   try {
-    return readFullySync(fd, data, copy.offset);
+    return readFullySync(fd, data, offset);
   } catch {
     return false;
   }
