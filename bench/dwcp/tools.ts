@@ -118,39 +118,48 @@ export function toolSpecs(input: {
     target,
     expectedSha256: v1Sha,
   }));
-  for (const scenario of ['first', 'delta'] as const) {
-    add('rsync', scenario, async (p) => {
-      const conf = path.join(scratch, 'rsyncd.conf');
-      const stopFile = path.join(scratch, 'rsync.stop');
-      await rm(stopFile, { force: true });
-      await writeFile(
-        conf,
-        `[bench]\npath = ${scratch}\nread only = false\nuse chroot = false\nuid = root\ngid = root\n`,
-      );
-      return {
-        link,
-        tool: 'rsync',
-        scenario,
-        port: p,
-        receiver: [
-          'bash',
-          '-c',
-          `rsync --daemon --no-detach --config=${conf} --address=${link.host} --port=${p} & pid=$!; ` +
-            `while [ ! -e ${stopFile} ]; do sleep 0.05; done; kill $pid; wait $pid; true`,
-        ],
-        sender: [
-          'rsync',
-          '-S',
-          '-I',
-          '--no-whole-file',
-          scenario === 'first' ? dataset.v1Path : dataset.v2Path,
-          `rsync://${link.host}:${p}/bench/target.img`,
-        ],
-        stopFile,
-        target,
-        expectedSha256: scenario === 'first' ? v1Sha : v2Sha,
-      };
-    });
+  // rsync-fsync is the durable rsync: DWCP fsyncs the target before it answers END, plain rsync leaves writeback to
+  // the kernel after it exits, so its wall and CPU seconds leave that work out. Goals stay judged against plain rsync.
+  const rsyncVariants: Array<[tool: string, flags: string[]]> = [
+    ['rsync', []],
+    ['rsync-fsync', ['--fsync']],
+  ];
+  for (const [tool, flags] of rsyncVariants) {
+    for (const scenario of ['first', 'delta'] as const) {
+      add(tool, scenario, async (p) => {
+        const conf = path.join(scratch, 'rsyncd.conf');
+        const stopFile = path.join(scratch, 'rsync.stop');
+        await rm(stopFile, { force: true });
+        await writeFile(
+          conf,
+          `[bench]\npath = ${scratch}\nread only = false\nuse chroot = false\nuid = root\ngid = root\n`,
+        );
+        return {
+          link,
+          tool,
+          scenario,
+          port: p,
+          receiver: [
+            'bash',
+            '-c',
+            `rsync --daemon --no-detach --config=${conf} --address=${link.host} --port=${p} & pid=$!; ` +
+              `while [ ! -e ${stopFile} ]; do sleep 0.05; done; kill $pid; wait $pid; true`,
+          ],
+          sender: [
+            'rsync',
+            '-S',
+            '-I',
+            '--no-whole-file',
+            ...flags,
+            scenario === 'first' ? dataset.v1Path : dataset.v2Path,
+            `rsync://${link.host}:${p}/bench/target.img`,
+          ],
+          stopFile,
+          target,
+          expectedSha256: scenario === 'first' ? v1Sha : v2Sha,
+        };
+      });
+    }
   }
   const dwcpModes: [string, DwcpParams][] = [
     [DwcpMode.DATACENTER, MODE_PARAMETERS.datacenter],
