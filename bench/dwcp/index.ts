@@ -59,21 +59,7 @@ const FILTERS = {
 /** Stream runs with another idle flush than sendStream's default, to choose that default on measurement. */
 const IDLE_FLUSH_MS =
   (process.env.NOVACRON_DWCP_IDLE_FLUSH_MS ?? '') === '' ? undefined : Number(process.env.NOVACRON_DWCP_IDLE_FLUSH_MS);
-/** Memory dirtied and freed before each copy (measure.ts, warmMemory); 0 measures this machine's cold pages too. */
-const DEFAULT_WARM_MEMORY_MIB = 1536;
-const WARM_MEMORY_MIB = (() => {
-  const raw = process.env.NOVACRON_DWCP_WARM_MEMORY_MIB ?? '';
-  if (raw === '') return DEFAULT_WARM_MEMORY_MIB;
-  const mib = Number(raw);
-  if (!Number.isInteger(mib) || mib < 0) {
-    throw new Error(`NOVACRON_DWCP_WARM_MEMORY_MIB must be a whole number of MiB >= 0, got ${JSON.stringify(raw)}`);
-  }
-  return mib;
-})();
-const FILTERED =
-  Object.values(FILTERS).some((f) => f !== undefined) ||
-  IDLE_FLUSH_MS !== undefined ||
-  WARM_MEMORY_MIB !== DEFAULT_WARM_MEMORY_MIB;
+const FILTERED = Object.values(FILTERS).some((f) => f !== undefined) || IDLE_FLUSH_MS !== undefined;
 
 function selected(filter: Set<string> | undefined, name: string): boolean {
   return filter === undefined || filter.has(name);
@@ -201,12 +187,7 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
           const spec = await make();
           await prepare(spec);
           log(`${link.name}: ${spec.tool} ${spec.scenario} (${iteration}/${ITERATIONS})`);
-          const result = await measure({
-            spec,
-            imageBytes: dataset.imageBytes,
-            scratch,
-            warmMemoryBytes: WARM_MEMORY_MIB * 1024 * 1024,
-          });
+          const result = await measure(spec, dataset.imageBytes, scratch);
           log(
             `  ${result.seconds.toFixed(1)} s, ${result.logicalMBps.toFixed(1)} MB/s, wire ${fmtBytes(result.wireBytes)} MB`,
           );
@@ -231,7 +212,6 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
     benchmark: 'dwcp',
     date,
     iterations: ITERATIONS,
-    warmMemoryMiB: WARM_MEMORY_MIB,
     dataset: { ...dataset, v1Path: path.basename(dataset.v1Path), v2Path: path.basename(dataset.v2Path) },
     links: LINKS.map((l) => ({ name: l.name, rateMbps: l.rateMbps ?? null })),
     /** dwcp-datacenter and dwcp-internet run with these rows; dwcp-auto with probes[link].auto. */
@@ -244,7 +224,6 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
     const filters = {
       ...Object.fromEntries(Object.entries(FILTERS).map(([k, v]) => [k, v === undefined ? null : [...v]])),
       idleFlushMs: IDLE_FLUSH_MS ?? null,
-      warmMemoryMiB: WARM_MEMORY_MIB,
     };
     const file = await writeResults({
       dir: path.join(input.outDir, 'tmp'),

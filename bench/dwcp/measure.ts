@@ -3,7 +3,7 @@
  * by wall time, bytes on the wire (interface counters), both ends' CPU seconds and the target's sha256.
  */
 import { spawn } from 'node:child_process';
-import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { counters, sh, waitListening, type Link } from './netns';
@@ -162,54 +162,20 @@ export async function sha256sum(file: string): Promise<string> {
   return (await sh('sha256sum', [file])).split(' ')[0] ?? '';
 }
 
-/**
- * Dirties and frees `bytes` of memory (a tmpfs file) just before a copy. This machine's kernel hands free memory back
- * to its hypervisor (free page reporting, 2 s after it is freed), and the next touch of each such page faults on the
- * host: about 1.2 s of system time per GB written into fresh page cache, against 0.25 s once the pages are back
- * (bench/results/dwcp-2026-12-03/free-page-reporting.txt). Without this, a copy paid that for every page it dirtied,
- * by how long the machine had idled before it, and a tool that writes 805 MB paid three times what one that writes
- * the 280 MB of data did. A bare-metal KVM host has no such cost; pages freed here are taken again first.
- */
-async function warmMemory(bytes: number): Promise<void> {
-  if (bytes === 0) return;
-  const file = '/dev/shm/novacron-dwcp-bench-warm';
-  const block = Buffer.alloc(8 * 1024 * 1024, 1);
-  const handle = await open(file, 'w');
-  try {
-    for (let at = 0; at < bytes; at += block.length) await handle.write(block, 0, Math.min(block.length, bytes - at));
-  } finally {
-    await handle.close();
-    await rm(file, { force: true });
-  }
-}
-
-export async function measure(input: {
-  spec: RunSpec;
-  imageBytes: number;
-  scratch: string;
-  /** Memory dirtied and freed right before the copy starts (warmMemory); 0 for none. */
-  warmMemoryBytes: number;
-}): Promise<DwcpBenchRun> {
-  const { spec, imageBytes, scratch } = input;
-  const warm = (): Promise<void> => warmMemory(input.warmMemoryBytes);
+export async function measure(spec: RunSpec, imageBytes: number, scratch: string): Promise<DwcpBenchRun> {
   const logicalBytes = spec.logicalBytes ?? imageBytes;
   const receiverTime = path.join(scratch, 'receiver.time');
   const senderTime = path.join(scratch, 'sender.time');
   const [loadAvg1] = loadAverage();
   const receiving = timedProcess({ ns: spec.link.receiverNs, argv: spec.receiver, timeFile: receiverTime });
   await waitListening(spec.link.receiverNs, spec.port);
-  // Right before the clock: a sender that is not warmed starts its copy as it starts.
-  if (spec.warmSender !== true) await warm();
   const sending = timedProcess({
     ns: spec.link.senderNs,
     argv: spec.sender,
     timeFile: senderTime,
     stdin: spec.warmSender === true,
   });
-  if (spec.warmSender === true) {
-    await sending.waitFor('ready');
-    await warm();
-  }
+  if (spec.warmSender === true) await sending.waitFor('ready');
   const before = await counters(spec.link);
   const started = performance.now();
   if (spec.warmSender === true) sending.write('go\n');

@@ -13,8 +13,6 @@ export interface DwcpResults {
   dataset: DwcpDataset;
   links: Array<{ name: string; rateMbps: number | null }>;
   iterations?: number;
-  /** Absent from files written before the bench warmed memory before each copy (measure.ts, warmMemory). */
-  warmMemoryMiB?: number;
   runs: DwcpBenchRun[];
 }
 
@@ -109,11 +107,7 @@ export function renderDwcpTable(file: string, r: DwcpResults): string {
     runLineOf(file, r),
     '',
     `Median of ${iterations} interleaved iterations. "load" is the 1-minute load average when the median run ` +
-      'started; the machine was shared with other work.' +
-      (r.warmMemoryMiB
-        ? ` Before each copy the bench dirtied and freed ${r.warmMemoryMiB} MiB of memory, so that no copy paid this ` +
-          "virtual machine's first touch of pages handed back to its hypervisor (bench/dwcp/measure.ts, warmMemory)."
-        : ''),
+      'started; the machine was shared with other work.',
     '',
     `Dataset: ${r.dataset.description}.`,
     '',
