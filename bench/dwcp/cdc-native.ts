@@ -21,6 +21,7 @@ import {
 import { MODE_PARAMETERS } from '../../native/dwcp/mode';
 import { readResults, repoPath, writeResults } from '../results';
 import { startRun, type RunMetadata } from '../run-metadata';
+import { threadCpuSeconds } from './thread-cpu';
 
 const BLOCK_BYTES = 8 * 1024 * 1024;
 const RESULTS_DIR = path.join(__dirname, '..', 'results');
@@ -38,10 +39,6 @@ interface Pass {
   MBps: number;
   /** Per CPU second of the cutting thread: what a shared machine's neighbours distort least. */
   cpuMBps: number;
-}
-
-function threadCpuSeconds(): number {
-  return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) / 1e9;
 }
 
 /** Random segments of 1-4 MiB and zero runs of 1-4 MiB plus an odd tail, alternating, until `bytes`. */

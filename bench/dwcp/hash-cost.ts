@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { homedir, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
@@ -20,6 +20,8 @@ import { dataExtents } from '../../native/dwcp/data-extents';
 import { MODE_PARAMETERS } from '../../native/dwcp/mode';
 import { repoPath, writeResults } from '../results';
 import { startRun } from '../run-metadata';
+import { threadCpuSeconds } from './thread-cpu';
+import { cargoPath } from '../../native/dwcp-native/cargo-path';
 
 const RESULTS_DIR = path.join(__dirname, '..', 'results');
 const IMAGE = path.join(RESULTS_DIR, 'tmp', 'dwcp', 'rootfs-v1.img');
@@ -33,10 +35,6 @@ const PassSchema = z.object({
   cpuSeconds: z.number(),
 });
 type Pass = z.infer<typeof PassSchema> & { implementation: string };
-
-function threadCpuSeconds(): number {
-  return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) / 1e9;
-}
 
 /** Up to `bytes` of the image's data extents, read in order; the holes a scan skips are left out. */
 function imageData(file: string, bytes: number): Buffer {
@@ -70,32 +68,20 @@ function nodeSha256Pass(sample: Buffer, chunkBytes: number, round: number): Pass
   return { implementation: 'node', algorithm: 'sha256', round, seconds, cpuSeconds: threadCpuSeconds() - cpu };
 }
 
-/** As native/dwcp-native/build.ts finds it: rustup's cargo may be missing from a non-login shell's PATH. */
-function cargo(args: string[]): string {
-  const rustupCargo = path.join(homedir(), '.cargo', 'bin', 'cargo');
-  const run = spawnSync(existsSync(rustupCargo) ? rustupCargo : 'cargo', args, {
-    cwd: CRATE,
-    encoding: 'utf8',
-    maxBuffer: 16 * MiB,
-  });
-  if (run.error !== undefined || run.status !== 0) {
-    throw new Error(`cargo ${args.join(' ')} failed: ${run.error?.message ?? run.stderr.trim().split('\n').at(-1)}`);
+const EXAMPLE = path.join(CRATE, 'target', 'release', 'examples', 'hash-throughput');
+
+function run(command: string, args: string[]): string {
+  const done = spawnSync(command, args, { cwd: CRATE, encoding: 'utf8', maxBuffer: 16 * MiB });
+  if (done.error !== undefined || done.status !== 0) {
+    const why = done.error?.message ?? done.stderr.trim().split('\n').at(-1);
+    throw new Error(`${path.basename(command)} ${args.join(' ')} failed: ${why}`);
   }
-  return run.stdout;
+  return done.stdout;
 }
 
+/** One round of the example, built once beforehand: each of its hashes once over the sample. */
 function rustPasses(samplePath: string, chunkBytes: number, round: number): Pass[] {
-  const out = cargo([
-    'run',
-    '--quiet',
-    '--release',
-    '--example',
-    'hash-throughput',
-    '--',
-    samplePath,
-    `${chunkBytes}`,
-    '1',
-  ]);
+  const out = run(EXAMPLE, [samplePath, `${chunkBytes}`, '1']);
   return out
     .trim()
     .split('\n')
@@ -126,14 +112,13 @@ async function main(): Promise<void> {
   try {
     const samplePath = path.join(dir, 'sample');
     await writeFile(samplePath, sample);
-    cargo(['build', '--quiet', '--release', '--example', 'hash-throughput']);
+    run(cargoPath(), ['build', '--quiet', '--release', '--example', 'hash-throughput']);
     const passes: Pass[] = [];
     for (let round = 1; round <= rounds; round++) {
       // Alternating which goes first keeps a neighbour's burst from favouring one side.
       const node = (): void => void passes.push(nodeSha256Pass(sample, chunkBytes, round));
       const rust = (): void => void passes.push(...rustPasses(samplePath, chunkBytes, round));
-      if (round % 2 === 1) [node, rust].forEach((f) => f());
-      else [rust, node].forEach((f) => f());
+      for (const pass of round % 2 === 1 ? [node, rust] : [rust, node]) pass();
     }
     const MB = sample.length / 1e6;
     const kinds = [...new Set(passes.map((p) => `${p.implementation} ${p.algorithm}`))];

@@ -10,7 +10,6 @@
  */
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
@@ -19,6 +18,7 @@ import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { createCertificateAuthority, issueHostCertificate, readTlsMaterial } from '../../native/dwcp/certs';
+import { threadCpuSeconds } from './thread-cpu';
 
 /**
  * One copy: plain TCP, or TLS with one suite (undefined: Node's default list, as native/dwcp/connection.ts uses).
@@ -42,10 +42,6 @@ const CASES: { tls: boolean; suite: string | undefined }[] = [
   { tls: true, suite: 'TLS_AES_256_GCM_SHA384' },
   { tls: true, suite: 'TLS_AES_128_GCM_SHA256' },
 ];
-
-function threadCpuSeconds(): number {
-  return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) / 1e9;
-}
 
 /** What both ends set: the certificate material, TLS 1.3 only, and the suite under test. */
 function tlsOptions(c: CopyCase): Pick<tls.ConnectionOptions, 'ca' | 'cert' | 'key' | 'minVersion' | 'ciphers'> {

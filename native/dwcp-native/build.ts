@@ -4,9 +4,9 @@
  * and chunking.ts say which is in use), so this never fails the install: it says what happened in one line.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, renameSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { copyFileSync, renameSync } from 'node:fs';
 import path from 'node:path';
+import { cargoPath } from './cargo-path';
 
 const crateDir = __dirname;
 const built = path.join(crateDir, 'target', 'release', 'libdwcp_native.so');
@@ -17,10 +17,8 @@ function main(): void {
     process.stdout.write('dwcp-native: not built (Linux only); DWCP uses its TypeScript fallback\n');
     return;
   }
-  // rustup installs into ~/.cargo/bin, which a non-login shell (npm's, CI's) may not have on its PATH.
-  const rustupCargo = path.join(homedir(), '.cargo', 'bin', 'cargo');
   const cargo = spawnSync(
-    existsSync(rustupCargo) ? rustupCargo : 'cargo',
+    cargoPath(),
     ['build', '--release', '--quiet', '--manifest-path', path.join(crateDir, 'Cargo.toml')],
     {
       stdio: ['ignore', 'inherit', 'inherit'],
