@@ -20,8 +20,10 @@
 import { spawn } from 'node:child_process';
 import { cp, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { localChunkHashes } from '../../native/dwcp/chunk-hash';
 import { writeSidecar } from '../../native/dwcp/chunk-index';
-import { chunkingParams, type ChunkingParams } from '../../native/dwcp/chunking';
+import { chunkingImplementation, chunkingKey, type ChunkingParams } from '../../native/dwcp/chunking';
+import { dataExtentsImplementation } from '../../native/dwcp/data-extents';
 import { DwcpWorkerPool } from '../../native/dwcp/worker-pool';
 import { MODE_PARAMETERS, classifyMode, resolveTransferParameters } from '../../native/dwcp/mode';
 import { readResults, writeResults, type Benchmark, type BenchRunInput, type BenchRunOutput } from '../results';
@@ -117,12 +119,12 @@ async function probeLink(ctx: LinkContext, port: number) {
 
 /** v1's chunk entries per chunking, computed once (untimed) for the delta-warm preparation. */
 function v1EntriesCache(input: { v1Path: string; pool: DwcpWorkerPool }): (c: ChunkingParams) => Promise<Buffer> {
-  const cache = new Map<number, Promise<Buffer>>();
+  const cache = new Map<string, Promise<Buffer>>();
   return (chunking) => {
-    let entries = cache.get(chunking.avgBytes);
+    let entries = cache.get(chunkingKey(chunking));
     if (entries === undefined) {
       entries = input.pool.run({ kind: 'index', path: input.v1Path, chunking }).then((r) => r.entries);
-      cache.set(chunking.avgBytes, entries);
+      cache.set(chunkingKey(chunking), entries);
     }
     return entries.then((e) => Buffer.from(e));
   };
@@ -153,8 +155,8 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
   const prepare = async (spec: RunSpec): Promise<void> => {
     await rm(target, { force: true });
     if (spec.scenario === 'delta' || spec.scenario === 'delta-warm') await cp(dataset.v1Path, target);
-    if (spec.warmChunkAvgBytes !== undefined) {
-      const chunking = chunkingParams({ avgBytes: spec.warmChunkAvgBytes });
+    if (spec.warmChunking !== undefined) {
+      const chunking = spec.warmChunking;
       await writeSidecar({ file: target, chunking, entries: await v1Entries(chunking) });
     }
   };
@@ -216,6 +218,12 @@ async function run(input: BenchRunInput): Promise<BenchRunOutput> {
     links: LINKS.map((l) => ({ name: l.name, rateMbps: l.rateMbps ?? null })),
     /** dwcp-datacenter and dwcp-internet run with these rows; dwcp-auto with probes[link].auto. */
     modeParameters: { datacenter: MODE_PARAMETERS.datacenter, internet: MODE_PARAMETERS.internet },
+    /** Which implementations the peers ran: dwcp-native's, or the TypeScript fallbacks (sha256 chunk hashes). */
+    implementations: {
+      chunking: chunkingImplementation,
+      dataExtents: dataExtentsImplementation,
+      chunkHashes: [...localChunkHashes],
+    },
     probes,
     runs,
   };

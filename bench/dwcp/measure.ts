@@ -7,6 +7,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { counters, sh, waitListening, type Link } from './netns';
+import type { ChunkingParams } from '../../native/dwcp/chunking';
+import type { ChunkStats } from '../../native/dwcp/transfer-types';
 import { loadAverage } from '../run-metadata';
 
 interface Timed {
@@ -75,7 +77,13 @@ function timedProcess(input: { ns: string; argv: string[]; timeFile: string; std
 }
 
 /** What a Node peer (DWCP, or the stream baseline) reports in its last stdout line; nothing for other tools. */
-function peerReport(timed: Timed): { cpuSeconds?: number; latencyMs?: LatencySummary } {
+/** What a DWCP sender reports of its transfer: the chunking key it used (hash included) and its chunk counts. */
+export interface TransferReport {
+  chunking: string;
+  chunks: ChunkStats;
+}
+
+function peerReport(timed: Timed): { cpuSeconds?: number; latencyMs?: LatencySummary; transfer?: TransferReport } {
   const last = timed.stdout.trim().split('\n').at(-1) ?? '';
   try {
     const value: unknown = JSON.parse(last);
@@ -84,6 +92,12 @@ function peerReport(timed: Timed): { cpuSeconds?: number; latencyMs?: LatencySum
       ...('cpuSeconds' in value && typeof value.cpuSeconds === 'number' ? { cpuSeconds: value.cpuSeconds } : {}),
       ...('latencyMs' in value && typeof value.latencyMs === 'object' && value.latencyMs !== null
         ? { latencyMs: value.latencyMs as LatencySummary }
+        : {}),
+      ...('chunking' in value &&
+      typeof value.chunking === 'string' &&
+      'chunks' in value &&
+      typeof value.chunks === 'object'
+        ? { transfer: { chunking: value.chunking, chunks: value.chunks as ChunkStats } }
         : {}),
     };
   } catch {
@@ -112,7 +126,7 @@ export interface RunSpec {
   /** The content's size when it is not the image's (stream runs). */
   logicalBytes?: number;
   /** delta-warm: the receiver indexed v1 with this chunking before (its chunk-index sidecar is in place). */
-  warmChunkAvgBytes?: number;
+  warmChunking?: ChunkingParams;
 }
 
 /**
@@ -153,6 +167,8 @@ export interface DwcpBenchRun {
   loadAvg1: number;
   /** stream-latency only; its other figures describe the paced run, not a throughput. */
   latencyMs?: LatencySummary;
+  /** DWCP file copies: the chunking the peers agreed on and the sender's chunk counts (zero, copied, sent). */
+  transfer?: TransferReport;
   /** Every iteration's time; the other figures are from the median one. */
   secondsAll?: number[];
   vs?: Record<string, { speedup: number; wireRatio: number }>;
@@ -211,5 +227,6 @@ export async function measure(spec: RunSpec, imageBytes: number, scratch: string
     verified,
     loadAvg1,
     ...(receiverReport.latencyMs !== undefined ? { latencyMs: receiverReport.latencyMs } : {}),
+    ...(senderReport.transfer !== undefined ? { transfer: senderReport.transfer } : {}),
   };
 }

@@ -3,6 +3,7 @@
  * /usr/bin/time like the baseline tools. argv[2] is a JSON config; the last stdout line is a JSON result.
  */
 import { z } from 'zod';
+import { CHUNK_HASHES } from '../../native/dwcp/chunk-hash';
 import { chunkingParams, fixedChunking } from '../../native/dwcp/chunking';
 import { DwcpWorkerPool, measureCompression, sampleFileData } from '../../native/dwcp/worker-pool';
 import { probeLink } from '../../native/dwcp/mode';
@@ -25,6 +26,8 @@ const ConfigSchema = z.object({
   wholeFileSha256: z.boolean().default(true),
   compressionLevel: z.number().int().nonnegative(),
   maxInFlightChunks: z.number().int().positive(),
+  /** What the sender offers; absent: what this build can compute. */
+  chunkHashes: z.array(z.enum(CHUNK_HASHES)).min(1).optional(),
 });
 
 async function main(): Promise<void> {
@@ -77,6 +80,7 @@ async function main(): Promise<void> {
         compressionLevel: config.compressionLevel,
         maxInFlightChunks: config.maxInFlightChunks,
         wholeFileSha256: config.wholeFileSha256,
+        ...(config.chunkHashes !== undefined ? { chunkHashes: config.chunkHashes } : {}),
       });
       printResult({ ...result, cpuSeconds: cpuSecondsSince(cpu) });
       await pool.close();

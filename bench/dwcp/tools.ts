@@ -8,6 +8,8 @@ import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createCertificateAuthority, issueHostCertificate } from '../../native/dwcp/certs';
+import { localChunkHashes, type ChunkHash } from '../../native/dwcp/chunk-hash';
+import { chunkingParams } from '../../native/dwcp/chunking';
 import { DwcpMode, MODE_PARAMETERS } from '../../native/dwcp/mode';
 import type { DwcpDataset } from './dataset';
 import type { RunSpec, Scenario } from './measure';
@@ -161,12 +163,15 @@ export function toolSpecs(input: {
       });
     }
   }
-  const dwcpModes: [string, DwcpParams][] = [
+  // datacenter-sha256: the datacenter row with sha256 chunk hashes, as between hosts where one lacks dwcp-native;
+  // side by side with dwcp-datacenter, it prices the BLAKE3 choice (chunk-hash.ts) in the same run.
+  const dwcpModes: [string, DwcpParams, ChunkHash[]?][] = [
     [DwcpMode.DATACENTER, MODE_PARAMETERS.datacenter],
+    [`${DwcpMode.DATACENTER}-sha256`, MODE_PARAMETERS.datacenter, ['sha256']],
     [DwcpMode.INTERNET, MODE_PARAMETERS.internet],
     ['auto', auto],
   ];
-  for (const [name, params] of dwcpModes) {
+  for (const [name, params, chunkHashes] of dwcpModes) {
     const scenarios: Scenario[] = name === 'auto' ? ['first', 'delta'] : ['first', 'delta', 'delta-warm'];
     for (const scenario of scenarios) {
       add(`dwcp-${name}`, scenario, (p) => {
@@ -180,6 +185,7 @@ export function toolSpecs(input: {
           // The copy is checked chunk by chunk and by its manifest digest, and the bench checks the target's
           // sha256 itself afterwards; the image library's extra whole-file sha256 is priced in docs/dwcp.md.
           wholeFileSha256: false,
+          ...(chunkHashes !== undefined ? { chunkHashes } : {}),
         };
         return {
           link,
@@ -199,7 +205,14 @@ export function toolSpecs(input: {
           target,
           expectedSha256: scenario === 'first' ? v1Sha : v2Sha,
           warmSender: true,
-          ...(scenario === 'delta-warm' ? { warmChunkAvgBytes: params.chunkAvgBytes } : {}),
+          ...(scenario === 'delta-warm'
+            ? {
+                warmChunking: chunkingParams({
+                  avgBytes: params.chunkAvgBytes,
+                  hash: chunkHashes?.[0] ?? localChunkHashes[0]!,
+                }),
+              }
+            : {}),
         };
       });
     }

@@ -1,7 +1,7 @@
 /**
- * The receiver's chunk index: sha256 → where that content already sits on this host (a base image, the previous
+ * The receiver's chunk index: chunk hash → where that content already sits on this host (a base image, the previous
  * version of the target). Chunk hashes are content addresses, so one index serves every chunking: a file is indexed
- * once per chunking that a sender asks for, and a lookup never returns content that does not match: readers verify
+ * once per chunking that a sender asks for (the hash is part of a chunking, and keys name their hash), and a lookup never returns content that does not match: readers verify
  * the hash again before using a location, in case the file changed since it was indexed, unless this process hashed
  * that file itself and it is still the version it hashed (`hashedVersion`).
  *
@@ -13,7 +13,8 @@
 import { createHash } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { chunkingKey, type ChunkingParams } from './chunking';
+import type { ChunkHash } from './chunk-hash';
+import { chunkHashOf, chunkingKey, type ChunkingParams } from './chunking';
 import { quietVersion, type FileVersion } from './file-version';
 import type { DwcpWorkerPool } from './worker-pool';
 import { MANIFEST_ENTRY_BYTES, manifestEntry } from './manifest';
@@ -160,7 +161,12 @@ export class ChunkIndex {
       hashedVersion = quietVersion(info, statAt);
       if (this.sidecars) await writeSidecar({ file: input.path, chunking: input.chunking, entries });
     }
-    const added = this.addEntries({ path: input.path, entries, ...(hashedVersion ? { hashedVersion } : {}) });
+    const added = this.addEntries({
+      path: input.path,
+      hash: chunkHashOf(input.chunking),
+      entries,
+      ...(hashedVersion ? { hashedVersion } : {}),
+    });
     this.indexed.set(key, version);
     return added;
   }
@@ -183,24 +189,24 @@ export class ChunkIndex {
   async addKnownFile(input: { path: string; chunking: ChunkingParams; entries: Buffer }): Promise<number> {
     const info = await stat(input.path);
     // Whatever was indexed at this path before described the content the new file replaced.
-    for (const [hash, location] of this.locations) if (location.path === input.path) this.locations.delete(hash);
-    const added = this.addEntries(input);
+    for (const [key, location] of this.locations) if (location.path === input.path) this.locations.delete(key);
+    const added = this.addEntries({ ...input, hash: chunkHashOf(input.chunking) });
     this.indexed.set(`${input.path}\0${chunkingKey(input.chunking)}`, `${info.size}:${info.mtimeMs}`);
     if (this.sidecars) await writeSidecar({ file: input.path, chunking: input.chunking, entries: input.entries });
     return added;
   }
 
-  private addEntries(input: { path: string; entries: Buffer; hashedVersion?: FileVersion }): number {
+  private addEntries(input: { path: string; hash: ChunkHash; entries: Buffer; hashedVersion?: FileVersion }): number {
     const manifest = { entries: input.entries, chunkCount: input.entries.length / MANIFEST_ENTRY_BYTES };
     let added = 0;
     for (let index = 0; index < manifest.chunkCount; index++) {
       const entry = manifestEntry({ manifest, index });
       // Zero chunks never need a copy: the receiver leaves a hole.
       if (entry.zero) continue;
-      const hash = entry.hash.toString('hex');
-      if (!this.locations.has(hash)) added++;
+      const key = locationKey({ digest: entry.hash, hash: input.hash });
+      if (!this.locations.has(key)) added++;
       const { path, hashedVersion } = input;
-      this.locations.set(hash, {
+      this.locations.set(key, {
         path,
         offset: entry.offset,
         length: entry.length,
@@ -210,12 +216,22 @@ export class ChunkIndex {
     return added;
   }
 
-  lookup(hash: Buffer): ChunkLocation | undefined {
-    return this.locations.get(hash.toString('hex'));
+  lookup(chunk: ChunkAddress): ChunkLocation | undefined {
+    return this.locations.get(locationKey(chunk));
   }
 
   /** Drops a location that no longer holds its content, so the next transfer asks for the data instead. */
-  forget(hash: Buffer): void {
-    this.locations.delete(hash.toString('hex'));
+  forget(chunk: ChunkAddress): void {
+    this.locations.delete(locationKey(chunk));
   }
+}
+
+/** A chunk's name in the index: its digest and the hash that made it, so a sha256 never matches a BLAKE3. */
+export interface ChunkAddress {
+  digest: Buffer;
+  hash: ChunkHash;
+}
+
+function locationKey(chunk: ChunkAddress): string {
+  return `${chunk.hash}:${chunk.digest.toString('hex')}`;
 }

@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
+import type { ChunkHash } from './chunk-hash';
 import { dwcpNative, type DwcpNativeAddon, type NativeCutInput } from './native-addon';
 
 export interface ChunkingParams {
@@ -19,6 +20,11 @@ export interface ChunkingParams {
    * deduplicate against, where finding shift-resistant boundaries is CPU spent for nothing.
    */
   fixed?: boolean;
+  /**
+   * The hash that names each chunk (chunk-hash.ts); absent means sha256, what every release before BLAKE3 used, so
+   * their chunking keys, sidecars and manifest digests stay valid.
+   */
+  hash?: ChunkHash;
 }
 
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -30,8 +36,9 @@ export function chunkingParams(input: {
   maxBytes?: number;
   normalization?: number;
   fixed?: boolean;
+  hash?: ChunkHash;
 }): ChunkingParams {
-  if (input.fixed) return fixedChunking({ bytes: input.avgBytes });
+  if (input.fixed) return withChunkHash(fixedChunking({ bytes: input.avgBytes }), input.hash ?? 'sha256');
   const avgBytes = input.avgBytes;
   const minBytes = input.minBytes ?? Math.max(64, Math.floor(avgBytes / 4));
   const maxBytes = input.maxBytes ?? avgBytes * 4;
@@ -45,7 +52,18 @@ export function chunkingParams(input: {
   if (!Number.isInteger(normalization) || normalization < 0 || normalization > 4) {
     throw new RangeError('normalization must be an integer in 0..4');
   }
-  return { minBytes, avgBytes, maxBytes, normalization };
+  return withChunkHash({ minBytes, avgBytes, maxBytes, normalization }, input.hash ?? 'sha256');
+}
+
+/** The same cuts, named by `hash`; sha256 is left implicit (see ChunkingParams.hash). */
+export function withChunkHash(params: ChunkingParams, hash: ChunkHash): ChunkingParams {
+  const { hash: _previous, ...cuts } = params;
+  return hash === 'sha256' ? cuts : { ...cuts, hash };
+}
+
+/** The hash that names a chunking's chunks (sha256 before any chunking is known). */
+export function chunkHashOf(params: Pick<ChunkingParams, 'hash'> | undefined): ChunkHash {
+  return params?.hash ?? 'sha256';
 }
 
 /** Fixed extents of `bytes` (a multiple of 4 KiB, the page and file-system block size, up to MAX_CHUNK_BYTES). */
@@ -57,10 +75,12 @@ export function fixedChunking(input: { bytes: number }): ChunkingParams {
   return { minBytes: bytes, avgBytes: bytes, maxBytes: bytes, normalization: 0, fixed: true };
 }
 
-/** A stable key for "same chunking": two sides only share chunk hashes when they cut alike. */
+/** A stable key for "same chunking": two sides only share chunk hashes when they cut alike and hash alike. */
 export function chunkingKey(params: ChunkingParams): string {
-  if (params.fixed) return `fixed/${params.maxBytes}`;
-  return `${params.minBytes}/${params.avgBytes}/${params.maxBytes}/${params.normalization}`;
+  const cuts = params.fixed
+    ? `fixed/${params.maxBytes}`
+    : `${params.minBytes}/${params.avgBytes}/${params.maxBytes}/${params.normalization}`;
+  return params.hash === undefined || params.hash === 'sha256' ? cuts : `${cuts}/${params.hash}`;
 }
 
 /**

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
+import { hashChunk, localChunkHashes } from './chunk-hash';
 import { chunkingParams } from './chunking';
 import { COMPRESSION_OFF, chooseCompressionLevel, decodeChunk, encodeChunk } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
@@ -72,145 +73,155 @@ test('the level rule counts the hashing every byte costs: a CPU-driven fast link
   assert.ok(chooseCompressionLevel({ ...fast, bandwidthMbps: 1000, hashMBps: 300 }).level >= 1);
 });
 
-test('the worker pool scans, encodes, verifies and hashes off the main thread', async () => {
-  const dir = await mkdtemp(path.join(tmpdir(), 'dwcp-encoding-'));
-  const pool = new DwcpWorkerPool({ size: 2 });
-  try {
-    const file = path.join(dir, 'data.bin');
-    const content = Buffer.concat([text, randomBytes(200_000), Buffer.alloc(300_000), text]);
-    await writeFile(file, content);
-    const manifest = await pool.run({ kind: 'scan', path: file, chunking: chunkingParams({ avgBytes: 16 * 1024 }) });
-    assert.equal(manifest.size, content.length);
-    const results = await Promise.all(
-      Array.from({ length: manifest.chunkCount }, async (_, index) => {
-        const entry = manifestEntry({ manifest, index });
-        const encoded = await pool.run({
-          kind: 'encodeFile',
-          path: file,
-          offset: entry.offset,
-          length: entry.length,
-          level: 3,
-        });
-        const decoded = await pool.run({ kind: 'decode', ...encoded, expectedHash: Buffer.from(entry.hash) });
-        assert.ok(decoded.data !== undefined, `chunk ${index} verifies`);
-        return { entry, encoded, decoded: decoded.data };
-      }),
-    );
-    assert.deepEqual(Buffer.concat(results.map((r) => r.decoded)), content);
-    assert.ok(results.some((r) => r.encoded.encoding === ChunkEncoding.ZERO) && results.some((r) => r.entry.zero));
-    // Buffers handed to the pool move to the worker, so the wrong-hash check encodes its chunk afresh.
-    const again = await pool.run({ kind: 'encode', data: Buffer.from(text), level: 3 });
-    const wrong = await pool.run({ kind: 'decode', ...again, expectedHash: Buffer.alloc(32) });
-    assert.equal(wrong.data, undefined);
-    const { sha256 } = await pool.run({ kind: 'hashFile', path: file });
-    assert.equal(sha256, manifest.sha256);
-    // Checking a file against its manifest, chunk by chunk: a flipped byte in a data chunk and a byte where a
-    // zero chunk should be are both found.
-    const entries = () => Buffer.from(manifest.entries);
-    assert.equal((await pool.run({ kind: 'checkManifest', path: file, entries: entries() })).firstMismatch, undefined);
-    const flipped = path.join(dir, 'flipped.bin');
-    const zeroAt = results.find((r) => r.entry.zero)!.entry;
-    for (const [at, index] of [
-      [results[1]!.entry.offset + 7, 1],
-      [zeroAt.offset + 3, zeroAt.index],
-    ] as const) {
-      const damaged = Buffer.from(content);
-      damaged[at]! ^= 0x01;
-      await writeFile(flipped, damaged);
-      const check = await pool.run({ kind: 'checkManifest', path: flipped, entries: entries() });
-      assert.equal(check.firstMismatch, index);
-    }
-    // Verified writes: a chunk lands only when it matches its hash, and only in a file that exists.
-    const copy = path.join(dir, 'copy.bin');
-    await writeFile(copy, Buffer.alloc(content.length));
-    const copies: VerifiedCopy[] = [];
-    for (const { entry } of results) {
-      const hash = Buffer.from(entry.hash);
-      const source = { path: file, offset: entry.offset, length: entry.length };
-      if (entry.index % 2 === 0) {
-        // The first encoding's payload moved to a worker with the decode above; encode afresh.
-        const encoded = await pool.run({ kind: 'encodeFile', ...source, level: 3 });
-        const target = { path: copy, offset: entry.offset };
-        const written = await pool.run({ kind: 'decodeInto', ...encoded, expectedHash: hash, target });
-        assert.equal(written.written, true);
-      } else {
-        copies.push({ ...source, expectedHash: hash, targetOffset: entry.offset });
-        const read = await pool.run({ kind: 'readVerified', ...source, expectedHash: hash });
-        assert.ok(read.data !== undefined && read.data.length === entry.length);
+for (const hash of localChunkHashes) {
+  test(`the worker pool scans, encodes, verifies and hashes off the main thread (${hash} chunk hashes)`, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'dwcp-encoding-'));
+    const pool = new DwcpWorkerPool({ size: 2 });
+    try {
+      const file = path.join(dir, 'data.bin');
+      const content = Buffer.concat([text, randomBytes(200_000), Buffer.alloc(300_000), text]);
+      await writeFile(file, content);
+      const chunking = chunkingParams({ avgBytes: 16 * 1024, hash });
+      const manifest = await pool.run({ kind: 'scan', path: file, chunking });
+      assert.equal(manifest.size, content.length);
+      const firstEntry = manifestEntry({ manifest, index: 0 });
+      const firstChunk = content.subarray(0, firstEntry.length);
+      assert.deepEqual(firstEntry.hash, hashChunk(firstChunk, hash), `entries carry the ${hash} of their chunk`);
+      const results = await Promise.all(
+        Array.from({ length: manifest.chunkCount }, async (_, index) => {
+          const entry = manifestEntry({ manifest, index });
+          const encoded = await pool.run({
+            kind: 'encodeFile',
+            path: file,
+            offset: entry.offset,
+            length: entry.length,
+            level: 3,
+          });
+          const expected = { digest: Buffer.from(entry.hash), hash };
+          const decoded = await pool.run({ kind: 'decode', ...encoded, expected });
+          assert.ok(decoded.data !== undefined, `chunk ${index} verifies`);
+          return { entry, encoded, decoded: decoded.data };
+        }),
+      );
+      assert.deepEqual(Buffer.concat(results.map((r) => r.decoded)), content);
+      assert.ok(results.some((r) => r.encoded.encoding === ChunkEncoding.ZERO) && results.some((r) => r.entry.zero));
+      // Buffers handed to the pool move to the worker, so the wrong-hash check encodes its chunk afresh.
+      const again = await pool.run({ kind: 'encode', data: Buffer.from(text), level: 3 });
+      const wrong = await pool.run({ kind: 'decode', ...again, expected: { digest: Buffer.alloc(32), hash } });
+      assert.equal(wrong.data, undefined);
+      const { sha256 } = await pool.run({ kind: 'hashFile', path: file });
+      assert.equal(sha256, manifest.sha256);
+      // Checking a file against its manifest, chunk by chunk: a flipped byte in a data chunk and a byte where a
+      // zero chunk should be are both found.
+      const entries = () => Buffer.from(manifest.entries);
+      const checked = await pool.run({ kind: 'checkManifest', path: file, entries: entries(), hash });
+      assert.equal(checked.firstMismatch, undefined);
+      const flipped = path.join(dir, 'flipped.bin');
+      const zeroAt = results.find((r) => r.entry.zero)!.entry;
+      for (const [at, index] of [
+        [results[1]!.entry.offset + 7, 1],
+        [zeroAt.offset + 3, zeroAt.index],
+      ] as const) {
+        const damaged = Buffer.from(content);
+        damaged[at]! ^= 0x01;
+        await writeFile(flipped, damaged);
+        const check = await pool.run({ kind: 'checkManifest', path: flipped, entries: entries(), hash });
+        assert.equal(check.firstMismatch, index);
       }
-    }
-    const batch = await pool.run({ kind: 'copyVerified', copies, targetPath: copy });
-    assert.deepEqual([...batch.written], Array<number>(copies.length).fill(1));
-    assert.deepEqual(await readFile(copy), content);
-    // A source that shifted, is gone, or ends early is a miss for that copy alone; the others still land.
-    const first = results[0]!.entry;
-    const second = results[1]!.entry;
-    const wanted = { length: first.length, expectedHash: Buffer.from(first.hash), targetOffset: first.offset };
-    await writeFile(copy, Buffer.alloc(content.length));
-    const mixed = await pool.run({
-      kind: 'copyVerified',
-      targetPath: copy,
-      copies: [
-        { ...wanted, path: file, offset: first.offset + 1 },
-        { ...wanted, path: path.join(dir, 'no-such-base.bin'), offset: first.offset },
-        { ...wanted, path: file, offset: content.length - 1 },
-        {
-          path: file,
-          offset: second.offset,
-          length: second.length,
-          expectedHash: Buffer.from(second.hash),
-          targetOffset: second.offset,
-        },
-      ],
-    });
-    assert.deepEqual([...mixed.written], [0, 0, 0, 1]);
-    const landed = await readFile(copy);
-    assert.ok(
-      landed.subarray(0, first.length).equals(Buffer.alloc(first.length)),
-      'a mismatching chunk is not written',
-    );
-    assert.ok(
-      landed
-        .subarray(second.offset, second.offset + second.length)
-        .equals(content.subarray(second.offset, second.offset + second.length)),
-    );
-    await assert.rejects(
-      pool.run({
+      // Verified writes: a chunk lands only when it matches its hash, and only in a file that exists.
+      const copy = path.join(dir, 'copy.bin');
+      await writeFile(copy, Buffer.alloc(content.length));
+      const copies: VerifiedCopy[] = [];
+      for (const { entry } of results) {
+        const digest = Buffer.from(entry.hash);
+        const source = { path: file, offset: entry.offset, length: entry.length };
+        if (entry.index % 2 === 0) {
+          // The first encoding's payload moved to a worker with the decode above; encode afresh.
+          const encoded = await pool.run({ kind: 'encodeFile', ...source, level: 3 });
+          const target = { path: copy, offset: entry.offset };
+          const written = await pool.run({ kind: 'decodeInto', ...encoded, expected: { digest, hash }, target });
+          assert.equal(written.written, true);
+        } else {
+          copies.push({ ...source, expectedHash: digest, targetOffset: entry.offset });
+          const read = await pool.run({ kind: 'readVerified', ...source, expected: { digest, hash } });
+          assert.ok(read.data !== undefined && read.data.length === entry.length);
+        }
+      }
+      const batch = await pool.run({ kind: 'copyVerified', copies, targetPath: copy, hash });
+      assert.deepEqual([...batch.written], Array<number>(copies.length).fill(1));
+      assert.deepEqual(await readFile(copy), content);
+      // A source that shifted, is gone, or ends early is a miss for that copy alone; the others still land.
+      const first = results[0]!.entry;
+      const second = results[1]!.entry;
+      const wanted = { length: first.length, expectedHash: Buffer.from(first.hash), targetOffset: first.offset };
+      await writeFile(copy, Buffer.alloc(content.length));
+      const mixed = await pool.run({
         kind: 'copyVerified',
-        targetPath: path.join(dir, 'gone.bin'),
-        copies: [{ ...wanted, path: file, offset: first.offset }],
-      }),
-      DwcpIoError,
-    );
-    const indexed = await pool.run({ kind: 'index', path: file, chunking: chunkingParams({ avgBytes: 16 * 1024 }) });
-    assert.deepEqual(indexed.entries, manifest.entries);
-    const speed = await measureCompression({ pool, sample: text, durationMs: 50 });
-    assert.ok(speed.mbps > 1 && speed.ratio < 0.2 && speed.hashMBps > 1);
-    // The streamed scan hands out parts in order; together they are the one-shot manifest.
-    const parts: { first: number; entries: Buffer }[] = [];
-    const big = path.join(dir, 'big.bin');
-    const bigContent = Buffer.concat([randomBytes(9 * 1024 * 1024), Buffer.alloc(4 * 1024 * 1024), text]);
-    await writeFile(big, bigContent);
-    const bigChunking = chunkingParams({ avgBytes: 64 * 1024 });
-    const summary = await pool.runWithParts({ kind: 'scanParts', path: big, chunking: bigChunking }, (part) =>
-      parts.push(part),
-    );
-    const oneShot = await pool.run({ kind: 'scan', path: big, chunking: bigChunking });
-    assert.ok(parts.length >= 2, `${parts.length} parts`);
-    let next = 0;
-    for (const part of parts) {
-      assert.equal(part.first, next);
-      next += part.entries.length / MANIFEST_ENTRY_BYTES;
+        targetPath: copy,
+        hash,
+        copies: [
+          { ...wanted, path: file, offset: first.offset + 1 },
+          { ...wanted, path: path.join(dir, 'no-such-base.bin'), offset: first.offset },
+          { ...wanted, path: file, offset: content.length - 1 },
+          {
+            path: file,
+            offset: second.offset,
+            length: second.length,
+            expectedHash: Buffer.from(second.hash),
+            targetOffset: second.offset,
+          },
+        ],
+      });
+      assert.deepEqual([...mixed.written], [0, 0, 0, 1]);
+      const landed = await readFile(copy);
+      assert.ok(
+        landed.subarray(0, first.length).equals(Buffer.alloc(first.length)),
+        'a mismatching chunk is not written',
+      );
+      assert.ok(
+        landed
+          .subarray(second.offset, second.offset + second.length)
+          .equals(content.subarray(second.offset, second.offset + second.length)),
+      );
+      await assert.rejects(
+        pool.run({
+          kind: 'copyVerified',
+          targetPath: path.join(dir, 'gone.bin'),
+          hash,
+          copies: [{ ...wanted, path: file, offset: first.offset }],
+        }),
+        DwcpIoError,
+      );
+      const indexed = await pool.run({ kind: 'index', path: file, chunking });
+      assert.deepEqual(indexed.entries, manifest.entries);
+      const speed = await measureCompression({ pool, sample: text, durationMs: 50 });
+      assert.ok(speed.mbps > 1 && speed.ratio < 0.2 && speed.hashMBps > 1);
+      // The streamed scan hands out parts in order; together they are the one-shot manifest.
+      const parts: { first: number; entries: Buffer }[] = [];
+      const big = path.join(dir, 'big.bin');
+      const bigContent = Buffer.concat([randomBytes(9 * 1024 * 1024), Buffer.alloc(4 * 1024 * 1024), text]);
+      await writeFile(big, bigContent);
+      const bigChunking = chunkingParams({ avgBytes: 64 * 1024, hash });
+      const summary = await pool.runWithParts({ kind: 'scanParts', path: big, chunking: bigChunking }, (part) =>
+        parts.push(part),
+      );
+      const oneShot = await pool.run({ kind: 'scan', path: big, chunking: bigChunking });
+      assert.ok(parts.length >= 2, `${parts.length} parts`);
+      let next = 0;
+      for (const part of parts) {
+        assert.equal(part.first, next);
+        next += part.entries.length / MANIFEST_ENTRY_BYTES;
+      }
+      assert.equal(summary.chunkCount, next);
+      assert.deepEqual(Buffer.concat(parts.map((p) => p.entries)), oneShot.entries);
+      assert.equal(summary.sha256, createHash('sha256').update(bigContent).digest('hex'));
+      await assert.rejects(pool.run({ kind: 'hashFile', path: path.join(dir, 'missing') }), DwcpIoError);
+    } finally {
+      await pool.close();
+      await rm(dir, { recursive: true, force: true });
     }
-    assert.equal(summary.chunkCount, next);
-    assert.deepEqual(Buffer.concat(parts.map((p) => p.entries)), oneShot.entries);
-    assert.equal(summary.sha256, createHash('sha256').update(bigContent).digest('hex'));
-    await assert.rejects(pool.run({ kind: 'hashFile', path: path.join(dir, 'missing') }), DwcpIoError);
-  } finally {
-    await pool.close();
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  });
+}
 
 test('the calibration sample takes data blocks and skips zero ones; a file of zeros has none', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'dwcp-sample-'));
@@ -265,7 +276,8 @@ test('a copy from a source still at the version this process hashed it in skips 
       copy(2, { ...version, ctimeMs: version.ctimeMs - 1 }),
       copy(2, { ...version, ino: version.ino + 1 }),
     ];
-    const { written } = runWorkerTask({ kind: 'copyVerified', copies, targetPath: target }) as { written: Uint8Array };
+    const task = { kind: 'copyVerified', copies, targetPath: target, hash: 'sha256' } as const;
+    const { written } = runWorkerTask(task) as { written: Uint8Array };
     assert.deepEqual([...written], [1, 0, 0, 0]);
     const landed = await readFile(target);
     assert.ok(landed.subarray(0, 65536).equals(content.subarray(0, 65536)), 'the vouched copy holds the source');

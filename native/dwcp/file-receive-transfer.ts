@@ -5,7 +5,8 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { compress } from 'zstd-napi';
-import { chunkingParams, type ChunkingParams } from './chunking';
+import { pickChunkHash, type ChunkHash } from './chunk-hash';
+import { chunkHashOf, chunkingParams, withChunkHash, type ChunkingParams } from './chunking';
 import type { ChunkLocation } from './chunk-index';
 import type { FrameSocket } from './connection';
 import { DwcpChecksumError, DwcpConnectionError, DwcpProtocolError } from './errors';
@@ -123,9 +124,15 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     this.paths = partialPaths(input.targetPath);
   }
 
+  /** The hash that names the chunks of the current attempt (its chunking's). */
+  private get chunkHash(): ChunkHash {
+    return chunkHashOf(this.chunking);
+  }
+
   async attach(socket: FrameSocket, hello: Hello): Promise<void> {
     if (hello.kind !== TransferKind.FILE) throw new DwcpProtocolError('this transfer expects a file');
     let chosen: ChunkingParams | undefined;
+    let chunkHash: ChunkHash | undefined;
     if (hello.streamIndex > 0) {
       if (this.stream === undefined) throw new DwcpProtocolError('data stream before the control stream');
       this.joinAttempt(socket, hello);
@@ -139,8 +146,12 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       // Nothing to deduplicate against: the sender's cheaper first-copy chunking, if it offered one. The choice
       // depends only on the bases, so a resumed transfer chooses as its first attempt did and its journal applies.
       const firstCopy = bases.length === 0 ? file.firstCopyChunking : undefined;
-      const chunking = chunkingParams(firstCopy ?? file.chunking);
-      if (firstCopy !== undefined) chosen = chunking;
+      if (firstCopy !== undefined) chosen = chunkingParams(firstCopy);
+      // A sender that offers nothing is an older release: sha256, and no chunkHash in the reply it would not read.
+      if (file.chunkHashes !== undefined) {
+        chunkHash = pickChunkHash({ offered: file.chunkHashes, supported: this.ctx.chunkHashes });
+      }
+      const chunking = withChunkHash(chunkingParams(firstCopy ?? file.chunking), chunkHash ?? 'sha256');
       await this.open(file.size, chunking);
       // Index the existing target (a previous version) and the base images while the sender is still scanning its
       // source: both read a whole image.
@@ -154,7 +165,11 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     await socket.send({
       type: FrameType.HELLO,
       transferId: this.transferId,
-      payload: jsonPayload({ ok: true, ...(chosen ? { chunking: chosen } : {}) } satisfies HelloReply),
+      payload: jsonPayload({
+        ok: true,
+        ...(chosen ? { chunking: chosen } : {}),
+        ...(chunkHash ? { chunkHash } : {}),
+      } satisfies HelloReply),
     });
     this.serveChunks(socket);
   }
@@ -251,7 +266,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
         this.chunksDone++;
         continue;
       }
-      const location = this.ctx.chunkIndex.lookup(entry.hash);
+      const location = this.ctx.chunkIndex.lookup({ digest: entry.hash, hash: this.chunkHash });
       if (location !== undefined) copies.push({ planIndex: j, entry, source: location });
       asked += entry.length;
     }
@@ -287,6 +302,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
   private async copyKnownChunks(input: { known: KnownChunk[]; plan: Uint8Array }): Promise<void> {
     const { known, plan } = input;
     const { pool, chunkIndex } = this.ctx;
+    const hash = this.chunkHash;
     const batchSize = Math.ceil(known.length / pool.size);
     const batches: KnownChunk[][] = [];
     for (let at = 0; at < known.length; at += batchSize) batches.push(known.slice(at, at + batchSize));
@@ -295,6 +311,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
         const { written } = await pool.run({
           kind: 'copyVerified',
           targetPath: this.paths.partialPath,
+          hash,
           copies: batch.map(({ entry, source }) => ({
             path: source.path,
             offset: source.offset,
@@ -307,7 +324,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
         if (this.finished) return;
         batch.forEach(({ planIndex, entry }, k) => {
           if (written[k] !== 1) {
-            chunkIndex.forget(entry.hash);
+            chunkIndex.forget({ digest: entry.hash, hash });
             return;
           }
           plan[planIndex] = ChunkState.REF;
@@ -363,7 +380,13 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     if (!frame.checksumOk) return this.nack(socket, entry.index, 'checksum');
     if (this.done[entry.index] === 1) return this.ack(socket, entry.index);
 
-    const refused = await writeChunk({ pool: this.ctx.pool, frame, entry, partialPath: this.paths.partialPath });
+    const refused = await writeChunk({
+      pool: this.ctx.pool,
+      frame,
+      entry,
+      hash: this.chunkHash,
+      partialPath: this.paths.partialPath,
+    });
     if (refused !== undefined) return this.nack(socket, entry.index, refused);
     if (this.finished) return;
     this.recordWritten(entry, frame.type === FrameType.ZERO ? 'zero' : 'data');
@@ -417,7 +440,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     await file.sync();
     await this.release();
     await moveOntoTarget({ ...this.paths, targetPath: this.input.targetPath });
-    await this.answerEnd(socket, verifiedIdentity(manifestEnd));
+    await this.answerEnd(socket, verifiedIdentity(manifestEnd), this.chunkHash);
     // The verified manifest is the new target's chunk index: its next version is then indexed without a scan.
     const chunking = this.chunking;
     if (chunking !== undefined) {
@@ -448,7 +471,8 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       return sha256 === manifestEnd.sha256 ? undefined : `sha256 ${sha256}, expected ${manifestEnd.sha256}`;
     }
     const entries = Buffer.from(this.manifest.entries.subarray(0, manifestEnd.chunkCount * MANIFEST_ENTRY_BYTES));
-    const { firstMismatch } = await pool.run({ kind: 'checkManifest', path: partialPath, entries });
+    const hash = this.chunkHash;
+    const { firstMismatch } = await pool.run({ kind: 'checkManifest', path: partialPath, entries, hash });
     return firstMismatch === undefined ? undefined : `chunk ${firstMismatch} differs from its manifest entry`;
   }
 

@@ -1,11 +1,12 @@
 /**
- * The chunk manifest of a file: offset, length, zero flag and sha256 of every content-defined chunk, plus the sha256
- * of the whole file. It is packed into one buffer (45 bytes a chunk) because a 100 GiB image has over a million
+ * The chunk manifest of a file: offset, length, zero flag and hash (its chunking's, chunk-hash.ts) of every chunk, plus
+ * the sha256 of the whole file. It is packed into one buffer (45 bytes a chunk) because a 100 GiB image has over a million
  * chunks, and it travels to the receiver as-is in MANIFEST frames.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { blockChunkLengths, chunkingKey, isZeroChunk, type ChunkingParams } from './chunking';
+import { hashChunk, type ChunkHash } from './chunk-hash';
+import { blockChunkLengths, chunkHashOf, chunkingKey, isZeroChunk, type ChunkingParams } from './chunking';
 import { dataExtents, type Extent } from './data-extents';
 import { DwcpIoError, DwcpProtocolError } from './errors';
 
@@ -139,7 +140,7 @@ export function scanFileParts(input: {
     const inHoleAt = holeTest(dataExtents(input.path));
     const whole = (input.hashWholeFile ?? true) ? createHash('sha256') : undefined;
     const entries = new PartEmitter(input.onPart);
-    const zeroHashes = new Map<number, Buffer>();
+    const zeroHashes = new ZeroHashes(chunkHashOf(params));
     const zeros = Buffer.alloc(blockBytes);
     // The data run not cut yet, file offsets [runStart, runStart + filled); cut chunks are hashed where they lie,
     // so nothing is copied but the uncut tail (less than one maximum chunk) when the buffer fills.
@@ -205,19 +206,28 @@ class PartEmitter {
   }
 }
 
-/** One packed manifest entry; zero chunks come in a handful of lengths, so their hashes are computed once. */
-function packEntry(input: { offset: number; chunk: Buffer; zero: boolean; zeroHashes: Map<number, Buffer> }): Buffer {
-  const { chunk, zero, zeroHashes } = input;
+/** A scan's chunk hash, with the hashes of zero chunks kept: they come in a handful of lengths. */
+class ZeroHashes {
+  private readonly byLength = new Map<number, Buffer>();
+
+  constructor(readonly hash: ChunkHash) {}
+
+  of(chunk: Buffer, zero: boolean): Buffer {
+    if (!zero) return hashChunk(chunk, this.hash);
+    let digest = this.byLength.get(chunk.length);
+    if (digest === undefined) this.byLength.set(chunk.length, (digest = hashChunk(chunk, this.hash)));
+    return digest;
+  }
+}
+
+/** One packed manifest entry. */
+function packEntry(input: { offset: number; chunk: Buffer; zero: boolean; zeroHashes: ZeroHashes }): Buffer {
+  const { chunk, zero } = input;
   const entry = Buffer.allocUnsafe(MANIFEST_ENTRY_BYTES);
   entry.writeBigUInt64BE(BigInt(input.offset), 0);
   entry.writeUInt32BE(chunk.length, 8);
   entry.writeUInt8(zero ? FLAG_ZERO : 0, 12);
-  let hash = zero ? zeroHashes.get(chunk.length) : undefined;
-  if (hash === undefined) {
-    hash = createHash('sha256').update(chunk).digest();
-    if (zero) zeroHashes.set(chunk.length, hash);
-  }
-  hash.copy(entry, 13);
+  input.zeroHashes.of(chunk, zero).copy(entry, 13);
   return entry;
 }
 
@@ -239,7 +249,7 @@ function scanFixedParts(input: {
     const whole = (input.hashWholeFile ?? true) ? createHash('sha256') : undefined;
     const buffer = Buffer.allocUnsafe(bytes);
     const zeros = Buffer.alloc(bytes);
-    const zeroHashes = new Map<number, Buffer>();
+    const zeroHashes = new ZeroHashes(chunkHashOf(input.chunking));
     const entries = new PartEmitter(input.onPart);
     for (let offset = 0; offset < size; offset += bytes) {
       const length = Math.min(bytes, size - offset);

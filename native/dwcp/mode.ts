@@ -143,7 +143,7 @@ export function resolveTransferParameters(input: {
   thresholds?: ModeThresholds;
   cpuMBpsAtLevel1?: number;
   ratioAtLevel1?: number;
-  /** Per-worker chunking + sha256 speed (measureCompression's hashMBps); see chooseCompressionLevel. */
+  /** Per-worker chunking + chunk-hash speed (measureCompression's hashMBps); see chooseCompressionLevel. */
   hashMBps?: number;
   workers?: number;
 }): TransferParameters {

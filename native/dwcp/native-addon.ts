@@ -24,6 +24,8 @@ export interface DwcpNativeAddon {
   setGearTable(table: Int32Array): void;
   /** The lengths of the chunks cut from the start of `data`, up to the first that needs more data. */
   cutChunks(data: Uint8Array, input: NativeCutInput): Uint32Array;
+  /** BLAKE3 of `data`, 32 bytes. */
+  blake3Hash(data: Uint8Array): Buffer;
 }
 
 function loadNative(): Partial<DwcpNativeAddon> | undefined {

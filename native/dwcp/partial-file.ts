@@ -4,6 +4,7 @@
  * journaled in batches beside the data path, and in the end moved onto the target or thrown away. The protocol
  * state that decides what to write is in file-receive-transfer.ts.
  */
+import type { ChunkHash } from './chunk-hash';
 import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -138,18 +139,20 @@ export async function writeChunk(input: {
   pool: DwcpWorkerPool;
   frame: Frame;
   entry: ManifestEntry;
+  /** The hash that names the transfer's chunks. */
+  hash: ChunkHash;
   partialPath: string;
 }): Promise<NackReason | undefined> {
   const { frame, entry } = input;
   if (frame.type === FrameType.ZERO) return entry.zero ? undefined : 'checksum';
-  // Workers check the content against the manifest's sha256 and write it to the partial file themselves, so
+  // Workers check the content against the manifest's hash and write it to the partial file themselves, so
   // chunk data never crosses back to this thread; the check before the write is what END relies on.
   const decoded = await input.pool.run({
     kind: 'decodeInto',
     encoding: frame.encoding,
     payload: frame.payload,
     rawLength: frame.rawLength,
-    expectedHash: entry.hash,
+    expected: { digest: entry.hash, hash: input.hash },
     target: { path: input.partialPath, offset: entry.offset },
   });
   return decoded.written ? undefined : 'checksum';

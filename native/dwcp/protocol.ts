@@ -3,8 +3,8 @@
  * manifest. One transfer runs as numbered attempts; each attempt opens N connections, stream 0 first:
  *
  * 1. sender → HELLO {kind, attempt, streamIndex, streams, file?}; receiver → HELLO {ok, nextIndex?, completed?,
- *    chunking?} (chunking: the receiver has no base, so the sender cuts fixed extents instead of content-defined
- *    chunks)
+ *    chunking?, chunkHash?} (chunking: the receiver has no base, so the sender cuts fixed extents instead of
+ *    content-defined chunks; chunkHash: the hash that names chunks, picked from those the sender offered)
  * 2. file kind, stream 0 only: sender → MANIFEST parts (chunkIndex = the part's first chunk) as its scan cuts
  *    them, then MANIFEST_END {chunkCount, sha256, manifestDigest}; the receiver answers each part with a NEED
  *    (same chunkIndex, zstd of one ChunkState byte per chunk of the part), once it has copied the part's chunks
@@ -18,6 +18,7 @@
  * (journal, stream position) is what makes resuming send only the missing chunks.
  */
 import { z } from 'zod';
+import { CHUNK_HASHES } from './chunk-hash';
 
 export const TransferKind = {
   FILE: 'file',
@@ -42,6 +43,8 @@ export const ChunkingSchema = z.object({
   maxBytes: z.number().int().positive(),
   normalization: z.number().int().nonnegative(),
   fixed: z.boolean().optional(),
+  /** Absent: sha256. An older release strips this field, which is why the hash is agreed on first (chunkHashes). */
+  hash: z.enum(CHUNK_HASHES).optional(),
 });
 
 export const HelloSchema = z.object({
@@ -60,6 +63,11 @@ export const HelloSchema = z.object({
        * began; later attempts describe the chunking the scan used.
        */
       firstCopyChunking: ChunkingSchema.optional(),
+      /**
+       * The chunk hashes the sender can compute, best first (chunk-hash.ts); absent from older senders, which
+       * mean sha256. Once the scan has begun, only the hash it uses.
+       */
+      chunkHashes: z.array(z.enum(CHUNK_HASHES)).min(1).max(CHUNK_HASHES.length).optional(),
     })
     .optional(),
 });
@@ -84,6 +92,8 @@ export const HelloReplySchema = z.object({
   completed: z.string().optional(),
   /** File kind: the chunking to scan with, when the receiver took the sender's firstCopyChunking. */
   chunking: ChunkingSchema.optional(),
+  /** File kind: the chunk hash the receiver picked from the sender's chunkHashes; absent from older receivers (sha256). */
+  chunkHash: z.enum(CHUNK_HASHES).optional(),
 });
 export type HelloReply = z.infer<typeof HelloReplySchema>;
 

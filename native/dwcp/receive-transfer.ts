@@ -3,6 +3,7 @@
  * belong to the current attempt, the frame loop of each connection, ACK/NACK, and failure. What a chunk means is
  * the subclass's business (file-receive-transfer.ts, stream-receive-transfer.ts).
  */
+import type { ChunkHash } from './chunk-hash';
 import type { ChunkIndex } from './chunk-index';
 import type { FrameSocket } from './connection';
 import type { DwcpWorkerPool } from './worker-pool';
@@ -42,13 +43,25 @@ export async function sendError(socket: FrameSocket, transferId: string, err: Dw
   }
 }
 
+/**
+ * A finished transfer as the receiver remembers it for a sender that lost the END reply: what it verified (see
+ * EndReplySchema) and, for a file, the chunk hash that names its chunks, since a manifest digest depends on it.
+ */
+export interface Completion {
+  verified: string;
+  chunkHash?: ChunkHash;
+}
+
 /** What every transfer of one receiver shares. */
 export interface ReceiverContext {
   pool: DwcpWorkerPool;
   chunkIndex: ChunkIndex;
   journalBatchChunks: number;
   journalIntervalMs: number;
-  onFinished: (transferId: string, sha256: string | undefined) => void;
+  /** The chunk hashes this receiver can check, best first. */
+  chunkHashes: readonly ChunkHash[];
+  /** `completed`: what the receiver verified, undefined when the transfer failed. */
+  onFinished: (transferId: string, completed: Completion | undefined) => void;
 }
 
 /** Limits concurrent chunk handling per connection; the sender's window bounds it further. */
@@ -184,9 +197,9 @@ export abstract class ReceiveTransfer {
    * Answers the sender's END with what this side verified (see EndReplySchema); from then on the receiver only
    * remembers it.
    */
-  protected async answerEnd(socket: FrameSocket, verified: string): Promise<void> {
+  protected async answerEnd(socket: FrameSocket, verified: string, chunkHash?: ChunkHash): Promise<void> {
     this.finished = true;
-    this.ctx.onFinished(this.transferId, verified);
+    this.ctx.onFinished(this.transferId, { verified, ...(chunkHash !== undefined ? { chunkHash } : {}) });
     await socket.send({
       type: FrameType.END,
       transferId: this.transferId,

@@ -12,7 +12,8 @@ import { FileReceiveTransfer, type ExpectFileInput } from './file-receive-transf
 import { FrameType, isTransferId, jsonPayload, parseJsonPayload } from './framing';
 import { serveProbe } from './mode';
 import { HELLO_TIMEOUT_MS, HelloSchema, TransferKind, type HelloReply } from './protocol';
-import { sendError, type ReceiveTransfer, type ReceiverContext } from './receive-transfer';
+import { localChunkHashes, type ChunkHash } from './chunk-hash';
+import { sendError, type Completion, type ReceiveTransfer, type ReceiverContext } from './receive-transfer';
 import { StreamReceiveTransfer, type ExpectStreamInput } from './stream-receive-transfer';
 import type { ReceiveResult } from './transfer-types';
 
@@ -30,6 +31,11 @@ export interface DwcpReceiverOptions {
    * that lists an image directory must skip them first (isSidecarPath). See chunk-index.ts.
    */
   indexSidecars?: boolean;
+  /**
+   * The chunk hashes this receiver accepts, best first (default: what this process can compute,
+   * chunk-hash.ts's localChunkHashes). Tests narrow it to play a host without dwcp-native.
+   */
+  chunkHashes?: readonly ChunkHash[];
   onAuthFailure?: (err: Error) => void;
 }
 
@@ -45,7 +51,7 @@ export class DwcpReceiver {
   private readonly ownsPool: boolean;
   private readonly transfers = new Map<string, ReceiveTransfer>();
   /** Finished transfers, so a sender that lost the END reply can still learn the outcome. */
-  private readonly completed = new Map<string, string>();
+  private readonly completed = new Map<string, Completion>();
   private readonly connections = new Set<FrameSocket>();
   private readonly ctx: ReceiverContext;
 
@@ -58,10 +64,11 @@ export class DwcpReceiver {
       chunkIndex: this.chunkIndex,
       journalBatchChunks: options.journalBatchChunks ?? 256,
       journalIntervalMs: options.journalIntervalMs ?? 1000,
-      onFinished: (transferId, sha256) => {
+      chunkHashes: options.chunkHashes ?? localChunkHashes,
+      onFinished: (transferId, completion) => {
         this.transfers.delete(transferId);
-        if (sha256 !== undefined) {
-          this.completed.set(transferId, sha256);
+        if (completion !== undefined) {
+          this.completed.set(transferId, completion);
           if (this.completed.size > 1000) this.completed.delete(this.completed.keys().next().value ?? '');
         }
       },
@@ -152,10 +159,16 @@ export class DwcpReceiver {
     }
     const completed = this.completed.get(frame.transferId);
     if (completed !== undefined) {
+      // The chunk hash goes only to a sender that offered hashes: an older one means sha256 and would not read it.
+      const chunkHash = hello.file?.chunkHashes !== undefined ? completed.chunkHash : undefined;
       await socket.send({
         type: FrameType.HELLO,
         transferId: frame.transferId,
-        payload: jsonPayload({ ok: true, completed } satisfies HelloReply),
+        payload: jsonPayload({
+          ok: true,
+          completed: completed.verified,
+          ...(chunkHash !== undefined ? { chunkHash } : {}),
+        } satisfies HelloReply),
       });
       socket.close();
       return;

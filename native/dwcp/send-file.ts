@@ -4,7 +4,8 @@
  */
 import { stat } from 'node:fs/promises';
 import { decompress } from 'zstd-napi';
-import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
+import { localChunkHashes, type ChunkHash } from './chunk-hash';
+import { chunkHashOf, chunkingKey, chunkingParams, withChunkHash, type ChunkingParams } from './chunking';
 import { DwcpChecksumError, DwcpError, DwcpProtocolError } from './errors';
 import { ChunkEncoding, FrameFlag, FrameType, jsonPayload, parseJsonPayload } from './framing';
 import { growPerChunk, manifestEntry } from './manifest';
@@ -16,7 +17,13 @@ import { emptyChunkStats, type SendResult } from './transfer-types';
 
 export interface SendFileInput extends SenderOptions {
   sourcePath: string;
+  /** How to cut; the hash that names the chunks is agreed with the receiver instead (chunkHashes). */
   chunking?: ChunkingParams;
+  /**
+   * The chunk hashes this sender offers, best first (default: what this process can compute, localChunkHashes).
+   * Tests narrow it to play a host without dwcp-native.
+   */
+  chunkHashes?: readonly ChunkHash[];
   /**
    * Offered to the receiver as what to cut with instead of `chunking` when it has nothing to deduplicate against
    * (typically fixed extents, fixedChunking): the scan then waits for the receiver's answer instead of starting
@@ -56,7 +63,12 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
   const ctx = new SenderContext(input);
   try {
     const level = input.compressionLevel ?? 1;
-    const chunking = input.chunking ?? DEFAULT_CHUNKING;
+    // Cuts only: the hash is agreed with the receiver, whatever these name.
+    const chunking = withChunkHash(input.chunking ?? DEFAULT_CHUNKING, 'sha256');
+    const firstCopyChunking = input.firstCopyChunking && withChunkHash(input.firstCopyChunking, 'sha256');
+    const offered = input.chunkHashes ?? localChunkHashes;
+    const preferred = offered[0];
+    if (preferred === undefined) throw new RangeError('chunkHashes must name at least one hash');
     const size = await stat(input.sourcePath).then(
       (info) => info.size,
       (err: unknown) => {
@@ -71,19 +83,20 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         size,
         hashWholeFile: input.wholeFileSha256 ?? true,
       });
-    // Without an alternative to offer, the scan starts before the first connection, and the receiver indexes its
-    // base images meanwhile.
-    let scan = input.firstCopyChunking === undefined ? startScan(chunking) : undefined;
+    // Without an alternative to offer, the scan starts before the first connection, in the hash this end prefers,
+    // and the receiver indexes its base images meanwhile.
+    let scan = firstCopyChunking === undefined ? startScan(withChunkHash(chunking, preferred)) : undefined;
     const stats = emptyChunkStats();
     let logicalBytes = 0;
     let chunksDone = 0;
 
     const { attempts } = await ctx.withReconnect(async (attempt) => {
-      const offer = scan === undefined ? input.firstCopyChunking : undefined;
+      const offer = scan === undefined ? firstCopyChunking : undefined;
       const file = {
         size,
         chunking: scan?.chunking ?? chunking,
         ...(offer !== undefined ? { firstCopyChunking: offer } : {}),
+        chunkHashes: scan !== undefined ? [chunkHashOf(scan.chunking)] : [...offered],
       };
       const control = await ctx.connect({
         streamIndex: 0,
@@ -91,8 +104,18 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       });
       const sockets = [control.socket];
       try {
+        // An older receiver, or one without dwcp-native, answers sha256 whatever was offered.
+        const hash = control.reply.chunkHash ?? 'sha256';
+        if (!offered.includes(hash)) {
+          throw new DwcpProtocolError(`the receiver chose chunk hash ${hash}, which was not offered`);
+        }
+        if (scan !== undefined && chunkHashOf(scan.chunking) !== hash) {
+          // The receiver cannot check the hash the scan uses: scan again in its hash. The abandoned scan finishes
+          // in its worker unread; this costs a scan only against a host that lacks BLAKE3.
+          scan = startScan(withChunkHash(scan.chunking, hash));
+        }
         const current = (scan ??= startScan(
-          chosenChunking({ reply: control.reply.chunking, offered: offer, otherwise: chunking }),
+          withChunkHash(chosenChunking({ reply: control.reply.chunking, offered: offer, otherwise: chunking }), hash),
         ));
         const manifest = current.manifest;
         if (control.reply.completed !== undefined) {

@@ -8,7 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import { ChunkIndex, sidecarPath } from './chunk-index';
-import { chunkingKey, chunkingParams, fixedChunking } from './chunking';
+import { localChunkHashes } from './chunk-hash';
+import { chunkingKey, chunkingParams, fixedChunking, withChunkHash } from './chunking';
 import { tamperingDialer, type TamperingDialer } from './testing/tampering-dialer';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpCancelledError } from './errors';
@@ -34,6 +35,8 @@ let pki: TestPki;
 let pool: DwcpWorkerPool;
 let receiver: DwcpReceiver;
 const chunking = chunkingParams({ avgBytes: 16 * 1024 });
+/** The chunking as both ends of these tests agree on it: their default hashes (chunk-hash.test.ts covers the rest). */
+const agreed = withChunkHash(chunking, localChunkHashes[0]!);
 
 before(async () => {
   ({ dir, pki, pool, receiver } = await startLoopbackReceiver({ prefix: 'dwcp-transport-' }));
@@ -73,7 +76,7 @@ test('a file crosses three streams intact, with zero regions left as holes', asy
   assert.ok(info.blocks * 512 < info.size * 0.8, `target is sparse: ${info.blocks * 512} bytes allocated`);
   assert.ok(progress.length > 0 && progress.at(-1)!.chunksDone === sent.chunks.total);
   // Sidecars are opt-in: a default receiver leaves nothing beside the target.
-  await assert.rejects(access(sidecarPath(target, chunking)));
+  await assert.rejects(access(sidecarPath(target, agreed)));
 });
 
 test('a first copy with nothing to deduplicate against is cut in the fixed extents offered; a later version is not', async () => {
@@ -87,7 +90,7 @@ test('a first copy with nothing to deduplicate against is cut in the fixed exten
   const sent = await sendFile({ ...sender({ transferId: first }), sourcePath: source, chunking, firstCopyChunking });
   assert.equal((await received).sha256, expected);
   assert.equal(await sha256File({ path: target }), expected);
-  assert.equal(sent.chunking, 'fixed/65536');
+  assert.equal(sent.chunking, chunkingKey(withChunkHash(firstCopyChunking, localChunkHashes[0]!)));
   assert.equal(sent.chunks.total, Math.ceil(content.length / (64 * 1024)));
   assert.ok(sent.chunks.zero > 0, 'zero extents were recognised');
   const info = await stat(target);
@@ -102,7 +105,7 @@ test('a first copy with nothing to deduplicate against is cut in the fixed exten
   const received2 = receiver.expectFile({ transferId: second, targetPath: target });
   const sent2 = await sendFile({ ...sender({ transferId: second }), sourcePath: source2, chunking, firstCopyChunking });
   assert.equal((await received2).sha256, expected2);
-  assert.equal(sent2.chunking, chunkingKey(chunking));
+  assert.equal(sent2.chunking, chunkingKey(agreed));
   assert.ok(sent2.chunks.data <= 2, `${sent2.chunks.data} chunks sent as data`);
 });
 
@@ -169,10 +172,10 @@ test('a quiet base rewritten after this receiver hashed it (mtime set back) is h
   // A receiver of its own, so that only the base is in its index.
   const own = await DwcpReceiver.start({ tls: pki.receiver, host: '127.0.0.1', pool });
   try {
-    await own.chunkIndex.addFile({ path: base, chunking });
-    const scanned = await pool.run({ kind: 'scan', path: base, chunking });
-    const firstHash = manifestEntry({ manifest: scanned, index: 0 }).hash;
-    assert.ok(own.chunkIndex.lookup(firstHash)?.hashedVersion, 'the index vouches for the quiet base it hashed');
+    await own.chunkIndex.addFile({ path: base, chunking: agreed });
+    const scanned = await pool.run({ kind: 'scan', path: base, chunking: agreed });
+    const first = { digest: manifestEntry({ manifest: scanned, index: 0 }).hash, hash: localChunkHashes[0]! };
+    assert.ok(own.chunkIndex.lookup(first)?.hashedVersion, 'the index vouches for the quiet base it hashed');
 
     // Rewritten in place with its mtime set back to the nanosecond (utimes takes no nanoseconds; touch does), so that
     // size, inode and mtime all say it is unchanged: only its ctime tells.
@@ -226,15 +229,15 @@ test('a received target keeps a chunk-index sidecar: a restarted receiver indexe
   } finally {
     await keeping.close();
   }
-  await access(sidecarPath(target, chunking));
+  await access(sidecarPath(target, agreed));
 
   // A new receiver has an empty index; a pool that refuses every task proves the sidecar, not a scan, filled it.
   const refusing = new DwcpWorkerPool({ size: 1 });
   await refusing.close();
   const fresh = new ChunkIndex({ pool: refusing, sidecars: true });
   // A sidecar offered as a base image (a listed directory) is skipped, not scanned.
-  assert.equal(await fresh.addFile({ path: sidecarPath(target, chunking), chunking }), 0);
-  assert.ok((await fresh.addFile({ path: target, chunking })) > 0);
+  assert.equal(await fresh.addFile({ path: sidecarPath(target, agreed), chunking: agreed }), 0);
+  assert.ok((await fresh.addFile({ path: target, chunking: agreed })) > 0);
   const v2 = Buffer.concat([v1.subarray(0, 700_000), noiseContent({ bytes: 5000, seed: 32 }), v1.subarray(700_000)]);
   const source2 = path.join(dir, 'sidecar-v2.img');
   const expected = await writeTestFile({ path: source2, content: v2 });
@@ -258,7 +261,7 @@ test('a received target keeps a chunk-index sidecar: a restarted receiver indexe
   // A sidecar that no longer matches its file (here: stamped before the file changed) is ignored.
   await writeFile(target, Buffer.concat([v2, Buffer.from('tail')]));
   const stale = new ChunkIndex({ pool: refusing, sidecars: true });
-  await assert.rejects(stale.addFile({ path: target, chunking }), /closed/);
+  await assert.rejects(stale.addFile({ path: target, chunking: agreed }), /closed/);
 });
 
 test('an ordered stream is reassembled in order across streams with a small reorder window', async () => {

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { compress } from 'zstd-napi';
+import { hashChunk, localChunkHashes, type ChunkHash } from './chunk-hash';
 import { chunkLengths, chunkingParams, isZeroChunk, type ChunkingParams } from './chunking';
 import { decodeChunk, encodeChunk, type EncodedChunk } from './encoding';
 import { DwcpChecksumError, DwcpIoError } from './errors';
@@ -27,20 +28,20 @@ export type WorkerTask =
   | { kind: 'scanParts'; path: string; chunking: ChunkingParams; hashWholeFile?: boolean }
   | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number; checksum?: boolean }
   | { kind: 'encode'; data: Buffer; level: number }
-  | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expectedHash?: Buffer }
+  | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expected?: ExpectedHash }
   | {
       kind: 'decodeInto';
       encoding: ChunkEncoding;
       payload: Buffer;
       rawLength: number;
-      expectedHash: Buffer;
+      expected: ExpectedHash;
       target: FileRange;
     }
-  | { kind: 'readVerified'; path: string; offset: number; length: number; expectedHash: Buffer }
-  | { kind: 'copyVerified'; copies: VerifiedCopy[]; targetPath: string }
+  | { kind: 'readVerified'; path: string; offset: number; length: number; expected: ExpectedHash }
+  | { kind: 'copyVerified'; copies: VerifiedCopy[]; targetPath: string; hash: ChunkHash }
   | { kind: 'index'; path: string; chunking: ChunkingParams }
   | { kind: 'hashFile'; path: string }
-  | { kind: 'checkManifest'; path: string; entries: Buffer }
+  | { kind: 'checkManifest'; path: string; entries: Buffer; hash: ChunkHash }
   | { kind: 'calibrate'; sample: Buffer; durationMs: number };
 
 export interface WorkerResults {
@@ -64,6 +65,12 @@ export interface WorkerResults {
   calibrate: Calibration;
 }
 
+/** What a chunk's content must hash to, and with which hash (its chunking's, chunk-hash.ts). */
+export interface ExpectedHash {
+  digest: Buffer;
+  hash: ChunkHash;
+}
+
 /** Level-1 zstd speed and ratio, and the speed of chunking plus sha256 (the work every byte costs), per worker. */
 export interface Calibration {
   mbps: number;
@@ -80,11 +87,12 @@ export interface FileRange {
   offset: number;
 }
 
-/** A range of some file to copy into the target at targetOffset, if it still has the sha256 expectedHash. */
+/** A range of some file to copy into the target at targetOffset, if it still hashes to expectedHash. */
 export interface VerifiedCopy {
   path: string;
   offset: number;
   length: number;
+  /** In the batch's hash (the copyVerified task's `hash`). */
   expectedHash: Buffer;
   targetOffset: number;
   /**
@@ -130,7 +138,7 @@ export function runWorkerTask(
     }
     case 'readVerified': {
       const data = readRangeSync(task.path, task.offset, task.length);
-      return { data: matchesHash(data, task.expectedHash) ? data : undefined };
+      return { data: matchesHash(data, task.expected) ? data : undefined };
     }
     case 'copyVerified':
       return { written: copyVerifiedSync(task) };
@@ -148,12 +156,12 @@ export function runWorkerTask(
   }
 }
 
-/** The decoded chunk, or undefined when the payload does not decode or the content does not match expectedHash. */
+/** The decoded chunk, or undefined when the payload does not decode or the content does not match `expected`. */
 function decodeVerified(input: {
   encoding: ChunkEncoding;
   payload: Buffer;
   rawLength: number;
-  expectedHash?: Buffer;
+  expected?: ExpectedHash;
 }): Buffer | undefined {
   let data: Buffer;
   try {
@@ -162,12 +170,12 @@ function decodeVerified(input: {
     if (err instanceof DwcpChecksumError) return undefined;
     throw err;
   }
-  return matchesHash(data, input.expectedHash) ? data : undefined;
+  return matchesHash(data, input.expected) ? data : undefined;
 }
 
-function matchesHash(data: Buffer, expected: Buffer | undefined): boolean {
+function matchesHash(data: Buffer, expected: ExpectedHash | undefined): boolean {
   if (expected === undefined) return true;
-  return createHash('sha256').update(data).digest().equals(expected);
+  return hashChunk(data, expected.hash).equals(expected.digest);
 }
 
 function readRangeSync(file: string, offset: number, length: number): Buffer {
@@ -216,7 +224,7 @@ function writeAllSync(fd: number, data: Buffer, offset: number): void {
  * is checked when the source is opened and again after the batch has read it: a source that changed in between
  * turns those unhashed copies back into misses, and the chunks sent for them overwrite what was written.
  */
-function copyVerifiedSync(input: { copies: VerifiedCopy[]; targetPath: string }): Uint8Array {
+function copyVerifiedSync(input: { copies: VerifiedCopy[]; targetPath: string; hash: ChunkHash }): Uint8Array {
   const written = new Uint8Array(input.copies.length);
   const buffer = Buffer.allocUnsafeSlow(Math.max(0, ...input.copies.map((c) => c.length)));
   const sources = new Map<string, CopySource | undefined>();
@@ -227,7 +235,7 @@ function copyVerifiedSync(input: { copies: VerifiedCopy[]; targetPath: string })
       const source = openSource(sources, copy.path);
       if (source === undefined || !readFullyOrMiss(source.fd, data, copy.offset)) return;
       const vouched = copy.hashedVersion !== undefined && sameVersion(copy.hashedVersion, source.opened);
-      if (!vouched && !matchesHash(data, copy.expectedHash)) return;
+      if (!vouched && !matchesHash(data, { digest: copy.expectedHash, hash: input.hash })) return;
       writeAllSync(target, data, copy.targetOffset);
       written[i] = 1;
       if (vouched) source.unhashed.push(i);
@@ -275,12 +283,12 @@ function readFullyOrMiss(fd: number, data: Buffer, offset: number): boolean {
   }
 }
 
-function firstManifestMismatch(input: { path: string; entries: Buffer }): number | undefined {
+function firstManifestMismatch(input: { path: string; entries: Buffer; hash: ChunkHash }): number | undefined {
   const manifest = { entries: input.entries, chunkCount: input.entries.length / MANIFEST_ENTRY_BYTES };
   for (let index = 0; index < manifest.chunkCount; index++) {
     const entry = manifestEntry({ manifest, index });
     const data = readRangeSync(input.path, entry.offset, entry.length);
-    if (entry.zero ? !isZeroChunk(data) : !matchesHash(data, entry.hash)) return index;
+    if (entry.zero ? !isZeroChunk(data) : !matchesHash(data, { digest: entry.hash, hash: input.hash })) return index;
   }
   return undefined;
 }
@@ -316,15 +324,15 @@ function calibrate(sample: Buffer, durationMs: number): Calibration {
     packed += compress(sample, { compressionLevel: 1 }).length;
     compressed += sample.length;
   });
-  // What a send costs per byte without compression: cutting chunks (datacenter size) and hashing each and the whole.
+  // What a send costs per byte without compression: cutting chunks (datacenter size) and hashing each (with the
+  // hash this end offers first) and the whole.
   const params = CALIBRATION_CHUNKING;
+  const chunkHash = localChunkHashes[0]!;
   const hashMBps = timed(() => {
     const whole = createHash('sha256').update(sample);
     let at = 0;
     for (const length of chunkLengths({ data: sample, params })) {
-      createHash('sha256')
-        .update(sample.subarray(at, at + length))
-        .digest();
+      hashChunk(sample.subarray(at, at + length), chunkHash);
       at += length;
     }
     whole.digest();

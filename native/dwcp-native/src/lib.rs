@@ -1,10 +1,10 @@
 //! DWCP's native helpers, loaded through native/dwcp/native-addon.ts; data-extents.ts and chunking.ts each fall back
-//! to TypeScript without them.
+//! to TypeScript without them, and chunk-hash.ts offers only sha256 to peers when BLAKE3 is missing.
 
 use std::ffi::CString;
 use std::sync::OnceLock;
 
-use napi::bindgen_prelude::Uint32Array;
+use napi::bindgen_prelude::{Buffer, Uint32Array};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
@@ -195,4 +195,12 @@ fn is_zero(data: &[u8]) -> bool {
         None => true,
         Some(&first) => first == 0 && data[1..] == data[..data.len() - 1],
     }
+}
+
+/// The BLAKE3 hash of one chunk (32 bytes): the chunk hash peers agree on when both have this addon, 2.3 times
+/// sha256's speed on this project's benchmark machine (bench/dwcp/hash-cost.ts) with the same collision resistance.
+/// One thread on purpose: it runs in a pool worker, beside others.
+#[napi]
+pub fn blake3_hash(data: &[u8]) -> Buffer {
+    blake3::hash(data).as_bytes().to_vec().into()
 }
