@@ -12,7 +12,9 @@
  * code space is reused; the simpler perf map (--perf-basic-prof) misnames those frames.
  *
  * Root (perf, a private network namespace); the images are the benchmark's cache, built if missing.
- * node --import tsx bench/dwcp/profile-summary.ts --copy first|delta [--runs 3] [--max-other 1] [--keep]
+ * node --import tsx bench/dwcp/profile-summary.ts --copy first|delta [--chunk-hash sha256|blake3] [--runs 3]
+ *   [--max-other 1] [--keep]
+ * --chunk-hash: the only hash the sender offers (default: what this build offers, BLAKE3 first when dwcp-native has it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -23,6 +25,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { CHUNK_HASHES, type ChunkHash } from '../../native/dwcp/chunk-hash';
 import { MODE_PARAMETERS } from '../../native/dwcp/mode';
 import { buildDwcpDataset, type DwcpDataset } from './dataset';
 import { sha256sum } from './measure';
@@ -37,7 +40,7 @@ const STAGES = [
   'Read files (page cache to buffers)',
   'Per-chunk open/close of files',
   'FastCDC chunk cutting',
-  'sha256 per chunk',
+  'Chunk hash (sha256 or BLAKE3)',
   'sha256 whole file',
   'Zero detection (memcmp)',
   'zstd (NEED plans)',
@@ -104,11 +107,13 @@ function classify(frames: Frame[], end: End): Stage {
   if (/ValueSerializer|ValueDeserializer|node::worker::Message::|MessagePort::PostMessage|futex/.test(native)) {
     return 'Worker messages (postMessage, clone, wakeups)';
   }
+  // BLAKE3 is only ever a chunk hash (dwcp-native's blake3_hash); like cut_chunks, its chain stops in the addon.
+  if (/blake3/i.test(native)) return 'Chunk hash (sha256 or BLAKE3)';
   if (native.includes('sha256_block')) {
-    if (end === 'receiver') return 'sha256 per chunk';
+    if (end === 'receiver') return 'Chunk hash (sha256 or BLAKE3)';
     // scanFileParts feeds the whole-file hash itself; its `add` closure hashes each chunk.
     const caller = frames.find((f) => f.sym.startsWith('JS:') && !f.sym.includes('crypto/hash'))?.sym ?? '';
-    return /JS:\S*scanFileParts /.test(caller) ? 'sha256 whole file' : 'sha256 per chunk';
+    return /JS:\S*scanFileParts /.test(caller) ? 'sha256 whole file' : 'Chunk hash (sha256 or BLAKE3)';
   }
   if (GC.test(native)) return 'GC';
   if (COMPILE.test(native)) return 'V8 JIT compilation';
@@ -239,6 +244,7 @@ async function profiledCopy(input: {
   pki: Pki;
   dir: string;
   expectedSha256: string;
+  chunkHash: ChunkHash | undefined;
 }): Promise<RunRecord> {
   const { copy, dataset, dir } = input;
   await rm(dir, { recursive: true, force: true });
@@ -272,6 +278,7 @@ async function profiledCopy(input: {
     compressionLevel,
     maxInFlightChunks,
     wholeFileSha256: false,
+    ...(input.chunkHash !== undefined ? { chunkHashes: [input.chunkHash] } : {}),
   };
   const sender = startPeer({ argv: argv(peerConfig(ctx, 'send', settings)), cwd: dir, stdin: true });
   await sender.waitFor('ready');
@@ -356,6 +363,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       copy: { type: 'string' },
+      'chunk-hash': { type: 'string' },
       runs: { type: 'string', default: '3' },
       'max-other': { type: 'string', default: '1' },
       keep: { type: 'boolean', default: false },
@@ -363,6 +371,10 @@ async function main(): Promise<void> {
   });
   const copy = values.copy;
   if (copy !== 'first' && copy !== 'delta') throw new Error('--copy first|delta is required');
+  const chunkHash = values['chunk-hash'];
+  if (chunkHash !== undefined && !CHUNK_HASHES.some((h) => h === chunkHash)) {
+    throw new Error(`--chunk-hash must be one of ${CHUNK_HASHES.join(', ')}`);
+  }
   if (process.getuid?.() !== 0) throw new Error('profile-summary needs root (perf, a network namespace)');
   const dataset = await buildDwcpDataset({ dir: path.join(WORK, 'dwcp'), log: (l) => process.stdout.write(`${l}\n`) });
   const base = path.join(WORK, 'dwcp-profile');
@@ -377,7 +389,14 @@ async function main(): Promise<void> {
     // A shared machine: a copy that ran beside more than --max-other CPU seconds of other work is run again.
     for (let i = 1, attempt = 1; i <= Number(values.runs); attempt++) {
       const dir = path.join(base, `run-${i}`);
-      const run = await profiledCopy({ copy, dataset, pki, dir, expectedSha256: expected[copy] });
+      const run = await profiledCopy({
+        copy,
+        dataset,
+        pki,
+        dir,
+        expectedSha256: expected[copy],
+        chunkHash: chunkHash as ChunkHash | undefined,
+      });
       const kept = run.otherCpuSeconds <= Number(values['max-other']) || attempt >= MAX_ATTEMPTS;
       process.stdout.write(
         `${copy} ${i} (attempt ${attempt}${kept ? '' : ', rerun'}): ${run.wallSeconds.toFixed(2)} s, CPU sender ` +
