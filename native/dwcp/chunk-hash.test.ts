@@ -4,7 +4,9 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { hashChunk, localChunkHashes, pickChunkHash } from './chunk-hash';
+import { ChunkIndex } from './chunk-index';
 import { chunkHashOf, chunkingKey, chunkingParams, fixedChunking, withChunkHash } from './chunking';
+import { manifestEntry } from './manifest';
 import { DwcpReceiver } from './receiver';
 import { sendFile } from './send-file';
 import {
@@ -165,6 +167,17 @@ test(
     }
   },
 );
+
+test('the index keys a location by hash and digest: a digest looked up under the other hash misses', async () => {
+  const base = path.join(loopback.dir, 'keyed.img');
+  await writeTestFile({ path: base, content: noiseContent({ bytes: 256 * 1024, seed: 95 }) });
+  const index = new ChunkIndex({ pool: loopback.pool });
+  await index.addFile({ path: base, chunking });
+  const scanned = await loopback.pool.run({ kind: 'scan', path: base, chunking });
+  const digest = manifestEntry({ manifest: scanned, index: 0 }).hash;
+  assert.ok(index.lookup({ digest, hash: 'sha256' }) !== undefined);
+  assert.equal(index.lookup({ digest, hash: 'blake3' }), undefined);
+});
 
 test(
   'a finished transfer sent again is recognised in the hash it finished in, even by a sender that prefers another',

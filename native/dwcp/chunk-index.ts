@@ -1,14 +1,14 @@
 /**
  * The receiver's chunk index: chunk hash → where that content already sits on this host (a base image, the previous
  * version of the target). Chunk hashes are content addresses, so one index serves every chunking: a file is indexed
- * once per chunking that a sender asks for (the hash is part of a chunking, and keys name their hash), and a lookup never returns content that does not match: readers verify
- * the hash again before using a location, in case the file changed since it was indexed, unless this process hashed
+ * once per chunking that a sender asks for (the hash is part of a chunking, and keys name their hash), and a lookup
+ * never returns content that does not match: readers verify the hash again before using a location, in case the file changed since it was indexed, unless this process hashed
  * that file itself and it is still the version it hashed (`hashedVersion`).
  *
  * Scanning an image costs a full read and hash, so a file's chunk list is also kept in a sidecar next to it
  * (`<file>.dwcp-index.<chunking>`), keyed by size and mtime: a receiver that restarts, or a target that a finished
  * transfer just wrote, is indexed without reading the image. A sidecar is only a hint, like the index itself: a
- * stale one costs sends (the copy fails its sha256 check and the chunk is asked for), never wrong content.
+ * stale one costs sends (the copy fails its hash check and the chunk is asked for), never wrong content.
  */
 import { createHash } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';

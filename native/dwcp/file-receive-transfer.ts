@@ -41,7 +41,7 @@ import {
   type HelloReply,
   type ManifestEnd,
 } from './protocol';
-import { ReceiveTransfer, type ReceiverContext } from './receive-transfer';
+import { ReceiveTransfer, type Completion, type ReceiverContext } from './receive-transfer';
 import type { TransferProgress } from './transfer-types';
 
 export interface ExpectFileInput {
@@ -414,7 +414,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
   }
 
   /**
-   * The end-to-end check. Every chunk this process wrote was checked against the manifest's sha256 in memory
+   * The end-to-end check. Every chunk this process wrote was checked against the manifest's chunk hash in memory
    * before the write, zero chunks are holes of a file this process created empty, and the manifest matched the
    * digest over its entries and the sender's whole-file sha256 (computed in the same pass as the chunk hashes).
    * So the file's sha256 is the manifest's, without reading the file again. When some content came from an
@@ -440,7 +440,7 @@ export class FileReceiveTransfer extends ReceiveTransfer {
     await file.sync();
     await this.release();
     await moveOntoTarget({ ...this.paths, targetPath: this.input.targetPath });
-    await this.answerEnd(socket, verifiedIdentity(manifestEnd), this.chunkHash);
+    await this.answerEnd(socket, this.completion(verifiedIdentity(manifestEnd)));
     // The verified manifest is the new target's chunk index: its next version is then indexed without a scan.
     const chunking = this.chunking;
     if (chunking !== undefined) {
@@ -455,6 +455,12 @@ export class FileReceiveTransfer extends ReceiveTransfer {
       chunksDone: this.chunksDone,
       chunksTotal: manifestEnd.chunkCount,
     });
+  }
+
+  /** What a sender that sends this finished transfer again needs to scan as this one did (see Completion). */
+  private completion(verified: string): Completion {
+    const cuts = this.chunking && withChunkHash(this.chunking, 'sha256');
+    return { verified, chunkHash: this.chunkHash, ...(cuts && { cuts }) };
   }
 
   /**

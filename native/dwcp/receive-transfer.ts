@@ -4,6 +4,7 @@
  * the subclass's business (file-receive-transfer.ts, stream-receive-transfer.ts).
  */
 import type { ChunkHash } from './chunk-hash';
+import type { ChunkingParams } from './chunking';
 import type { ChunkIndex } from './chunk-index';
 import type { FrameSocket } from './connection';
 import type { DwcpWorkerPool } from './worker-pool';
@@ -45,11 +46,13 @@ export async function sendError(socket: FrameSocket, transferId: string, err: Dw
 
 /**
  * A finished transfer as the receiver remembers it for a sender that lost the END reply: what it verified (see
- * EndReplySchema) and, for a file, the chunk hash that names its chunks, since a manifest digest depends on it.
+ * EndReplySchema) and, for a file, how its chunks were cut and named, since a manifest digest depends on both.
  */
 export interface Completion {
   verified: string;
   chunkHash?: ChunkHash;
+  /** The cuts alone (chunkHash names the hash). */
+  cuts?: ChunkingParams;
 }
 
 /** What every transfer of one receiver shares. */
@@ -197,9 +200,10 @@ export abstract class ReceiveTransfer {
    * Answers the sender's END with what this side verified (see EndReplySchema); from then on the receiver only
    * remembers it.
    */
-  protected async answerEnd(socket: FrameSocket, verified: string, chunkHash?: ChunkHash): Promise<void> {
+  protected async answerEnd(socket: FrameSocket, completion: Completion): Promise<void> {
+    const { verified } = completion;
     this.finished = true;
-    this.ctx.onFinished(this.transferId, { verified, ...(chunkHash !== undefined ? { chunkHash } : {}) });
+    this.ctx.onFinished(this.transferId, completion);
     await socket.send({
       type: FrameType.END,
       transferId: this.transferId,

@@ -5,13 +5,14 @@
 import type tls from 'node:tls';
 import type { TlsMaterial } from './certs';
 import { ChunkIndex } from './chunk-index';
+import { chunkingKey, chunkingParams, type ChunkingParams } from './chunking';
 import { createTlsServer, FrameSocket, peerCommonName } from './connection';
 import { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpCancelledError, DwcpError, DwcpProtocolError, DwcpUnknownTransferError } from './errors';
 import { FileReceiveTransfer, type ExpectFileInput } from './file-receive-transfer';
 import { FrameType, isTransferId, jsonPayload, parseJsonPayload } from './framing';
 import { serveProbe } from './mode';
-import { HELLO_TIMEOUT_MS, HelloSchema, TransferKind, type HelloReply } from './protocol';
+import { HELLO_TIMEOUT_MS, HelloSchema, TransferKind, type Hello, type HelloReply } from './protocol';
 import { localChunkHashes, type ChunkHash } from './chunk-hash';
 import { sendError, type Completion, type ReceiveTransfer, type ReceiverContext } from './receive-transfer';
 import { StreamReceiveTransfer, type ExpectStreamInput } from './stream-receive-transfer';
@@ -159,14 +160,14 @@ export class DwcpReceiver {
     }
     const completed = this.completed.get(frame.transferId);
     if (completed !== undefined) {
-      // The chunk hash goes only to a sender that offered hashes: an older one means sha256 and would not read it.
-      const chunkHash = hello.file?.chunkHashes !== undefined ? completed.chunkHash : undefined;
+      const { chunking, chunkHash } = completedChunking({ completed, hello });
       await socket.send({
         type: FrameType.HELLO,
         transferId: frame.transferId,
         payload: jsonPayload({
           ok: true,
           completed: completed.verified,
+          ...(chunking !== undefined ? { chunking } : {}),
           ...(chunkHash !== undefined ? { chunkHash } : {}),
         } satisfies HelloReply),
       });
@@ -186,4 +187,26 @@ export class DwcpReceiver {
       throw error;
     }
   }
+}
+
+/**
+ * How a finished file transfer was cut and hashed, as far as the sender that sends it again can take it: the cuts
+ * only when they are the first-copy chunking it offers (a chunking it did not offer is refused), the hash only when
+ * it offers it (an older sender means sha256 and would not read one). Without them the sender scans as it would
+ * anyway, which matches whenever the transfer is known by its whole-file sha256.
+ */
+function completedChunking(input: { completed: Completion; hello: Hello }): {
+  chunking?: ChunkingParams;
+  chunkHash?: ChunkHash;
+} {
+  const { completed, hello } = input;
+  const offer = hello.file?.firstCopyChunking;
+  const cuts = completed.cuts;
+  const chunkHash = completed.chunkHash;
+  return {
+    ...(offer !== undefined && cuts !== undefined && chunkingKey(chunkingParams(offer)) === chunkingKey(cuts)
+      ? { chunking: cuts }
+      : {}),
+    ...(chunkHash !== undefined && hello.file?.chunkHashes?.includes(chunkHash) ? { chunkHash } : {}),
+  };
 }

@@ -33,7 +33,7 @@ export interface SendFileInput extends SenderOptions {
   /**
    * Also compute the whole file's sha256 in the scan (default true), for callers that identify content by it (the
    * image library). False saves a hash of every byte, holes included; the receiver's checks are as strong either
-   * way: every chunk against its sha256, and the manifest against its digest.
+   * way: every chunk against its chunk hash, and the manifest against its digest.
    */
   wholeFileSha256?: boolean;
 }
@@ -89,6 +89,8 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
     const stats = emptyChunkStats();
     let logicalBytes = 0;
     let chunksDone = 0;
+    /** A receiver has accepted the scan's chunk hash. */
+    let hashAgreed = false;
 
     const { attempts } = await ctx.withReconnect(async (attempt) => {
       const offer = scan === undefined ? firstCopyChunking : undefined;
@@ -96,7 +98,9 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         size,
         chunking: scan?.chunking ?? chunking,
         ...(offer !== undefined ? { firstCopyChunking: offer } : {}),
-        chunkHashes: scan !== undefined ? [chunkHashOf(scan.chunking)] : [...offered],
+        // Until a receiver has answered, everything this end can compute (an early scan's hash comes first);
+        // afterwards only the scan's, so a later attempt keeps the chunks already sent.
+        chunkHashes: scan !== undefined && hashAgreed ? [chunkHashOf(scan.chunking)] : [...offered],
       };
       const control = await ctx.connect({
         streamIndex: 0,
@@ -110,13 +114,15 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           throw new DwcpProtocolError(`the receiver chose chunk hash ${hash}, which was not offered`);
         }
         if (scan !== undefined && chunkHashOf(scan.chunking) !== hash) {
-          // The receiver cannot check the hash the scan uses: scan again in its hash. The abandoned scan finishes
-          // in its worker unread; this costs a scan only against a host that lacks BLAKE3.
+          // The receiver cannot check the hash the scan uses (an older release, or a host without dwcp-native):
+          // scan again in its hash. The abandoned scan cannot be stopped and finishes in its worker unread, so such
+          // a transfer reads its source twice and shares the pool with that scan meanwhile.
           scan = startScan(withChunkHash(scan.chunking, hash));
         }
         const current = (scan ??= startScan(
           withChunkHash(chosenChunking({ reply: control.reply.chunking, offered: offer, otherwise: chunking }), hash),
         ));
+        hashAgreed = true;
         const manifest = current.manifest;
         if (control.reply.completed !== undefined) {
           const { manifest: whole, digest } = await current.done();
@@ -185,7 +191,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
               offset: entry.offset,
               length: entry.length,
               level,
-              // The receiver checks the chunk against its sha256 before writing it: a CRC would add nothing.
+              // The receiver checks the chunk against its chunk hash before writing it: a CRC would add nothing.
               checksum: false,
             });
             return {

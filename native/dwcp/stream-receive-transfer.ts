@@ -135,7 +135,9 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
       this.sink.end(() => resolve());
     });
     this.stats.total = this.nextIndex;
-    await this.answerEnd(socket, sha256 ?? streamIdentity({ size: end.size, chunkCount: end.chunkCount }));
+    await this.answerEnd(socket, {
+      verified: sha256 ?? streamIdentity({ size: end.size, chunkCount: end.chunkCount }),
+    });
     this.succeed({ sha256, logicalBytes: this.delivered, chunksDone: this.nextIndex, chunksTotal: this.nextIndex });
   }
 

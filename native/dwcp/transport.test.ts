@@ -109,6 +109,28 @@ test('a first copy with nothing to deduplicate against is cut in the fixed exten
   assert.ok(sent2.chunks.data <= 2, `${sent2.chunks.data} chunks sent as data`);
 });
 
+test('a finished first copy sent again is recognised: the receiver names the extents it took as well as its hash', async () => {
+  const source = path.join(dir, 'finished-first.img');
+  await writeTestFile({ path: source, content: makeTestContent({ bytes: 2 * 1024 * 1024, seed: 9 }) });
+  const transferId = randomUUID();
+  // Without a whole-file sha256 the transfer is known by its manifest digest, which depends on how it was cut.
+  const send = () =>
+    sendFile({
+      ...sender({ transferId }),
+      sourcePath: source,
+      chunking,
+      firstCopyChunking: fixedChunking({ bytes: 64 * 1024 }),
+      wholeFileSha256: false,
+    });
+  const received = receiver.expectFile({ transferId, targetPath: path.join(dir, 'out', 'finished-first.img') });
+  const first = await send();
+  await received;
+  // As after a lost END reply: the target now exists, but the receiver answers from what it finished.
+  const again = await send();
+  assert.equal(again.manifestDigest, first.manifestDigest);
+  assert.equal(again.chunking, first.chunking);
+});
+
 test('a new version reuses the chunks of a base image, so only the changes cross the wire', async () => {
   const v1 = noiseContent({ bytes: 4 * 1024 * 1024, seed: 11 });
   const v2 = Buffer.concat([

@@ -71,7 +71,10 @@ export interface ExpectedHash {
   hash: ChunkHash;
 }
 
-/** Level-1 zstd speed and ratio, and the speed of chunking plus sha256 (the work every byte costs), per worker. */
+/**
+ * Level-1 zstd speed and ratio, and the speed of chunking plus chunk hashing (the work every byte costs), per worker.
+ * The hash timed is the one this end offers first, so against a host without BLAKE3 hashing costs more than this.
+ */
 export interface Calibration {
   mbps: number;
   ratio: number;
