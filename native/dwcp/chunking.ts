@@ -80,7 +80,8 @@ export function chunkingKey(params: ChunkingParams): string {
   const cuts = params.fixed
     ? `fixed/${params.maxBytes}`
     : `${params.minBytes}/${params.avgBytes}/${params.maxBytes}/${params.normalization}`;
-  return params.hash === undefined || params.hash === 'sha256' ? cuts : `${cuts}/${params.hash}`;
+  const hash = chunkHashOf(params);
+  return hash === 'sha256' ? cuts : `${cuts}/${hash}`;
 }
 
 /**
