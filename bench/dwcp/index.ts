@@ -34,6 +34,7 @@ import {
   addRatios,
   compactJson,
   fmtBytes,
+  renderDwcpGoals,
   renderDwcpSummary,
   renderDwcpTable,
   renderTable,
@@ -265,6 +266,11 @@ export const dwcpBenchmark: Benchmark = {
       doc: 'docs/dwcp.md',
       name: 'dwcp',
       render: async (file) => renderDwcpTable(file, await readResults<DwcpResults>(file)),
+    },
+    {
+      doc: 'docs/dwcp.md',
+      name: 'dwcp-goals',
+      render: async (file) => renderDwcpGoals(file, await readResults<DwcpResults>(file)),
     },
     {
       doc: 'docs/benchmarks.md',

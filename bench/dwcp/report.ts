@@ -2,6 +2,7 @@
 import { runLine } from '../results';
 import type { RunMetadata } from '../run-metadata';
 import type { DwcpDataset } from './dataset';
+import { renderGoalsTable } from './goals';
 import { isStreamScenario, type DwcpBenchRun } from './measure';
 
 export interface DwcpResults {
@@ -13,6 +14,8 @@ export interface DwcpResults {
   dataset: DwcpDataset;
   links: Array<{ name: string; rateMbps: number | null }>;
   iterations?: number;
+  /** Absent from files written before the chunk-hash agreement: those runs used dwcp-native's cutter and sha256. */
+  implementations?: { chunking: string; dataExtents: string; chunkHashes: string[] };
   runs: DwcpBenchRun[];
 }
 
@@ -111,8 +114,23 @@ export function renderDwcpTable(file: string, r: DwcpResults): string {
     '',
     `Dataset: ${r.dataset.description}.`,
     '',
+    ...(r.implementations ? [implementationsLine(r.implementations), ''] : []),
     renderTable(r.runs),
   ].join('\n');
+}
+
+/** Which code the peers ran, so a run on the TypeScript fallbacks says so. */
+function implementationsLine(i: NonNullable<DwcpResults['implementations']>): string {
+  const code = (name: string): string => (name === 'native' ? 'dwcp-native' : 'the TypeScript fallback');
+  return (
+    `The DWCP peers ran chunk cutting in ${code(i.chunking)}, data extents (holes) in ${code(i.dataExtents)}, and ` +
+    `offered the chunk hashes ${i.chunkHashes.join(', ')} (the first each receiver could check was used).`
+  );
+}
+
+/** The goals judged on the run, for docs/dwcp.md. */
+export function renderDwcpGoals(file: string, r: DwcpResults): string {
+  return [runLineOf(file, r), '', renderGoalsTable(r)].join('\n');
 }
 
 const find = (r: DwcpResults, link: string, tool: string, scenario: string): DwcpBenchRun | undefined =>
@@ -159,7 +177,7 @@ export function renderDwcpSummary(file: string, r: DwcpResults): string {
     for (const scenario of ['stream-random', 'stream-random-4ch', 'stream-image']) {
       add(
         `${capped.name}, ${scenario}`,
-        find(r, capped.name, 'dwcp-internet', scenario),
+        find(r, capped.name, 'dwcp-auto', scenario),
         (x) => `${overLink(x)}; ${ratio(x, 'raw-tcp')}`,
       );
     }
@@ -172,5 +190,7 @@ export function renderDwcpSummary(file: string, r: DwcpResults): string {
     '| link, copy | tool | s (median) | against the baselines | load |',
     '| --- | --- | ---: | --- | ---: |',
     ...rows,
+    '',
+    renderGoalsTable(r),
   ].join('\n');
 }
