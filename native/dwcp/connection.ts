@@ -8,6 +8,7 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { TlsMaterial } from './certs';
 import { DwcpCancelledError, DwcpConnectionError, DwcpError, DwcpTimeoutError } from './errors';
+import type { BufferRecycler } from './buffer-recycler';
 import { FRAME_HEADER_BYTES, FrameDecoder, encodeFrame, type EncodeFrameInput, type Frame } from './framing';
 
 export interface DialInput {
@@ -118,11 +119,14 @@ export class FrameSocket {
   bytesOut = 0;
   readonly stream: Duplex;
 
-  constructor(input: { stream: Duplex; maxPayloadBytes?: number }) {
+  /** `buffers` supplies incoming payloads; whoever consumes a frame may give its payload back there. */
+  constructor(input: { stream: Duplex; maxPayloadBytes?: number; buffers?: BufferRecycler }) {
     this.stream = input.stream;
-    this.decoder = new FrameDecoder(
-      input.maxPayloadBytes === undefined ? {} : { maxPayloadBytes: input.maxPayloadBytes },
-    );
+    const buffers = input.buffers;
+    this.decoder = new FrameDecoder({
+      ...(input.maxPayloadBytes === undefined ? {} : { maxPayloadBytes: input.maxPayloadBytes }),
+      ...(buffers === undefined ? {} : { allocatePayload: (length: number) => buffers.take(length) }),
+    });
     this.stream.on('data', (data: Buffer) => this.onData(data));
     this.stream.on('error', (err) => this.fail(DwcpError.fromNative(err, 'connection')));
     this.stream.on('close', () => this.fail(new DwcpConnectionError('connection closed')));
@@ -138,13 +142,17 @@ export class FrameSocket {
     return this.failure;
   }
 
-  async send(frame: EncodeFrameInput): Promise<void> {
+  /**
+   * `onPayloadDone` runs once the socket no longer needs the payload (written, or dropped with the connection), so
+   * its buffer may be reused.
+   */
+  async send(frame: EncodeFrameInput, onPayloadDone?: () => void): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
     const [header, payload] = encodeFrame(frame);
     // Corked so header and payload leave in one TLS record instead of two.
     this.stream.cork();
     let ok = this.stream.write(header);
-    if (payload.length > 0) ok = this.stream.write(payload);
+    if (payload.length > 0) ok = this.stream.write(payload, onPayloadDone);
     this.stream.uncork();
     this.bytesOut += FRAME_HEADER_BYTES + payload.length;
     if (!ok) await this.drained();
