@@ -161,13 +161,7 @@ async function receiveDwcp(config: Config, dwcp: NonNullable<Config['dwcp']>, po
   const receiver = await DwcpReceiver.start({ tls, host: config.host, port: config.port, pool });
   const { sinks, meter } = await receiveSinks(config);
   const results = config.transferIds.map((transferId, i) =>
-    receiver.expectStream({
-      transferId,
-      sink: sinks[i]!,
-      wholeStreamSha256: dwcp.wholeStreamSha256,
-      // File sinks are done with a chunk once its write returns, as the socket to QEMU is in a migration.
-      sinkCopiesWrites: meter === undefined,
-    }),
+    receiver.expectStream({ transferId, sink: sinks[i]!, wholeStreamSha256: dwcp.wholeStreamSha256 }),
   );
   const cpu = process.cpuUsage();
   process.stdout.write(`listening ${receiver.port}\n`);

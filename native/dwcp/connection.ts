@@ -8,7 +8,6 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { TlsMaterial } from './certs';
 import { DwcpCancelledError, DwcpConnectionError, DwcpError, DwcpTimeoutError } from './errors';
-import type { BufferRecycler } from './buffer-recycler';
 import { FRAME_HEADER_BYTES, FrameDecoder, encodeFrame, type EncodeFrameInput, type Frame } from './framing';
 
 export interface DialInput {
@@ -119,14 +118,11 @@ export class FrameSocket {
   bytesOut = 0;
   readonly stream: Duplex;
 
-  /** `buffers` supplies incoming payloads; whoever consumes a frame may give its payload back there. */
-  constructor(input: { stream: Duplex; maxPayloadBytes?: number; buffers?: BufferRecycler }) {
+  constructor(input: { stream: Duplex; maxPayloadBytes?: number }) {
     this.stream = input.stream;
-    const buffers = input.buffers;
-    this.decoder = new FrameDecoder({
-      ...(input.maxPayloadBytes === undefined ? {} : { maxPayloadBytes: input.maxPayloadBytes }),
-      ...(buffers === undefined ? {} : { allocatePayload: (length: number) => buffers.take(length) }),
-    });
+    this.decoder = new FrameDecoder(
+      input.maxPayloadBytes === undefined ? {} : { maxPayloadBytes: input.maxPayloadBytes },
+    );
     this.stream.on('data', (data: Buffer) => this.onData(data));
     this.stream.on('error', (err) => this.fail(DwcpError.fromNative(err, 'connection')));
     this.stream.on('close', () => this.fail(new DwcpConnectionError('connection closed')));
@@ -142,17 +138,13 @@ export class FrameSocket {
     return this.failure;
   }
 
-  /**
-   * `onPayloadDone` runs once the socket no longer needs the payload (written, or dropped with the connection), so
-   * its buffer may be reused.
-   */
-  async send(frame: EncodeFrameInput, onPayloadDone?: () => void): Promise<void> {
+  async send(frame: EncodeFrameInput): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
     const [header, payload] = encodeFrame(frame);
     // Corked so header and payload leave in one TLS record instead of two.
     this.stream.cork();
     let ok = this.stream.write(header);
-    if (payload.length > 0) ok = this.stream.write(payload, onPayloadDone);
+    if (payload.length > 0) ok = this.stream.write(payload);
     this.stream.uncork();
     this.bytesOut += FRAME_HEADER_BYTES + payload.length;
     if (!ok) await this.drained();

@@ -149,7 +149,7 @@ export function encodeFrame(input: EncodeFrameInput): readonly [Buffer, Buffer] 
 /**
  * Incremental frame parser: feed it whatever the socket delivers (partial headers, several frames at once) and it
  * returns the complete frames. Payloads are copied into buffers that own their memory, so they can be transferred
- * to worker threads without detaching a shared pool; `allocatePayload` supplies them (a BufferRecycler's take).
+ * to worker threads without detaching a shared pool.
  */
 export class FrameDecoder {
   private readonly pending: Buffer[] = [];
@@ -158,11 +158,9 @@ export class FrameDecoder {
   private payloadLength = 0;
   private payloadChecksum = 0;
   private readonly maxPayloadBytes: number;
-  private readonly allocatePayload: (length: number) => Buffer;
 
-  constructor(input: { maxPayloadBytes?: number; allocatePayload?: (length: number) => Buffer } = {}) {
+  constructor(input: { maxPayloadBytes?: number } = {}) {
     this.maxPayloadBytes = input.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
-    this.allocatePayload = input.allocatePayload ?? ((length) => Buffer.allocUnsafeSlow(length));
   }
 
   /** Bytes received but not yet returned as frames. */
@@ -218,7 +216,7 @@ export class FrameDecoder {
     };
   }
 
-  /** Removes `n` bytes from the front of the pending list; `own` forces a buffer of its own (a payload). */
+  /** Removes `n` bytes from the front of the pending list; `own` forces a fresh, unpooled buffer. */
   private take(n: number, own: boolean): Buffer {
     const first = this.pending[0];
     if (!own && first !== undefined && first.length >= n) {
@@ -226,7 +224,7 @@ export class FrameDecoder {
       this.consume(n);
       return out;
     }
-    const out = own ? this.allocatePayload(n) : Buffer.allocUnsafeSlow(n);
+    const out = Buffer.allocUnsafeSlow(n);
     let filled = 0;
     while (filled < n) {
       const head = this.pending[0];

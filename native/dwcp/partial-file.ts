@@ -155,7 +155,6 @@ export async function writeChunk(input: {
     expected: { digest: entry.hash, hash: input.hash },
     target: { path: input.partialPath, offset: entry.offset },
   });
-  input.pool.buffers.give(decoded.payload);
   return decoded.written ? undefined : 'checksum';
 }
 

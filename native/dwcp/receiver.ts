@@ -140,7 +140,7 @@ export class DwcpReceiver {
   }
 
   private onConnection(stream: tls.TLSSocket): void {
-    const socket = new FrameSocket({ stream, buffers: this.pool.buffers });
+    const socket = new FrameSocket({ stream });
     this.connections.add(socket);
     stream.once('close', () => this.connections.delete(socket));
     void this.handshake(socket, stream).catch(async (err: unknown) => {

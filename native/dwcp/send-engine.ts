@@ -22,8 +22,6 @@ export interface SendWorkload {
   /** Builds the frame for a chunk (compressing in the worker pool); called again when a chunk is resent. */
   prepare(index: number): Promise<EncodeFrameInput>;
   onAck(index: number): void;
-  /** The connection is done with a frame's payload (written, or dropped with the connection): it may be reused. */
-  onPayloadDone?(frame: EncodeFrameInput): void;
   onNack(index: number, reason: NackReason): void;
   /**
    * A NEED frame (the receiver's answer to one manifest part) read from a connection; chunks it asks for become
@@ -178,8 +176,7 @@ export class SendEngine {
     target.chain = target.chain.then(async () => {
       await this.input.throttle(size);
       this.check();
-      const { workload } = this.input;
-      await target.socket.send(frame, workload.onPayloadDone && (() => workload.onPayloadDone?.(frame)));
+      await target.socket.send(frame);
       this.input.onFrameSent({ index, frame });
     });
     await target.chain;

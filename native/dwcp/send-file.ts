@@ -193,9 +193,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
               level,
               // The receiver checks the chunk against its chunk hash before writing it: a CRC would add nothing.
               checksum: false,
-              into: ctx.pool.buffers.take(entry.length),
             });
-            if (encoded.unused !== undefined) ctx.pool.buffers.give(encoded.unused);
             return {
               ...base,
               type: encoded.encoding === ChunkEncoding.ZERO ? FrameType.ZERO : FrameType.CHUNK,
@@ -214,12 +212,6 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
           },
           onNack: () => {
             stats.resent++;
-          },
-          // A raw payload is the buffer the worker read into: the next read may fill it. Compressed payloads are
-          // zstd's output, of a size nothing else asks for.
-          onPayloadDone: (frame) => {
-            if (frame.encoding === ChunkEncoding.RAW && frame.payload !== undefined)
-              ctx.pool.buffers.give(frame.payload);
           },
         };
         const engine = ctx.engine({

@@ -21,12 +21,6 @@ export interface ExpectStreamInput {
   maxReorderChunks?: number;
   /** As the sender's wholeStreamSha256 (default true); both ends must agree. */
   wholeStreamSha256?: boolean;
-  /**
-   * The sink is done with what it was given once its write callback has run, as a socket or a file is: delivered
-   * chunks' buffers are then reused for the chunks that follow. Default false, since a sink that passes buffers on
-   * (a PassThrough, an array) may still hold them.
-   */
-  sinkCopiesWrites?: boolean;
   onProgress?: (progress: TransferProgress) => void;
 }
 
@@ -36,7 +30,6 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
   private readonly maxReorder: number;
   private readonly buffer = new Map<number, { data: Buffer; socket: FrameSocket; zero: boolean }>();
   private readonly hash: Hash | undefined;
-  private readonly reuseWritten: boolean;
   private nextIndex = 0;
   private delivered = 0;
   private delivering = false;
@@ -47,7 +40,6 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
     this.sink = input.sink;
     this.maxReorder = input.maxReorderChunks ?? 1024;
     this.hash = input.wholeStreamSha256 === false ? undefined : createHash('sha256');
-    this.reuseWritten = input.sinkCopiesWrites === true;
   }
 
   async attach(socket: FrameSocket, hello: Hello): Promise<void> {
@@ -108,10 +100,7 @@ export class StreamReceiveTransfer extends ReceiveTransfer {
         if (chunk === undefined || this.finished) return;
         this.buffer.delete(this.nextIndex);
         this.hash?.update(chunk.data);
-        // Zero chunks are views of one shared buffer; every other chunk's buffer is its own.
-        const { data } = chunk;
-        const written = this.reuseWritten && !chunk.zero ? () => this.ctx.pool.buffers.give(data) : undefined;
-        if (!this.sink.write(data, written)) await waitDrain(this.sink);
+        if (!this.sink.write(chunk.data)) await waitDrain(this.sink);
         const index = this.nextIndex++;
         this.delivered += chunk.data.length;
         if (chunk.zero) this.stats.zero++;

@@ -7,7 +7,6 @@ import { open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { BufferRecycler } from './buffer-recycler';
 import { isZeroChunk } from './chunking';
 import { DwcpError, DwcpIoError } from './errors';
 import { postWorkerMessage, reviveBuffers, type WorkerRequest, type WorkerResponse } from './worker-messages';
@@ -40,11 +39,6 @@ export class DwcpWorkerPool {
   private nextId = 1;
   private closed = false;
   readonly size: number;
-  /**
-   * Chunk buffers shared by every transfer on this pool (a host agent has one pool): filled by a worker or a frame
-   * decoder, moved to where they are used, and given back here once written.
-   */
-  readonly buffers = new BufferRecycler();
 
   constructor(input: { size?: number } = {}) {
     this.size = input.size ?? defaultWorkerCount();

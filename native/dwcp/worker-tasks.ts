@@ -26,16 +26,7 @@ import {
 export type WorkerTask =
   | { kind: 'scan'; path: string; chunking: ChunkingParams }
   | { kind: 'scanParts'; path: string; chunking: ChunkingParams; hashWholeFile?: boolean }
-  | {
-      kind: 'encodeFile';
-      path: string;
-      offset: number;
-      length: number;
-      level: number;
-      checksum?: boolean;
-      /** A buffer of `length` bytes to read into (BufferRecycler), instead of a fresh one. */
-      into?: Buffer;
-    }
+  | { kind: 'encodeFile'; path: string; offset: number; length: number; level: number; checksum?: boolean }
   | { kind: 'encode'; data: Buffer; level: number }
   | { kind: 'decode'; encoding: ChunkEncoding; payload: Buffer; rawLength: number; expected?: ExpectedHash }
   | {
@@ -57,16 +48,12 @@ export interface WorkerResults {
   scan: Manifest;
   /** The entries themselves arrive as parts while the task runs (DwcpWorkerPool.runWithParts). */
   scanParts: ScanSummary;
-  /** `unused` is `into` when the payload is not that buffer (compressed, or a zero chunk), to be reused. */
-  encodeFile: EncodedChunk & { unused?: Buffer };
+  encodeFile: EncodedChunk;
   encode: EncodedChunk;
   /** `data` is undefined when the decoded content does not match expectedHash. */
   decode: { data: Buffer | undefined };
-  /**
-   * `written` is false when the content did not match expectedHash (nothing was written then). `payload` is the
-   * task's payload, handed back for reuse.
-   */
-  decodeInto: { written: boolean; payload: Buffer };
+  /** `written` is false when the content did not match expectedHash (nothing was written then). */
+  decodeInto: { written: boolean };
   readVerified: { data: Buffer | undefined };
   /** One byte a copy: 1 when it was written, 0 when its source could not be read or did not match its hash. */
   copyVerified: { written: Uint8Array };
@@ -136,23 +123,21 @@ export function runWorkerTask(
       return scanFileSync(task);
     case 'scanParts':
       return scanFileParts({ ...task, onPart });
-    case 'encodeFile': {
-      const data = readRangeSync(task.path, task.offset, task.length, task.into);
-      const encoded = encodeChunk({
-        data,
+    case 'encodeFile':
+      return encodeChunk({
+        data: readRangeSync(task.path, task.offset, task.length),
         level: task.level,
         ...(task.checksum !== undefined ? { checksum: task.checksum } : {}),
       });
-      return encoded.payload === data ? encoded : { ...encoded, unused: data };
-    }
     case 'encode':
       return encodeChunk({ data: task.data, level: task.level });
     case 'decode':
       return { data: decodeVerified(task) };
     case 'decodeInto': {
       const data = decodeVerified(task);
-      if (data !== undefined) writeRangeSync(task.target, data);
-      return { written: data !== undefined, payload: task.payload };
+      if (data === undefined) return { written: false };
+      writeRangeSync(task.target, data);
+      return { written: true };
     }
     case 'readVerified': {
       const data = readRangeSync(task.path, task.offset, task.length);
@@ -196,13 +181,10 @@ function matchesHash(data: Buffer, expected: ExpectedHash | undefined): boolean 
   return hashChunk(data, expected.hash).equals(expected.digest);
 }
 
-/** Reads `length` bytes at `offset` into `into` (which must be that long) or a fresh buffer. */
-function readRangeSync(file: string, offset: number, length: number, into?: Buffer): Buffer {
-  if (into !== undefined && into.length !== length)
-    throw new DwcpIoError(`read buffer of ${into.length} bytes for ${length}`);
+function readRangeSync(file: string, offset: number, length: number): Buffer {
   const fd = openSync(file, 'r');
   try {
-    const out = into ?? Buffer.allocUnsafeSlow(length);
+    const out = Buffer.allocUnsafeSlow(length);
     if (!readFullySync(fd, out, offset)) throw new DwcpIoError(`${file} ended before offset ${offset + length}`);
     return out;
   } finally {
