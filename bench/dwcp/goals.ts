@@ -4,7 +4,7 @@
  * are datacenter mode, as the goals name it; rows on the capped link are dwcp-auto, the parameters the product
  * picks there by probing the link.
  */
-import type { DwcpBenchRun } from './measure';
+import { findRun, type DwcpBenchRun } from './measure';
 
 export type GoalVerdict = 'met' | 'not met' | 'not measured';
 
@@ -57,7 +57,7 @@ function judge(input: {
 /** Every goal, in the order the issue lists them; a run without a row a goal needs reports it as not measured. */
 export function evaluateDwcpGoals(results: RunsAndLinks): GoalResult[] {
   const row = (link: string, tool: string, scenario: string): DwcpBenchRun | undefined =>
-    results.runs.find((r) => r.link === link && r.tool === tool && r.scenario === scenario);
+    findRun({ runs: results.runs, link, tool, scenario });
   const throughput = ([run, base]: DwcpBenchRun[]): number => run!.logicalMBps / base!.logicalMBps;
   const against =
     (name: string) =>

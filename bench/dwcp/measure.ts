@@ -145,6 +145,16 @@ export function isStreamScenario(scenario: Scenario): scenario is StreamScenario
   return scenario.startsWith('stream-');
 }
 
+/** The run of `tool` on `link` for `scenario`, if the results hold one. */
+export function findRun(input: {
+  runs: readonly DwcpBenchRun[];
+  link: string;
+  tool: string;
+  scenario: string;
+}): DwcpBenchRun | undefined {
+  return input.runs.find((r) => r.link === input.link && r.tool === input.tool && r.scenario === input.scenario);
+}
+
 /** Milliseconds from a write into the source to its arrival at the sink (stream-latency). */
 export interface LatencySummary {
   p50: number;

@@ -3,7 +3,7 @@ import { runLine } from '../results';
 import type { RunMetadata } from '../run-metadata';
 import type { DwcpDataset } from './dataset';
 import { renderGoalsTable } from './goals';
-import { isStreamScenario, type DwcpBenchRun } from './measure';
+import { findRun, isStreamScenario, type DwcpBenchRun } from './measure';
 
 export interface DwcpResults {
   /** Absent from files written before the run record (bench/run-metadata.ts) existed. */
@@ -79,7 +79,7 @@ export function addRatios(runs: DwcpBenchRun[]): void {
     const stream = isStreamScenario(run.scenario);
     for (const base of stream ? (['raw-tcp'] as const) : (['raw-tcp', 'zstd-1-nc', 'rsync'] as const)) {
       const scenario = stream ? run.scenario : base === 'rsync' && run.scenario !== 'first' ? 'delta' : 'first';
-      const baseline = runs.find((r) => r.link === run.link && r.tool === base && r.scenario === scenario);
+      const baseline = findRun({ runs, link: run.link, tool: base, scenario });
       if (baseline === undefined || baseline === run) continue;
       vs[base] = {
         speedup: run.logicalMBps / baseline.logicalMBps,
@@ -134,7 +134,7 @@ export function renderDwcpGoals(file: string, r: DwcpResults): string {
 }
 
 const find = (r: DwcpResults, link: string, tool: string, scenario: string): DwcpBenchRun | undefined =>
-  r.runs.find((x) => x.link === link && x.tool === tool && x.scenario === scenario);
+  findRun({ runs: r.runs, link, tool, scenario });
 
 /** The headline comparisons, for docs/benchmarks.md: each a row of the docs/dwcp.md table. */
 export function renderDwcpSummary(file: string, r: DwcpResults): string {
