@@ -82,15 +82,13 @@ async function qemuMigration(
   host: Host,
   name: string,
 ): Promise<{ maxBandwidth: bigint; downtimeMs: number; active: boolean }> {
-  // One virsh process for both, so that a poll is quick enough to catch a migration of a second or two.
+  // One virsh process, so that a poll is quick enough to catch a migration of a second or two. The parameters are
+  // read between two looks at the job: libvirt applies them just before QEMU's migration starts, so a single look
+  // after them can see a job that was not yet running when they were read (seen in CI: QEMU's 128 MiB/s default).
+  const job = `qemu-monitor-command --domain ${name} --hmp 'info migrate'`;
   const { stdout } = await promisify(execFile)(
     'virsh',
-    [
-      '-c',
-      host.uri,
-      `qemu-monitor-command --domain ${name} --hmp 'info migrate_parameters' ; ` +
-        `qemu-monitor-command --domain ${name} --hmp 'info migrate'`,
-    ],
+    ['-c', host.uri, `${job} ; qemu-monitor-command --domain ${name} --hmp 'info migrate_parameters' ; ${job}`],
     { timeout: 30_000 },
   );
   const bandwidth = /^max-bandwidth: (\d+) bytes\/second/m.exec(stdout)?.[1];
@@ -99,7 +97,9 @@ async function qemuMigration(
   return {
     maxBandwidth: BigInt(bandwidth),
     downtimeMs: Number(downtime),
-    active: /^Migration status: active\b/m.test(stdout) && /^transferred ram: [1-9]/m.test(stdout),
+    active:
+      (stdout.match(/^Migration status: active\b/gm)?.length ?? 0) === 2 &&
+      (stdout.match(/^transferred ram: [1-9]/gm)?.length ?? 0) === 2,
   };
 }
 
