@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { access, mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { waitUntil } from '../../test/support/wait';
-import { chunkingParams } from './chunking';
+import { chunkingKey, chunkingParams, fixedChunking, withChunkHash } from './chunking';
+import { localChunkHashes } from './chunk-hash';
 import { dialTls, type Dialer } from './connection';
 import type { DwcpWorkerPool } from './worker-pool';
 import { DwcpAuthError, DwcpDiskFullError } from './errors';
@@ -20,6 +19,12 @@ import {
   writeTestFile,
   type TestPki,
 } from './testing/fixtures';
+import {
+  journaledChunks,
+  startReceiverProcess,
+  waitForJournalSync,
+  type ReceiverProcess,
+} from './testing/receiver-child';
 import { startTcpProxy, type TcpProxy } from './testing/tcp-proxy';
 import { DwcpReceiver } from './receiver';
 import { sendFile } from './send-file';
@@ -37,60 +42,6 @@ before(async () => {
 
 after(() => closeLoopbackReceiver({ dir, pki, pool, receiver }));
 
-function startReceiverProcess(input: { port: number; transferId: string; targetPath: string }): Promise<{
-  child: ChildProcess;
-  port: number;
-  done: Promise<string>;
-}> {
-  const config = {
-    caPath: pki.receiverFiles.caPath,
-    certPath: pki.receiverFiles.certPath,
-    keyPath: pki.receiverFiles.keyPath,
-    port: input.port,
-    transferId: input.transferId,
-    targetPath: input.targetPath,
-    journalBatchChunks: 16,
-  };
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      pathToFileURL(require.resolve('tsx')).href,
-      path.join(__dirname, 'testing', 'receiver-process.ts'),
-      JSON.stringify(config),
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  let out = '';
-  let onLine: ((line: string) => void)[] = [];
-  child.stdout?.on('data', (d: Buffer) => {
-    out += d.toString();
-    let nl;
-    while ((nl = out.indexOf('\n')) >= 0) {
-      const line = out.slice(0, nl);
-      out = out.slice(nl + 1);
-      for (const f of onLine) f(line);
-    }
-  });
-  const done = new Promise<string>((resolve, reject) => {
-    onLine.push((line) => {
-      if (line.startsWith('done ')) resolve(line.slice(5));
-    });
-    child.on('exit', (code, signal) => reject(new Error(`receiver exited ${code ?? signal}: ${stderr}`)));
-  });
-  done.catch(() => undefined);
-  return new Promise((resolve, reject) => {
-    onLine.push((line) => {
-      if (line.startsWith('listening ')) resolve({ child, port: Number(line.slice(10)), done });
-    });
-    child.on('exit', (code) => reject(new Error(`receiver exited ${code} before listening: ${stderr}`)));
-  }).finally(() => {
-    onLine = onLine.slice(0, 1);
-  }) as Promise<{ child: ChildProcess; port: number; done: Promise<string> }>;
-}
-
 /** Sends a file to a receiver process, SIGKILLs it mid-transfer once its journal holds a fair share, restarts it. */
 async function sendThroughReceiverKill(input: { name: string; wholeFileSha256?: boolean }) {
   const source = path.join(dir, `${input.name}-src.img`);
@@ -99,7 +50,7 @@ async function sendThroughReceiverKill(input: { name: string; wholeFileSha256?: 
   const target = path.join(dir, input.name, 'target.img');
   const transferId = randomUUID();
 
-  const first = await startReceiverProcess({ port: 0, transferId, targetPath: target });
+  const first = await startReceiverProcess({ pki, port: 0, transferId, targetPath: target });
   /** Chunks the journal on disk recorded when the receiver was killed: the ones a resume must not resend. */
   let journaledAtKill = 0;
   let restarted: Promise<{ done: Promise<string> }> | undefined;
@@ -124,7 +75,7 @@ async function sendThroughReceiverKill(input: { name: string; wholeFileSha256?: 
         // The new receiver binds the same port, so it starts once the killed one is gone, not after a guessed delay.
         const gone = new Promise((resolve) => first.child.once('exit', resolve));
         first.child.kill('SIGKILL');
-        restarted = gone.then(() => startReceiverProcess({ port: first.port, transferId, targetPath: target }));
+        restarted = gone.then(() => startReceiverProcess({ pki, port: first.port, transferId, targetPath: target }));
       }
     },
   });
@@ -161,24 +112,69 @@ test('without the whole-file sha256, a resumed transfer is checked against its m
   assert.ok(sent.chunks.resumed >= journaledAtKill && journaledAtKill > 0, `${sent.chunks.resumed} resumed`);
 });
 
-/** Chunk records in a journal file (lines after the header; a torn last line is not counted). */
-function journaledChunks(file: string): number {
-  let text: string;
+test('a receiver killed with every chunk journaled, before END, is restarted: the send finishes without resending data, and a new send of it is answered from the cuts it used', async () => {
+  const source = path.join(dir, 'before-end-src.img');
+  const expected = await writeTestFile({ path: source, content: noiseContent({ bytes: 8 * 1024 * 1024, seed: 83 }) });
+  const target = path.join(dir, 'before-end', 'target.img');
+  const transferId = randomUUID();
+  // Offered as the image library offers it. The attempt that finishes offers nothing (it describes the cuts it
+  // scanned with), so a receiver that kept what an attempt offered would answer the new send with no cuts, and that
+  // send, known by its manifest digest alone, would scan content-defined chunks and find other content.
+  const firstCopyChunking = fixedChunking({ bytes: 256 * 1024 });
+  const sender = {
+    host: '127.0.0.1',
+    tls: pki.sender,
+    pool,
+    transferId,
+    sourcePath: source,
+    chunking,
+    firstCopyChunking,
+    wholeFileSha256: false,
+    reconnect: { timeoutMs: 30_000, initialDelayMs: 100, maxDelayMs: 500 },
+  };
+
+  const first = await startReceiverProcess({ pki, port: 0, transferId, targetPath: target });
+  let journaledAtKill = 0;
+  let restarted: Promise<ReceiverProcess> | undefined;
+  const sent = await sendFile({
+    ...sender,
+    port: first.port,
+    onProgress: (p) => {
+      if (restarted !== undefined || p.chunksTotal === undefined || p.chunksDone < p.chunksTotal) return;
+      // Every chunk is acknowledged, and END goes out only after this returns; the receiver journals in its own
+      // process meanwhile, so the kill lands with all of it on disk and none of END read.
+      journaledAtKill = waitForJournalSync({
+        file: `${target}.dwcp-journal`,
+        chunks: p.chunksTotal,
+        timeoutMs: 10_000,
+      });
+      const gone = new Promise((resolve) => first.child.once('exit', resolve));
+      first.child.kill('SIGKILL');
+      restarted = gone.then(() =>
+        startReceiverProcess({ pki, port: first.port, transferId, targetPath: target, keepServing: true }),
+      );
+    },
+  });
+  assert.ok(restarted !== undefined, 'the receiver was killed before END');
+  const second = await restarted;
   try {
-    text = readFileSync(file, 'utf8');
-  } catch {
-    return 0;
+    assert.equal(await second.done, `digest:${sent.manifestDigest}`);
+    assert.equal(await sha256File({ path: target }), expected);
+    assert.equal(sent.chunking, chunkingKey(withChunkHash(firstCopyChunking, localChunkHashes[0]!)));
+    assert.equal(journaledAtKill, sent.chunks.total);
+    assert.ok(sent.attempts >= 2, `${sent.attempts} attempts`);
+    assert.equal(sent.chunks.resumed, sent.chunks.total, 'the restarted receiver had every chunk');
+
+    const again = await sendFile({ ...sender, port: second.port });
+    assert.equal(again.manifestDigest, sent.manifestDigest);
+    assert.equal(again.chunking, sent.chunking);
+    assert.equal(again.attempts, 1);
+    assert.equal(again.chunks.data, 0);
+    assert.ok(again.wireBytes < 64 * 1024, `${again.wireBytes} bytes on the wire for a finished transfer`);
+  } finally {
+    second.child.kill('SIGKILL');
   }
-  let count = 0;
-  for (const line of text.split('\n').slice(1, -1)) {
-    try {
-      count += (JSON.parse(line) as unknown[]).length;
-    } catch {
-      break;
-    }
-  }
-  return count;
-}
+});
 
 /** A TCP proxy that flips one byte of the client→server byte stream (TLS ciphertext) once, after `after` bytes. */
 function flippingProxy(input: { targetPort: number; after: number }): Promise<TcpProxy> {

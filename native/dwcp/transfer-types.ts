@@ -67,8 +67,9 @@ export function emptyChunkStats(): ChunkStats {
 }
 
 /**
- * Reports progress at most every 100 ms, so a fast transfer does not flood its listener; `force` (the final report)
- * always goes through.
+ * Reports progress at most every 100 ms, so a fast transfer does not flood its listener. The report of the last chunk
+ * in always goes through, since the end-to-end check that follows may take seconds (a resumed transfer re-reads the
+ * file), and so does `force` (the final report).
  */
 export function progressReporter(input: {
   onProgress: ((progress: TransferProgress) => void) | undefined;
@@ -77,7 +78,8 @@ export function progressReporter(input: {
   let lastAt = 0;
   return ({ force, ...progress }) => {
     const now = Date.now();
-    if (input.onProgress === undefined || (!force && now - lastAt < 100)) return;
+    const allIn = progress.chunksTotal !== undefined && progress.chunksDone === progress.chunksTotal;
+    if (input.onProgress === undefined || (!force && !allIn && now - lastAt < 100)) return;
     lastAt = now;
     input.onProgress({ ...progress, wireBytes: input.wireBytes() });
   };

@@ -1,7 +1,8 @@
 /**
  * A DWCP receiver in its own process, so tests can SIGKILL it mid-transfer and start it again. Reads its
- * configuration as JSON from argv[2], prints `listening <port>` when ready and `done <sha256>` on success (`done digest:<manifest digest>` for a send
- * without the whole-file sha256).
+ * configuration as JSON from argv[2], prints `listening <port>` when ready and `done <sha256>` on success (`done
+ * digest:<manifest digest>` for a send without the whole-file sha256). With `keepServing` it then goes on answering
+ * senders of the finished transfer until it is killed.
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
@@ -15,6 +16,7 @@ const ConfigSchema = z.object({
   transferId: z.string(),
   targetPath: z.string(),
   journalBatchChunks: z.number().int().positive(),
+  keepServing: z.boolean().default(false),
 });
 
 async function main(): Promise<void> {
@@ -35,7 +37,7 @@ async function main(): Promise<void> {
   process.stdout.write(`listening ${receiver.port}\n`);
   const { sha256, manifestDigest } = await result;
   process.stdout.write(`done ${sha256 ?? `digest:${manifestDigest}`}\n`);
-  await receiver.close();
+  if (!config.keepServing) await receiver.close();
 }
 
 main().catch((err: unknown) => {
