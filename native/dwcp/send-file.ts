@@ -61,6 +61,8 @@ function chosenChunking(input: {
 
 export async function sendFile(input: SendFileInput): Promise<SendResult> {
   const ctx = new SenderContext(input);
+  /** The scan the send reads; cancelled when the send ends, so a failed or cancelled send does not read on. */
+  let scan: SourceScan | undefined;
   try {
     const level = input.compressionLevel ?? 1;
     // Cuts only: the hash is agreed with the receiver, whatever these name.
@@ -85,7 +87,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       });
     // Without an alternative to offer, the scan starts before the first connection, in the hash this end prefers,
     // and the receiver indexes its base images meanwhile.
-    let scan = firstCopyChunking === undefined ? startScan(withChunkHash(chunking, preferred)) : undefined;
+    scan = firstCopyChunking === undefined ? startScan(withChunkHash(chunking, preferred)) : undefined;
     const stats = emptyChunkStats();
     let logicalBytes = 0;
     let chunksDone = 0;
@@ -115,8 +117,8 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
         }
         if (scan !== undefined && chunkHashOf(scan.chunking) !== hash) {
           // The receiver cannot check the hash the scan uses (an older release, or a host without dwcp-native):
-          // scan again in its hash. The abandoned scan cannot be stopped and finishes in its worker unread, so such
-          // a transfer reads its source twice and shares the pool with that scan meanwhile.
+          // scan again in its hash. The abandoned scan stops at its next part and frees its worker.
+          scan.cancel();
           scan = startScan(withChunkHash(scan.chunking, hash));
         }
         const current = (scan ??= startScan(
@@ -260,6 +262,7 @@ export async function sendFile(input: SendFileInput): Promise<SendResult> {
       chunking: chunkingKey(whole.chunking),
     });
   } finally {
+    scan?.cancel();
     await ctx.close();
   }
 }

@@ -20,6 +20,7 @@ export class SourceScan {
   private summary: ScanSummary | undefined;
   private failure: DwcpError | undefined;
   private readonly changed = new Notifier();
+  private readonly abandon = new AbortController();
   readonly chunking: ChunkingParams;
 
   constructor(input: {
@@ -38,10 +39,14 @@ export class SourceScan {
       hashWholeFile: input.hashWholeFile,
     };
     input.pool
-      .runWithParts(task, (part) => {
-        this.manifest.put(part.first, part.entries);
-        this.changed.notify();
-      })
+      .runWithParts(
+        task,
+        (part) => {
+          this.manifest.put(part.first, part.entries);
+          this.changed.notify();
+        },
+        { signal: this.abandon.signal },
+      )
       .then((summary) => {
         if (summary.size !== input.size) throw new DwcpIoError(`${input.path} changed size during the transfer`);
         this.summary = summary;
@@ -50,6 +55,14 @@ export class SourceScan {
         this.failure = DwcpError.fromNative(err, `scanning ${input.path}`);
       })
       .finally(() => this.changed.notify());
+  }
+
+  /**
+   * Stops the scan at its next part (about every 8 MiB) if it is still running, and frees its worker: for a scan that
+   * nobody will read, because the send ended or the receiver wants another hash. A no-op once the scan is done.
+   */
+  cancel(): void {
+    this.abandon.abort();
   }
 
   /** Entries known so far; waits for more unless the scan has finished. Undefined once `from` is the end. */

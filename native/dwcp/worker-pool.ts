@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { isZeroChunk } from './chunking';
-import { DwcpError, DwcpIoError } from './errors';
+import { DwcpCancelledError, DwcpError, DwcpIoError } from './errors';
 import { postWorkerMessage, reviveBuffers, type WorkerRequest, type WorkerResponse } from './worker-messages';
 import type { Calibration, WorkerParts, WorkerResults, WorkerTask } from './worker-tasks';
 
@@ -21,12 +21,17 @@ interface PendingTask {
   task: WorkerTask;
   onPart: ((part: WorkerParts[keyof WorkerParts]) => void) | undefined;
   resolve: (value: WorkerResults[WorkerTask['kind']]) => void;
-  reject: (err: unknown) => void;
+  reject: (err: Error) => void;
 }
 
 interface PoolWorker {
   worker: Worker;
   busy: PendingTask | undefined;
+  /**
+   * Shared with the worker: the id of a task to give up (worker-entry.ts checks it after each part). An id, not a
+   * flag, so a cancel that comes too late cannot stop the task after it.
+   */
+  cancel: Int32Array;
 }
 
 /**
@@ -52,30 +57,59 @@ export class DwcpWorkerPool {
 
   /**
    * Runs a task that reports parts before it finishes; `onPart` gets them in order, on this thread, before the
-   * returned promise settles. A throwing `onPart` does not stop the task: handle failures inside it.
+   * returned promise settles. A throwing `onPart` does not stop the task: handle failures inside it; `signal` does
+   * (see cancel).
    */
   runWithParts<K extends keyof WorkerParts>(
     task: Extract<WorkerTask, { kind: K }>,
     onPart: (part: WorkerParts[K]) => void,
+    options: { signal?: AbortSignal } = {},
   ): Promise<WorkerResults[K]> {
-    return this.enqueue(task, onPart);
+    return this.enqueue(task, onPart, options.signal);
   }
 
   private enqueue<K extends WorkerTask['kind']>(
     task: Extract<WorkerTask, { kind: K }>,
     onPart: ((part: WorkerParts[keyof WorkerParts]) => void) | undefined,
+    signal?: AbortSignal,
   ): Promise<WorkerResults[K]> {
     if (this.closed) return Promise.reject(new DwcpIoError('worker pool is closed'));
+    if (signal?.aborted) return Promise.reject(new DwcpCancelledError('task cancelled before it started'));
     return new Promise<WorkerResults[K]>((resolve, reject) => {
-      this.queue.push({
+      const onAbort = (): void => this.cancel(pending);
+      const settled = (): void => signal?.removeEventListener('abort', onAbort);
+      const pending: PendingTask = {
         id: this.nextId++,
         task,
         onPart,
-        resolve: resolve as (value: WorkerResults[WorkerTask['kind']]) => void,
-        reject,
-      });
+        resolve: (value) => {
+          settled();
+          resolve(value as WorkerResults[K]);
+        },
+        reject: (err) => {
+          settled();
+          reject(err);
+        },
+      };
+      this.queue.push(pending);
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.dispatch();
     });
+  }
+
+  /**
+   * A queued task leaves the queue; a running one is asked to stop at its next part, and its promise rejects with
+   * DwcpCancelledError when it does (or settles as usual if it finished first). Only tasks that report parts look.
+   */
+  private cancel(pending: PendingTask): void {
+    const queued = this.queue.indexOf(pending);
+    if (queued >= 0) {
+      this.queue.splice(queued, 1);
+      pending.reject(new DwcpCancelledError('task cancelled before it started'));
+      return;
+    }
+    const slot = this.workers.find((w) => w.busy === pending);
+    if (slot !== undefined) Atomics.store(slot.cancel, 0, pending.id);
   }
 
   async close(): Promise<void> {
@@ -90,13 +124,16 @@ export class DwcpWorkerPool {
     const entry = path.join(__dirname, `worker-entry${extension}`);
     // Workers do not inherit tsx's loader hooks, so under tsx the worker is a small eval'd script that registers
     // them (tsx/cjs) before it requires the entry; the paths are embedded as JSON string literals.
+    const cancel = new Int32Array(new SharedArrayBuffer(4));
+    const workerData = { cancel };
     const worker =
       extension === '.ts'
         ? new Worker(`require(${JSON.stringify(require.resolve('tsx/cjs'))}); require(${JSON.stringify(entry)});`, {
             eval: true,
+            workerData,
           })
-        : new Worker(entry);
-    const slot: PoolWorker = { worker, busy: undefined };
+        : new Worker(entry, { workerData });
+    const slot: PoolWorker = { worker, busy: undefined, cancel };
     worker.unref();
     worker.on('message', (message: WorkerResponse) => {
       const pending = slot.busy;
