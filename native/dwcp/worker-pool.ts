@@ -28,8 +28,8 @@ interface PoolWorker {
   worker: Worker;
   busy: PendingTask | undefined;
   /**
-   * Shared with the worker: the id of a task to give up (worker-entry.ts checks it after each part). An id, not a
-   * flag, so a cancel that comes too late cannot stop the task after it.
+   * Shared with the worker: the id of a task to give up (worker-entry.ts checks it before it hands out each part). An
+   * id, not a flag, so a cancel that comes too late cannot stop the task after it.
    */
   cancel: Int32Array;
 }
